@@ -1,0 +1,63 @@
+"""The one settings object. Every knob is a ``DESCENT_*`` environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Defaults describe the embedded stack (SQLite + filesystem broker under ``home``);
+    production sets ``DESCENT_DATABASE_URL`` and ``DESCENT_BROKER_URL``."""
+
+    model_config = SettingsConfigDict(env_prefix="DESCENT_", extra="ignore")
+
+    home: Path = Path(".descent")
+    database_url: str = ""
+    broker_url: str = ""
+    broker_polling_interval: float = 0.05
+    # Training tasks run for a long time: keep Redis from redelivering them mid-run.
+    visibility_timeout: int = 12 * 3600
+    # A running job whose heartbeat (written at every checkpoint) is older than this may be
+    # claimed again by another worker; the attempt number fences the old one's writes.
+    lease_seconds: int = Field(default=600, ge=5)
+    # Array namespace of this process's engine: a worker for the `gpu` queue runs with "cupy".
+    engine_backend: Literal["numpy", "cupy"] = "numpy"
+
+    # Request and spec limits: everything a client can make large is capped here.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_points: int = Field(default=100_000, ge=1)
+    max_layers: int = Field(default=16, ge=2)
+    max_layer_width: int = Field(default=4096, ge=1)
+    max_parameters: int = Field(default=2_000_000, ge=1)
+    max_steps: int = Field(default=1_000_000, ge=1)
+    max_sweep_members: int = Field(default=10_000, ge=1)
+    max_list_limit: int = Field(default=500, ge=1)
+    max_history_points: int = Field(default=10_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _fill_embedded_urls(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.home / 'descent.db').absolute()}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        return self
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded filesystem transport keeps its messages."""
+        return (self.home / "broker").absolute()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Cached so every module sees one object; tests call ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,113 @@
+"""The one set of SQLAlchemy models. The schema itself is made only by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, ForeignKeyConstraint, Index, Integer,
+    LargeBinary, String, Text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# PostgreSQL keeps history as float8[] (Grafana can unnest it); SQLite keeps a JSON array.
+SsrArray = JSON().with_variant(ARRAY(Float(precision=53)), "postgresql")
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Dataset(Base):
+    """Training data, stored once per content hash and shared by every job that uses it."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    n_points: Mapped[int] = mapped_column(Integer)
+    n_in: Mapped[int] = mapped_column(Integer)
+    n_out: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    x: Mapped[bytes] = mapped_column(LargeBinary)
+    y: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A job row carries its summary (step, ssr, best_ssr) so listings never touch history."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    sweep_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    spec: Mapped[dict] = mapped_column(JsonDoc)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    device: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    ssr: Mapped[float | None] = mapped_column(Float(precision=53), nullable=True)
+    best_ssr: Mapped[float | None] = mapped_column(Float(precision=53), nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_hostname: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_sweep_created", "sweep_id", "created_at", "id"),
+    )
+
+
+class Checkpoint(Base):
+    """One saved training state; its arrays are rows of ``checkpoint_arrays``."""
+
+    __tablename__ = "checkpoints"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckpointArray(Base):
+    """A raw array with its dtype and shape: no pickle, readable from any language."""
+
+    __tablename__ = "checkpoint_arrays"
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[list] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "step"], ["checkpoints.job_id", "checkpoints.step"], ondelete="CASCADE"
+        ),
+    )
+
+
+class HistoryChunk(Base):
+    """SSR of consecutive steps ``first_step .. first_step + len(ssr) - 1`` of one job.
+
+    Array rows make ingestion cheap (one row per checkpoint, not per step) and stay SQL-readable:
+    ``SELECT first_step + i - 1, v FROM history_chunks, unnest(ssr) WITH ORDINALITY u(v, i)``.
+    """
+
+    __tablename__ = "history_chunks"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    first_step: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ssr: Mapped[list[float]] = mapped_column(SsrArray)

@@ -1,0 +1,32 @@
+"""Domain errors. The API maps them to HTTP in one place (``api/errors.py``)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a use case raises on purpose."""
+
+
+class NotFound(DomainError):
+    def __init__(self, kind: str, ident: object) -> None:
+        super().__init__(f"{kind} {ident} not found")
+        self.kind, self.ident = kind, ident
+
+
+class Conflict(DomainError):
+    """The request is valid but the resource's state forbids it (e.g. cancel a finished job)."""
+
+
+class InvalidInput(DomainError, ValueError):
+    """A field of a request is wrong; ``loc`` names it like pydantic does.
+
+    It is a ValueError so that pydantic validators may raise it and get a 422 with the location.
+    """
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(f"{'.'.join(map(str, loc))}: {message}")
+        self.loc, self.message = loc, message
+
+
+class StorageError(DomainError):
+    """The database failed; raised instead of driver errors so callers need not know the driver."""
