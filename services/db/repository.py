@@ -1,0 +1,216 @@
+"""Repository functions for datasets and jobs. Each takes the caller's session (so one use case
+can write several things in one transaction) and returns read models or plain values: ORM rows
+never leave ``services/db``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import Select, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.db import arrays
+from services.db.models import Checkpoint, CheckpointArray, Dataset, HistoryChunk, Job, utcnow
+from services.errors import NotFound
+from services.spec import DatasetRead, JobRead, WorkerInfo
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC) and PostgreSQL uses the session's zone:
+    normalise both so read models and cursors compare the same on every database."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN/Infinity; a read model carries None instead."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+def dataset_to_read(row: Dataset) -> DatasetRead:
+    return DatasetRead(
+        id=row.id, content_hash=row.content_hash, n_points=row.n_points, n_in=row.n_in,
+        n_out=row.n_out, created_at=as_utc(row.created_at),
+    )
+
+
+def find_dataset(session: Session, dataset_id: str) -> DatasetRead | None:
+    row = session.get(Dataset, dataset_id)
+    return None if row is None else dataset_to_read(row)
+
+
+def find_dataset_by_hash(session: Session, content_hash: str) -> DatasetRead | None:
+    row = session.scalars(select(Dataset).where(Dataset.content_hash == content_hash)).one_or_none()
+    return None if row is None else dataset_to_read(row)
+
+
+def store_dataset(session: Session, content_hash: str, x: np.ndarray, y: np.ndarray) -> DatasetRead:
+    """Insert-if-absent by content hash with ON CONFLICT DO NOTHING, so two requests uploading
+    the same data at once both get the one row instead of one of them a unique violation."""
+    x_dtype, _, x_bytes = arrays.encode(x)
+    _, _, y_bytes = arrays.encode(y.astype(x.dtype, copy=False))
+    values = dict(
+        id=new_id(), content_hash=content_hash, n_points=x.shape[0], n_in=x.shape[1],
+        n_out=y.shape[1], dtype=x_dtype, x=x_bytes, y=y_bytes, created_at=utcnow(),
+    )
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(Dataset).values(**values)
+    session.execute(statement.on_conflict_do_nothing(index_elements=["content_hash"]))
+    stored = find_dataset_by_hash(session, content_hash)
+    assert stored is not None  # inserted above, or by the request we conflicted with
+    return stored
+
+
+def load_dataset_arrays(session: Session, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (P, n_in) and ``y`` (P, n_out) as stored; NotFound if the id is unknown."""
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFound("dataset", dataset_id)
+    x = arrays.decode(row.dtype, (row.n_points, row.n_in), row.x)
+    y = arrays.decode(row.dtype, (row.n_points, row.n_out), row.y)
+    return x, y
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def job_to_read(row: Job) -> JobRead:
+    return JobRead(
+        id=row.id, name=row.name, status=row.status, step=row.step, ssr=finite_or_none(row.ssr),
+        stop_reason=row.stop_reason, created_at=as_utc(row.created_at),
+        started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at),
+        attempts=row.attempts, worker=WorkerInfo(hostname=row.worker_hostname, pid=row.worker_pid),
+        device=row.device, sweep_id=row.sweep_id, error=row.error,
+    )
+
+
+def insert_job(
+    session: Session, *, name: str, spec: dict, dataset_id: str, device: str, sweep_id: str | None = None
+) -> JobRead:
+    """``spec`` is the validated spec as JSON with its data replaced by ``{"dataset_id": ...}``."""
+    row = Job(
+        id=new_id(), name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
+        status="queued", step=0, attempts=0, cancel_requested=False, created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return job_to_read(row)
+
+
+def find_job(session: Session, job_id: str) -> JobRead | None:
+    # populate_existing: conditional UPDATEs in the same session bypass the identity map.
+    row = session.get(Job, job_id, populate_existing=True)
+    return None if row is None else job_to_read(row)
+
+
+def get_job(session: Session, job_id: str) -> JobRead:
+    job = find_job(session, job_id)
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
+
+
+def get_job_spec(session: Session, job_id: str) -> dict:
+    """The stored spec document (data as ``{"dataset_id": ...}``); NotFound if unknown."""
+    spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+    if spec is None:
+        raise NotFound("job", job_id)
+    return spec
+
+
+def list_jobs(
+    session: Session, *, limit: int, status: str | None = None, sweep_id: str | None = None,
+    after: tuple[datetime, str] | None = None,
+) -> list[JobRead]:
+    """Newest first, keyset on (created_at, id): a page costs the same wherever it starts,
+    and jobs submitted while a client pages never shift or repeat entries."""
+    query: Select = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if sweep_id is not None:
+        query = query.where(Job.sweep_id == sweep_id)
+    if after is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < after)
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return [job_to_read(row) for row in session.scalars(query)]
+
+
+def cancel_if_queued(session: Session, job_id: str) -> bool:
+    """Conditional UPDATE: races with a worker's claim (also conditional) and exactly one wins."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def request_cancel_if_running(session: Session, job_id: str) -> bool:
+    """The worker sees the flag at its next checkpoint and finishes the job as cancelled."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running")
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+# --- history and checkpoints ------------------------------------------------------------------
+
+
+def read_history(session: Session, job_id: str, last_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 0..last_step that have a recorded SSR, as (steps int64, ssr float64; NaN kept).
+
+    Chunks past ``last_step`` (none in a consistent database) are ignored; a later chunk wins
+    where two overlap, as it was written by the later attempt.
+    """
+    ssr = np.full(last_step + 1, np.nan)
+    present = np.zeros(last_step + 1, dtype=bool)
+    query = (
+        select(HistoryChunk.first_step, HistoryChunk.ssr)
+        .where(HistoryChunk.job_id == job_id, HistoryChunk.first_step <= last_step)
+        .order_by(HistoryChunk.first_step)
+    )
+    for first, values in session.execute(query):
+        chunk = np.asarray(values, dtype=np.float64)[: last_step + 1 - first]  # None -> NaN
+        ssr[first:first + len(chunk)] = chunk
+        present[first:first + len(chunk)] = True
+    steps = np.flatnonzero(present)
+    return steps.astype(np.int64), ssr[steps]
+
+
+def checkpoint_steps(session: Session, job_id: str) -> list[int]:
+    query = select(Checkpoint.step).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
+    return list(session.scalars(query))
+
+
+def load_checkpoint_arrays(
+    session: Session, job_id: str, step: int | None = None
+) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The job's latest checkpoint (or the one at ``step``) as (step, name -> array without the
+    pack axis), or None when there is no such checkpoint."""
+    if step is None:
+        step = session.scalar(select(Checkpoint.step).where(Checkpoint.job_id == job_id)
+                              .order_by(Checkpoint.step.desc()).limit(1))
+        if step is None:
+            return None
+    elif session.get(Checkpoint, (job_id, step)) is None:
+        return None
+    rows = session.execute(
+        select(CheckpointArray.name, CheckpointArray.dtype, CheckpointArray.shape, CheckpointArray.data)
+        .where(CheckpointArray.job_id == job_id, CheckpointArray.step == step)
+    )
+    return step, {name: arrays.decode(dtype, shape, data) for name, dtype, shape, data in rows}

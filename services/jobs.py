@@ -1,0 +1,228 @@
+"""Job use cases: submit, read, list, cancel, and read results (history, parameters, predictions)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, get_args
+
+import numpy as np
+
+from services import engine
+from services.config import get_settings
+from services.datasets import content_hash, to_arrays
+from services.db import repository
+from services.db.session import session_scope
+from services.errors import Conflict, InvalidInput, NotFound
+from services.spec import (
+    FINISHED, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
+    LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits, check_matrix,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+DEFAULT_LIST_LIMIT = 50
+
+
+def submit_job(spec: JobCreate, sweep_id: str | None = None) -> JobRead:
+    """The job is committed before it is published, so a worker never gets an id it cannot see.
+    A failed publish leaves the job queued with ``dispatched_at`` NULL for a re-publish rather
+    than failing a request whose job already exists (a client retry would duplicate it)."""
+    settings = get_settings()
+    check_limits(spec, settings)
+    inline = None
+    if isinstance(spec.data, InlineData):
+        x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
+        inline = (content_hash(x, y), x, y)
+    with session_scope() as session:
+        if inline is not None:
+            dataset = repository.store_dataset(session, *inline)
+        else:
+            dataset = _referenced_dataset(session, spec)
+        job = repository.insert_job(
+            session, name=spec.name, spec=stored_spec(spec, dataset.id), dataset_id=dataset.id,
+            device=spec.device, sweep_id=sweep_id,
+        )
+    from services import queue  # the queue imports Celery; keep it off the import path of readers
+
+    try:
+        queue.publish_pack([job.id], spec.device)
+    except Exception:  # noqa: BLE001 (any broker failure; the job row is the truth)
+        log.exception("job %s committed but not published; it stays queued and undispatched", job.id)
+    return job
+
+
+def _referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:
+    dataset = repository.find_dataset(session, spec.data.dataset_id)
+    if dataset is None:
+        raise InvalidInput(("data", "dataset_id"), f"unknown dataset {spec.data.dataset_id!r}")
+    check_data_shape(spec, dataset.n_in, dataset.n_out)
+    check_limits(spec, get_settings(), dataset.n_points)
+    return dataset
+
+
+def stored_spec(spec: JobCreate, dataset_id: str) -> dict:
+    """The spec as JSON with its data replaced by a reference: rows stay small, and the stored
+    document still validates as a ``JobCreate`` for the worker."""
+    document = spec.model_dump(mode="json", exclude={"data"})
+    document["data"] = {"dataset_id": dataset_id}
+    return document
+
+
+def get_job(job_id: str) -> JobRead:
+    with session_scope() as session:
+        return repository.get_job(session, job_id)
+
+
+def list_jobs(
+    status: str | None = None, sweep_id: str | None = None, limit: int | None = None,
+    cursor: str | None = None,
+) -> JobPage:
+    """Newest first. ``next_cursor`` is None on the last page."""
+    limit = DEFAULT_LIST_LIMIT if limit is None else limit
+    maximum = get_settings().max_list_limit
+    if not 1 <= limit <= maximum:
+        raise InvalidInput(("limit",), f"must be between 1 and {maximum}")
+    if status is not None and status not in get_args(JobStatus):
+        raise InvalidInput(("status",), f"must be one of {', '.join(get_args(JobStatus))}")
+    after = decode_cursor(cursor) if cursor else None
+    with session_scope() as session:
+        items = repository.list_jobs(session, limit=limit + 1, status=status, sweep_id=sweep_id, after=after)
+    more = len(items) > limit
+    items = items[:limit]
+    return JobPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
+
+
+def encode_cursor(job: JobRead) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Opaque to clients; anything that does not decode to (time, id) is their input error."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidInput(("cursor",), "is not a cursor returned by this listing") from None
+    if created_at.tzinfo is None or not job_id:
+        raise InvalidInput(("cursor",), "is not a cursor returned by this listing")
+    return repository.as_utc(created_at), job_id
+
+
+def cancel_job(job_id: str) -> JobRead:
+    """Conditional updates, so a cancel racing a worker's claim is decided by the database:
+    queued -> cancelled now; running -> cancel requested (the worker stops at its next
+    checkpoint); finished -> Conflict. The loop covers a claim landing between the two updates."""
+    with session_scope() as session:
+        for _ in range(3):
+            if repository.cancel_if_queued(session, job_id):
+                return repository.get_job(session, job_id)
+            if repository.request_cancel_if_running(session, job_id):
+                return repository.get_job(session, job_id)
+            job = repository.get_job(session, job_id)
+            if job.status in FINISHED:
+                raise Conflict(f"job {job_id} is already {job.status}")
+    raise Conflict(f"job {job_id} changed state during the cancel; try again")
+
+
+def get_history(job_id: str, every: int | None = None, max_points: int | None = None) -> HistoryRead:
+    """SSR at steps 0..step, thinned to steps 0, k, 2k, ... plus always the last one."""
+    limit = get_settings().max_history_points
+    if every is not None and max_points is not None:
+        raise InvalidInput(("every",), "give either every or max_points, not both")
+    if every is not None and every < 1:
+        raise InvalidInput(("every",), "must be at least 1")
+    if max_points is not None and not 1 <= max_points <= limit:
+        raise InvalidInput(("max_points",), f"must be between 1 and {limit}")
+    with session_scope() as session:
+        job = repository.get_job(session, job_id)
+        steps, ssr = repository.read_history(session, job_id, job.step)
+    keep = thin(steps, every) if every is not None else thin_to(steps, max_points or limit)
+    if len(keep) > limit:
+        raise InvalidInput(("every",), f"{len(keep)} points exceed the limit of {limit}; use a larger every")
+    values = [v if math.isfinite(v) else None for v in ssr[keep].tolist()]
+    return HistoryRead(steps=steps[keep].tolist(), ssr=values)
+
+
+def thin(steps: np.ndarray, every: int) -> np.ndarray:
+    """Indices of the steps that are multiples of ``every``, and of the last step."""
+    keep = steps % every == 0
+    if len(keep):
+        keep[-1] = True
+    return np.flatnonzero(keep)
+
+
+def thin_to(steps: np.ndarray, max_points: int) -> np.ndarray:
+    """At most ``max_points`` indices, evenly spaced, the last step always among them."""
+    n = len(steps)
+    if n <= max_points:
+        return np.arange(n)
+    if max_points == 1:
+        return np.array([n - 1])
+    return thin(steps, thinning_step(n, max_points))
+
+
+def thinning_step(n: int, max_points: int) -> int:
+    """``ceil(n / max_points)``, raised when the always-kept last step would make one too many."""
+    every = math.ceil(n / max_points)
+    if (n - 1) // every + 1 + ((n - 1) % every != 0) > max_points:
+        every = math.ceil((n - 1) / (max_points - 1))
+    return every
+
+
+def get_parameters(job_id: str, step: int | None = None) -> ParametersRead:
+    with session_scope() as session:
+        spec = repository.get_job_spec(session, job_id)
+        found = repository.load_checkpoint_arrays(session, job_id, step)
+    if found is None:
+        raise NotFound("checkpoint", f"{job_id} (none yet)" if step is None else f"{job_id} at step {step}")
+    at, arrays = found
+    layers = [
+        LayerParameters.model_construct(
+            weight=arrays[f"parameters/layers.{i}.weight"].tolist(),
+            bias=arrays[f"parameters/layers.{i}.bias"].tolist(),
+        )
+        for i in range(len(spec["architecture"]["layers"]) - 1)
+    ]
+    return ParametersRead(step=at, layers=layers)
+
+
+def predict(job_id: str, x: Matrix) -> PredictRead:
+    """Outputs of the latest checkpoint's network, computed with NumPy in this process."""
+    with session_scope() as session:
+        spec = JobCreate.model_validate(repository.get_job_spec(session, job_id))
+        found = repository.load_checkpoint_arrays(session, job_id)
+    if found is None:
+        raise NotFound("checkpoint", f"{job_id} (none yet)")
+    inputs = _prediction_inputs(x, spec.architecture.layers[0])
+    arch = engine.Architecture(
+        layers=tuple(spec.architecture.layers), activation=spec.architecture.activation,
+        output_activation=spec.architecture.output_activation,
+    )
+    _, arrays = found
+    prefix = "parameters/"
+    parameters = {name[len(prefix):]: value[None] for name, value in arrays.items() if name.startswith(prefix)}
+    y = engine.predict(np, arch, parameters, inputs.astype(spec.dtype))
+    return PredictRead(y=np.asarray(y, dtype=np.float64)[0].tolist())
+
+
+def _prediction_inputs(x: Matrix, n_in: int) -> np.ndarray:
+    if not x:
+        raise InvalidInput(("x",), "must have at least one row")
+    check_matrix(x, ("x",))
+    if len(x[0]) != n_in:
+        raise InvalidInput(("x",), f"rows have {len(x[0])} values but the network takes {n_in}")
+    limit = get_settings().max_points
+    if len(x) > limit:
+        raise InvalidInput(("x",), f"{len(x)} points exceed the limit of {limit}")
+    inputs = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(inputs).all():
+        raise InvalidInput(("x",), "values must be finite numbers")
+    return inputs

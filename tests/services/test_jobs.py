@@ -1,0 +1,147 @@
+"""Job use cases: submit, read, list with a keyset cursor, cancel."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from services import datasets, jobs
+from services.db.models import Dataset, Job
+from services.db.session import session_scope
+from services.errors import Conflict, InvalidInput, NotFound
+from services.spec import JobCreate
+
+from .conftest import STATQUEST_X, STATQUEST_Y, make_spec, set_job
+
+
+def stored_row(job_id: str) -> Job:
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def test_submit_stores_queues_and_publishes(configured, spec: JobCreate) -> None:
+    job = jobs.submit_job(spec, sweep_id="sweep-1")
+    assert (job.status, job.step, job.name, job.device, job.sweep_id, job.attempts) == \
+        ("queued", 0, "statquest", "cpu", "sweep-1", 0)
+    assert jobs.get_job(job.id) == job
+    row = stored_row(job.id)
+    assert row.dispatched_at is not None
+    assert row.spec["data"] == {"dataset_id": row.dataset_id}
+    assert JobCreate.model_validate(row.spec).model_dump(exclude={"data"}) == spec.model_dump(exclude={"data"})
+    messages = list((configured.broker_folder / "queue").iterdir())
+    assert len(messages) == 1 and job.id in messages[0].read_text()
+
+
+def test_inline_data_becomes_one_content_hashed_dataset(configured, spec: JobCreate) -> None:
+    first, second = jobs.submit_job(spec), jobs.submit_job(spec)
+    uploaded = datasets.create_dataset(STATQUEST_X, STATQUEST_Y)
+    assert stored_row(first.id).dataset_id == stored_row(second.id).dataset_id == uploaded.id
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Dataset)) == 1
+
+
+def test_submit_by_dataset_id(configured) -> None:
+    dataset = datasets.create_dataset(STATQUEST_X, STATQUEST_Y)
+    job = jobs.submit_job(make_spec(data={"dataset_id": dataset.id}))
+    assert stored_row(job.id).dataset_id == dataset.id
+
+
+@pytest.mark.parametrize(("overrides", "loc"), [
+    ({"data": {"dataset_id": "missing"}}, ("data", "dataset_id")),
+    ({"architecture": {"layers": [2, 1]}}, ("data", "x")),
+    ({"architecture": {"layers": [1, 2]}}, ("data", "y")),
+    ({"batch_size": 4}, ("batch_size",)),
+])
+def test_submit_checks_against_the_stored_dataset(configured, overrides: dict, loc: tuple) -> None:
+    dataset = datasets.create_dataset(STATQUEST_X, STATQUEST_Y)
+    document = {"data": {"dataset_id": dataset.id}, **overrides}
+    with pytest.raises(InvalidInput) as error:
+        jobs.submit_job(make_spec(**document))
+    assert error.value.loc == loc
+
+
+def test_submit_checks_limits(configured, spec: JobCreate) -> None:
+    configured.max_steps = 10
+    with pytest.raises(InvalidInput) as error:
+        jobs.submit_job(spec)
+    assert error.value.loc == ("stop", "max_steps")
+
+
+def test_a_failed_publish_keeps_the_committed_job(configured, spec: JobCreate, monkeypatch) -> None:
+    from services import queue
+
+    def broker_down(job_ids: list[str], device: str) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(queue, "publish_pack", broker_down)
+    job = jobs.submit_job(spec)
+    assert jobs.get_job(job.id).status == "queued"
+    assert stored_row(job.id).dispatched_at is None
+
+
+def test_list_pages_newest_first_with_filters(configured, spec: JobCreate) -> None:
+    submitted = [jobs.submit_job(spec, sweep_id="a" if i % 2 else None) for i in range(5)]
+    set_job(submitted[0].id, status="succeeded")
+    pages, cursor = [], None
+    while True:
+        page = jobs.list_jobs(limit=2, cursor=cursor)
+        pages.append([job.id for job in page.items])
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == [[j.id for j in submitted[::-1][i:i + 2]] for i in (0, 2, 4)]
+    assert [j.id for j in jobs.list_jobs(sweep_id="a").items] == [submitted[3].id, submitted[1].id]
+    assert [j.id for j in jobs.list_jobs(status="succeeded").items] == [submitted[0].id]
+    assert jobs.list_jobs(status="queued", limit=4).next_cursor is None
+    assert jobs.list_jobs(status="failed") .items == []
+
+
+def test_list_pages_jobs_created_in_the_same_instant(configured, spec: JobCreate) -> None:
+    """Ties on created_at are broken by id, so no job is skipped or repeated."""
+    submitted = [jobs.submit_job(spec) for _ in range(4)]
+    same = submitted[0].created_at
+    for job in submitted:
+        set_job(job.id, created_at=same)
+    first = jobs.list_jobs(limit=3)
+    second = jobs.list_jobs(limit=3, cursor=first.next_cursor)
+    ids = [j.id for j in first.items + second.items]
+    assert sorted(ids) == sorted(j.id for j in submitted) and second.next_cursor is None
+
+
+@pytest.mark.parametrize(("arguments", "loc"), [
+    ({"limit": 0}, ("limit",)),
+    ({"limit": 501}, ("limit",)),
+    ({"status": "sleeping"}, ("status",)),
+    ({"cursor": "%%%"}, ("cursor",)),
+    ({"cursor": "bm90IGEgY3Vyc29y"}, ("cursor",)),
+    ({"cursor": "MjAyNC0wMS0wMVQwMDowMDowMHw"}, ("cursor",)),
+])
+def test_list_rejects_bad_arguments(configured, arguments: dict, loc: tuple) -> None:
+    with pytest.raises(InvalidInput) as error:
+        jobs.list_jobs(**arguments)
+    assert error.value.loc == loc
+
+
+def test_cancel_by_state(configured, spec: JobCreate) -> None:
+    queued, running, finished = (jobs.submit_job(spec) for _ in range(3))
+    cancelled = jobs.cancel_job(queued.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(Conflict):
+        jobs.cancel_job(queued.id)
+
+    set_job(running.id, status="running", attempts=1)
+    assert jobs.cancel_job(running.id).status == "running"
+    assert stored_row(running.id).cancel_requested is True
+
+    set_job(finished.id, status="succeeded")
+    with pytest.raises(Conflict):
+        jobs.cancel_job(finished.id)
+
+
+@pytest.mark.parametrize("use_case", [
+    jobs.get_job, jobs.cancel_job, jobs.get_history, jobs.get_parameters,
+    lambda job_id: jobs.predict(job_id, [[0.0]]),
+])
+def test_unknown_job_is_not_found(configured, use_case) -> None:
+    with pytest.raises(NotFound):
+        use_case("no-such-job")
