@@ -46,10 +46,7 @@ class InlineData(Strict):
 
     @model_validator(mode="after")
     def _rectangular(self) -> "InlineData":
-        check_matrix(self.x, ("x",))
-        check_matrix(self.y, ("y",))
-        if len(self.x) != len(self.y):
-            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        check_pairs(self.x, self.y)
         return self
 
 
@@ -137,6 +134,14 @@ def check_matrix(rows: Matrix, loc: tuple[str | int, ...]) -> None:
             raise InvalidInput((*loc, i), f"row has {len(row)} values, expected {width}")
 
 
+def check_pairs(x: Matrix, y: Matrix) -> None:
+    """x and y must be rectangular and have one row per data point each."""
+    check_matrix(x, ("x",))
+    check_matrix(y, ("y",))
+    if len(x) != len(y):
+        raise InvalidInput(("y",), f"x has {len(x)} rows but y has {len(y)}")
+
+
 def check_parameters(values: ParameterValues, shapes: dict[str, tuple[int, ...]], loc: tuple) -> None:
     n_layers = len(shapes) // 2
     if len(values.layers) != n_layers:
@@ -181,7 +186,10 @@ class DatasetCreate(Strict):
     x: Matrix = Field(min_length=1)
     y: Matrix = Field(min_length=1)
 
-    _rectangular = InlineData._rectangular
+    @model_validator(mode="after")
+    def _rectangular(self) -> "DatasetCreate":
+        check_pairs(self.x, self.y)
+        return self
 
 
 class DatasetRead(BaseModel):

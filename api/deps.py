@@ -1,0 +1,81 @@
+"""Dependencies as ``Annotated`` aliases, so handlers declare what they need in one word.
+
+The settings come from the app (``create_app(settings)``) rather than a global, so a test can
+build an app with small limits without touching the process environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from api.errors import clean_errors, invalid_input_error
+from services.config import Settings
+from services.datasets import parse_csv
+from services.errors import InvalidInput
+from services.spec import DatasetCreate
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def page_limit(settings: SettingsDep, limit: Annotated[int, Query(ge=1)] = 50) -> int:
+    """``limit`` is capped by a setting, which a static ``Query(le=...)`` cannot read."""
+    if limit > settings.max_list_limit:
+        raise RequestValidationError([{
+            "type": "less_than_equal", "loc": ("query", "limit"), "input": limit,
+            "msg": f"Input should be less than or equal to {settings.max_list_limit}",
+            "ctx": {"le": settings.max_list_limit},
+        }])
+    return limit
+
+
+LimitDep = Annotated[int, Depends(page_limit)]
+
+CSV_TYPES = ("text/csv", "application/csv")
+
+
+async def dataset_body(request: Request) -> DatasetCreate:
+    """One endpoint takes JSON, a CSV body, or a multipart upload (field ``file``).
+
+    Parsing a CSV into matrices is pure (``services.datasets.parse_csv``); storing it is the
+    handler's one use case call.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in CSV_TYPES:
+            return _from_csv(await request.body(), ("body",))
+        if content_type == "multipart/form-data":
+            return await _from_upload(request)
+        return DatasetCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(clean_errors(exc.errors(include_url=False), ("body",))) from exc
+    except InvalidInput as exc:
+        raise RequestValidationError([invalid_input_error(exc)]) from exc
+
+
+async def _from_upload(request: Request) -> DatasetCreate:
+    form = await request.form(max_files=1, max_fields=10)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InvalidInput(("file",), "multipart upload needs a file field named 'file'")
+    return _from_csv(await upload.read(), ("file",))
+
+
+def _from_csv(raw: bytes, loc: tuple[str, ...]) -> DatasetCreate:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(loc[1:] or ("csv",), f"CSV must be UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    x, y = parse_csv(text)
+    return DatasetCreate(x=x, y=y)
+
+
+DatasetBody = Annotated[DatasetCreate, Depends(dataset_body)]

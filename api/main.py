@@ -1,0 +1,33 @@
+"""The FastAPI application: ``uvicorn api.main:app``, or ``create_app(settings)`` in tests."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.routes import datasets, health, jobs
+from services.config import Settings, get_settings
+
+DESCRIPTION = """Train packs of small neural networks by gradient descent.
+
+Submit a job (architecture, data, learning rate, stop rules), watch its SSR history, read its
+parameters at any checkpoint and run predictions. Errors: 404 unknown id, 409 state conflict,
+413 body too large, 422 invalid input (``detail[].loc`` names the field), 503 storage down.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` defaults to the environment's (``DESCENT_*``)."""
+    settings = settings or get_settings()
+    app = FastAPI(title="Descent", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(jobs.router, prefix="/v1")
+    app.include_router(datasets.router, prefix="/v1")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,61 @@
+"""Liveness and readiness probes.
+
+``/healthz`` says the process answers; ``/readyz`` says it can do work: the database answers
+``SELECT 1`` and the broker accepts a connection (for the embedded ``filesystem://`` broker, its
+folder exists). Orchestrators (and ``descent up``) wait on ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from kombu import Connection
+from sqlalchemy import text
+
+from api.deps import SettingsDep
+from services.config import Settings
+from services.db.session import session_scope
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger("descent.api")
+BROKER_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz")
+def read_health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
+def read_readiness(settings: SettingsDep) -> JSONResponse:
+    """200 when every dependency answers, else 503 naming the ones that do not."""
+    checks = {"database": _database_error(), "broker": _broker_error(settings)}
+    failing = {name: err for name, err in checks.items() if err}
+    if failing:
+        return JSONResponse(status_code=503, content={"status": "unavailable", "failing": failing})
+    return JSONResponse(content={"status": "ready", "checks": {name: "ok" for name in checks}})
+
+
+def _database_error() -> str | None:
+    try:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 (any failure means "not ready")
+        log.warning("readiness: database: %s", exc)
+        return f"database unreachable: {type(exc).__name__}"
+    return None
+
+
+def _broker_error(settings: Settings) -> str | None:
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        return None if folder.is_dir() else f"broker folder {folder} does not exist"
+    try:
+        with Connection(settings.broker_url, connect_timeout=BROKER_TIMEOUT_S) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("readiness: broker: %s", exc)
+        return f"broker unreachable: {type(exc).__name__}"
+    return None

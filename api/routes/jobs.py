@@ -1,0 +1,72 @@
+"""Job endpoints. Each handler parses, calls one use case of ``services.jobs``, returns."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from api.deps import LimitDep
+from services import jobs
+from services.spec import (
+    HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job's id")]
+_NOT_FOUND = {404: {"description": "No job with this id"}}
+BIG = 2**53  # steps are int64 in the engine and the database; larger numbers are nonsense
+
+
+@router.post("", status_code=201, response_model=JobRead)
+def create_job(spec: JobCreate) -> JobRead:
+    """Validate, store and queue a training job; it starts as ``queued``."""
+    return jobs.submit_job(spec)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    *,
+    limit: LimitDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+    sweep_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+) -> JobPage:
+    """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    return jobs.list_jobs(status=status, sweep_id=sweep_id, limit=limit, cursor=cursor)
+
+
+@router.get("/{job_id}", response_model=JobRead, responses=_NOT_FOUND)
+def read_job(job_id: JobId) -> JobRead:
+    return jobs.get_job(job_id)
+
+
+@router.get("/{job_id}/history", response_model=HistoryRead, responses=_NOT_FOUND)
+def read_history(
+    job_id: JobId,
+    every: Annotated[int | None, Query(ge=1, le=BIG, description="Keep every n-th step")] = None,
+    max_points: Annotated[int | None, Query(ge=2, description="Thin to at most this many")] = None,
+) -> HistoryRead:
+    """SSR at every step from 0 to the current one, optionally thinned."""
+    return jobs.get_history(job_id, every=every, max_points=max_points)
+
+
+@router.get("/{job_id}/parameters", response_model=ParametersRead, responses=_NOT_FOUND)
+def read_parameters(
+    job_id: JobId,
+    step: Annotated[int | None, Query(ge=0, le=BIG, description="A checkpointed step; latest if absent")] = None,
+) -> ParametersRead:
+    return jobs.get_parameters(job_id, step=step)
+
+
+@router.post("/{job_id}/predict", response_model=PredictRead, responses=_NOT_FOUND)
+def predict_job(job_id: JobId, body: PredictRequest) -> PredictRead:
+    """Run the network of the latest checkpoint on ``x``."""
+    return jobs.predict(job_id, body.x)
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead, responses={**_NOT_FOUND, 409: {"description": "Job already finished"}})
+def cancel_job(job_id: JobId) -> JobRead:
+    """Queued jobs stop at once; running ones at their next checkpoint."""
+    return jobs.cancel_job(job_id)

@@ -1,0 +1,134 @@
+"""``descent``: run the service's processes, alone (production) or together (``up``, ``demo``).
+
+``api`` and ``worker`` are what a deployment runs, one per container; ``up`` supervises both on
+one machine with the same commands, so the embedded stack tests the production code path. This
+module never imports ``api`` or ``worker``: uvicorn and Celery load them by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.config import get_settings
+
+app = typer.Typer(help="Descent: train packs of small neural networks by gradient descent.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+Port = Annotated[int, typer.Option(min=1, max=65535, help="TCP port of the API")]
+Host = Annotated[str, typer.Option(help="Interface the API listens on")]
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the schema up to date (Alembic migrations to head)."""
+    from services.db.migrate import upgrade
+
+    upgrade()
+    typer.echo("database schema is up to date")
+
+
+@app.command("api")
+def run_api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Serve the HTTP API (uvicorn, in this process)."""
+    import uvicorn
+
+    uvicorn.run("api.main:app", host=host, port=port, log_level="info")
+
+
+@app.command("worker")
+def run_worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: cpu, gpu")] = "cpu",
+    concurrency: Annotated[int, typer.Option(min=1, help="Pool processes")] = 1,
+    name: Annotated[str | None, typer.Option(help="Celery node name, e.g. cpu1@%h")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Replace this process with a prefork Celery worker for ``worker.app``.
+
+    A worker of the ``gpu`` queue computes with CuPy (DESCENT_ENGINE_BACKEND=cupy).
+    """
+    env = os.environ.copy()
+    if "gpu" in queues.split(","):
+        env["DESCENT_ENGINE_BACKEND"] = "cupy"
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues,
+            "-c", str(concurrency), "--pool", "prefork", "--loglevel", loglevel]
+    if name:
+        argv += ["-n", name]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)
+
+
+@app.command("up")
+def run_up(
+    port: Port = 8000,
+    host: Host = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (cpu queue)")] = 1,
+) -> None:
+    """Run API and workers on this machine until Ctrl-C (SQLite + filesystem broker by default)."""
+    from services.stack import Stack, StackError, raise_on_sigterm
+
+    raise_on_sigterm()
+    home = Path(os.environ.get("DESCENT_HOME") or get_settings().home)
+    try:
+        with Stack(home, host=host, port=port, workers=workers) as stack:
+            settings = get_settings()
+            typer.echo(f"Descent is serving at {stack.url} (docs {stack.url}/docs)")
+            typer.echo(f"  home {stack.home}\n  database {_redact(settings.database_url)}"
+                       f"\n  broker {_redact(settings.broker_url)}\n  workers {workers}; Ctrl-C stops")
+            while True:
+                stack.check_alive()
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("demo")
+def run_demo(
+    port: Port = 8765,
+    home: Annotated[Path | None, typer.Option(help="DESCENT_HOME; a fresh temporary one if absent")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the job")] = 120.0,
+) -> None:
+    """Start the embedded stack, train the StatQuest network over HTTP, check b3 = 2.61, stop."""
+    import httpx
+
+    from services.demo import run_statquest
+    from services.stack import Stack, StackError, raise_on_sigterm
+
+    raise_on_sigterm()
+    temporary = home is None
+    home = home or Path(tempfile.mkdtemp(prefix="descent-demo-"))
+    ok = False
+    try:
+        with Stack(home, port=port, workers=1, log_dir=home / "logs") as stack:
+            typer.echo(f"Descent is serving at {stack.url} (home {stack.home})")
+            ok = run_statquest(stack.url, typer.echo, timeout)
+    except (StackError, httpx.HTTPError, KeyboardInterrupt) as exc:
+        typer.echo(f"error: {exc or 'interrupted'}; logs in {home / 'logs'}", err=True)
+    if ok and temporary:
+        shutil.rmtree(home, ignore_errors=True)
+    elif not ok:
+        typer.echo(f"logs kept in {home / 'logs'}", err=True)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _redact(url: str) -> str:
+    """Never print a password that a URL may carry."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,154 @@
+"""The embedded stack: the production processes on one machine, supervised by ``descent up``.
+
+The API and the workers are started as the same commands production runs (``descent api``,
+``descent worker``, i.e. uvicorn and a prefork Celery worker) in subprocesses; only the URLs
+differ (SQLite + ``filesystem://`` under ``DESCENT_HOME`` unless the environment names others).
+This module imports neither ``api`` nor ``worker``: it starts them by module name.
+
+Each child runs in its own process group so that Ctrl-C reaches only the supervisor, which then
+stops the children in order (terminate, wait, kill the whole group after a timeout: a prefork
+pool never outlives its parent).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from services.config import get_settings
+
+
+class StackError(RuntimeError):
+    """A child exited early or the API never became ready."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: IO[bytes] | None = None
+
+
+@dataclass
+class Stack:
+    """Start with ``with Stack(...) as stack:``; leaving the block stops every child."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_dir: Path | None = None  # None: children write to this process's terminal
+    stop_timeout: float = 10.0
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> "Stack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        """Prepare the home, migrate the schema, then start the API and the workers."""
+        self.home = self.home.absolute()
+        os.environ["DESCENT_HOME"] = str(self.home)
+        get_settings.cache_clear()
+        settings = get_settings()
+        self.home.mkdir(parents=True, exist_ok=True)
+        if settings.broker_url.startswith("filesystem://"):
+            settings.broker_folder.mkdir(parents=True, exist_ok=True)
+        from services.db.migrate import upgrade  # lazy: only `up` and `demo` need Alembic
+
+        try:
+            upgrade()  # the schema is current before any process serves or trains
+        except Exception as exc:  # noqa: BLE001 (driver and Alembic errors alike)
+            raise StackError(f"database migration failed: {str(exc).splitlines()[0]}") from exc
+        self._spawn("api", ["api", "--host", self.host, "--port", str(self.port)])
+        for i in range(self.workers):
+            self._spawn(f"worker{i}", ["worker", "--queues", "cpu", "--concurrency", "1", "--name", f"cpu{i}@%h"])
+        self.wait_ready(ready_timeout)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT if log else None,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.children.append(Child(name, proc, log))
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll ``/readyz`` until 200; fail fast when a child dies meanwhile."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                answer = httpx.get(f"{self.url}/readyz", timeout=2.0)
+                if answer.status_code == 200:
+                    return
+                last = answer.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.2)
+        raise StackError(f"API at {self.url} not ready after {timeout:.0f} s: {last}")
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None:
+                where = f"; see {child.log.name}" if child.log else ""
+                raise StackError(f"{child.name} exited with code {code}{where}")
+
+    def stop(self) -> None:
+        """SIGTERM to every child at once, one shared deadline, then SIGKILL each group."""
+        deadline = time.monotonic() + self.stop_timeout
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.terminate()
+        for child in self.children:
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(child.proc)
+            if child.log:
+                child.log.close()
+        self.children.clear()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left in the child's process group (pool processes included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so ``with Stack`` cleans up as it does for Ctrl-C."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

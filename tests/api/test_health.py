@@ -1,0 +1,42 @@
+"""Probes, docs, and what clients see when a dependency is down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from services.config import Settings
+
+
+def test_healthz_and_readyz_answer_ok(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_openapi_docs_are_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}/history", "/v1/datasets", "/readyz"} <= set(paths)
+    assert "text/csv" in paths["/v1/datasets"]["post"]["requestBody"]["content"]
+
+
+def test_readyz_names_an_unreachable_broker(limited: Callable[..., TestClient]) -> None:
+    answer = limited(broker_url="redis://127.0.0.1:1/0").get("/readyz")
+    assert answer.status_code == 503
+    assert set(answer.json()["failing"]) == {"broker"}
+
+
+def test_readyz_names_a_missing_broker_folder(client: TestClient, configured: Settings) -> None:
+    configured.broker_folder.rmdir()
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and "broker" in answer.json()["failing"]
+
+
+def test_a_database_that_is_down_is_503_not_500(limited: Callable[..., TestClient]) -> None:
+    down = limited(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    ready = down.get("/readyz")
+    assert ready.status_code == 503 and set(ready.json()["failing"]) == {"database"}
+    answer = down.get("/v1/jobs/some-id")
+    assert answer.status_code == 503 and "detail" in answer.json()

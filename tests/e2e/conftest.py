@@ -1,0 +1,122 @@
+"""End-to-end fixtures: ``descent up`` / ``descent demo`` as real subprocesses, never orphaned.
+
+Every process the stack starts inherits ``DESCENT_HOME`` (a fresh tmp folder), so after a test
+the processes still carrying that home in their environment are exactly our leftovers: the
+teardown kills them by pid and the tests assert there were none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("DESCENT_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/12")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descent(*args: str) -> list[str]:
+    """The installed entry point's module, run with this interpreter."""
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def stack_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCENT_")}
+    return env | {"DESCENT_HOME": str(home), "PYTHONUNBUFFERED": "1"} | extra
+
+
+def processes_with_home(home: Path) -> list[int]:
+    """Pids whose environment says DESCENT_HOME=<home> (only processes this test started)."""
+    marker = f"DESCENT_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def kill_leftovers(home: Path) -> list[int]:
+    left = processes_with_home(home)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+@dataclass
+class Running:
+    url: str
+    home: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """What Ctrl-C does; the stack must be gone afterwards, children included."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        deadline = time.monotonic() + 5
+        while processes_with_home(self.home) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"descent up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"stack at {url} not ready:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """``start_up(**env)``: ``descent up --workers 1`` on a free port with its home in tmp_path."""
+    started: list[Running] = []
+
+    def start(**extra: str) -> Running:
+        home, port = tmp_path / f"home{len(started)}", free_port()
+        log = tmp_path / f"up{len(started)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                descent("up", "--port", str(port), "--workers", "1"), cwd=ROOT, env=stack_env(home, **extra),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        started.append(Running(f"http://127.0.0.1:{port}", home, proc, log))
+        wait_ready(started[-1].url, proc, log)
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+        kill_leftovers(running.home)
