@@ -1,0 +1,260 @@
+"""The worker use case: claim jobs, train them as one engine pack, checkpoint, finish.
+
+The message that started us may be a duplicate or a redelivery, and another worker may take a job
+over when our lease lapses, so every write is fenced (``services/db/checkpoints.py``) and every
+step of history is written exactly once: a resumed job continues at its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from services import engine
+from services.config import get_settings
+from services.db import checkpoints as ckpt
+from services.db.arrays import decode
+from services.db.models import Dataset, Job
+from services.db.session import session_scope
+from services.errors import DomainError
+from services.spec import ExplicitInit, JobCreate, SeedInit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    claim: ckpt.Claim
+    spec: JobCreate
+
+
+@dataclass
+class Pack:
+    """One engine pack: members share architecture, data, dtype, batching and checkpoint cadence."""
+
+    members: list[Member]
+    xp: object
+    arch: engine.Architecture
+    config: engine.PackConfig
+    state: engine.TrainState
+    x: np.ndarray
+    y: np.ndarray
+
+
+def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
+    """Train whatever of ``job_ids`` this worker can claim. Never raises for a training error:
+    the jobs are marked failed instead, so the broker does not redeliver a poison message."""
+    for group in _groups(job_ids):
+        settings = get_settings()
+        with session_scope() as session:
+            claims = ckpt.claim_jobs(session, group, hostname=hostname, pid=pid,
+                                     lease_seconds=settings.lease_seconds)
+        if claims:
+            _train_claimed(claims, backend)
+
+
+def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
+    log.info("training %d job(s): %s", len(claims), [c.job_id for c in claims])
+    try:
+        pack = _load_pack(claims, engine.get_namespace(backend))
+        for part in _lockstep(pack) if pack is not None else []:
+            while part is not None:
+                part = _advance(part)
+    except Exception as exc:  # noqa: BLE001 (any failure of a job is reported on the job)
+        log.exception("training failed for %s", [c.job_id for c in claims])
+        _fail(claims, f"{type(exc).__name__}: {exc}")
+
+
+def _fail(claims: list[ckpt.Claim], error: str) -> None:
+    try:
+        with session_scope() as session:
+            ckpt.fail_jobs(session, claims, error)
+    except DomainError:
+        log.exception("could not mark %s failed; the lease will expire", [c.job_id for c in claims])
+
+
+def _groups(job_ids: Sequence[str]) -> list[list[str]]:
+    """Jobs that can share one engine pack, in the order given. A spec that does not parse gets a
+    group of its own, where loading it fails and marks only that job failed."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(Job.id, Job.spec, Job.dataset_id)
+            .where(Job.id.in_(list(job_ids)), Job.status.in_(("queued", "running")))
+        ).all()
+    order = {job_id: i for i, job_id in enumerate(job_ids)}
+    groups: dict[str, list[str]] = {}
+    for row in sorted(rows, key=lambda r: order[r.id]):
+        groups.setdefault(_group_key(row.id, row.spec, row.dataset_id), []).append(row.id)
+    return list(groups.values())
+
+
+def _group_key(job_id: str, raw: dict, dataset_id: str) -> str:
+    try:
+        spec = JobCreate.model_validate(raw)
+    except ValueError:
+        return f"invalid:{job_id}"
+    seed = _batch_seed(spec) if spec.batch_size else None
+    return json.dumps([dataset_id, spec.architecture.model_dump(), spec.dtype, spec.batch_size,
+                       seed, spec.checkpoint_every, spec.device])
+
+
+def _batch_seed(spec: JobCreate) -> int:
+    return spec.init.seed if isinstance(spec.init, SeedInit) else 0
+
+
+def _load_pack(claims: list[ckpt.Claim], xp: object) -> Pack | None:
+    """Resume members from their latest checkpoint; start the others at step 0 (and checkpoint
+    that step with history [ssr0] so a job's history always starts at step 0)."""
+    members, dataset, saved = _read_claimed(claims)
+    first = members[0].spec
+    arch = _architecture(first)
+    x, y = _dataset_arrays(dataset, first.dtype)
+    fresh = [m for m in members if m.claim.job_id not in saved]
+    if fresh:
+        saved = saved | _initial_arrays(xp, arch, fresh, x, y)
+    arrays = [saved[m.claim.job_id] for m in members]
+    stacked = {name: np.stack([a[name] for a in arrays]) for name in arrays[0]}
+    state = engine.TrainState.from_arrays(stacked, xp)
+    pack = Pack(members, xp, arch, _config(arch, [m.spec for m in members]), state, x, y)
+    fresh_ids = {m.claim.job_id for m in fresh}
+    old = np.array([-1 if m.claim.job_id in fresh_ids else int(a["step"]) for m, a in zip(members, arrays)])
+    history = [np.asarray([a["ssr"]], dtype=np.float64) for a in arrays]
+    return _commit(pack, stacked, old, history)
+
+
+def _read_claimed(claims: list[ckpt.Claim]) -> tuple[list[Member], Dataset, dict[str, dict[str, np.ndarray]]]:
+    ids = [c.job_id for c in claims]
+    with session_scope() as session:
+        query = select(Job.id, Job.spec, Job.dataset_id).where(Job.id.in_(ids))
+        rows = {r.id: r for r in session.execute(query)}
+        dataset = session.get(Dataset, rows[ids[0]].dataset_id)
+        saved = ckpt.load_latest(session, ids)
+    members = [Member(c, JobCreate.model_validate(rows[c.job_id].spec)) for c in claims]
+    return members, dataset, saved
+
+
+def _initial_arrays(xp: object, arch: engine.Architecture, fresh: list[Member], x: np.ndarray,
+                    y: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    specs = [m.spec for m in fresh]
+    params = [_initial_parameters(arch, spec) for spec in specs]
+    stacked = {name: np.stack([p[name] for p in params]) for name in params[0]}
+    state = engine.init_state(xp, arch, _config(arch, specs), stacked, x, y)
+    arrays = state.to_arrays()
+    return {m.claim.job_id: _member_arrays(arrays, i) for i, m in enumerate(fresh)}
+
+
+def _advance(pack: Pack) -> Pack | None:
+    """Train one chunk of ``checkpoint_every`` updates, then checkpoint it."""
+    old = np.asarray(pack.state.to_arrays()["step"]).copy()
+    every = pack.members[0].spec.checkpoint_every
+    state, history = engine.train(pack.xp, pack.arch, pack.config, pack.state, pack.x, pack.y, every)
+    pack.state = state
+    arrays = state.to_arrays()
+    rows = [history[i, : int(arrays["step"][i]) - int(old[i])] for i in range(len(pack.members))]
+    return _commit(pack, arrays, old, rows)
+
+
+def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
+            history: list[np.ndarray]) -> Pack | None:
+    """ONE transaction for the whole pack: renew fences, write the checkpoints of members that
+    advanced, finish stopped or cancelled ones. Returns the pack of members still training."""
+    steps = arrays["step"]
+    writes = [
+        ckpt.CheckpointWrite(m.claim, int(steps[i]), _member_arrays(arrays, i), int(old[i]) + 1, history[i])
+        for i, m in enumerate(pack.members) if int(steps[i]) > int(old[i])
+    ]
+    with session_scope() as session:
+        held = ckpt.hold_fences(session, [m.claim for m in pack.members])
+        ckpt.write_checkpoints(session, writes, held)
+        outcomes, keep = _outcomes(pack.members, arrays["stop_reason"], held)
+        ckpt.finish_jobs(session, outcomes)
+    if outcomes:
+        log.info("finished %s", [(o.claim.job_id, o.status, o.stop_reason) for o in outcomes[:20]])
+    return _select(pack, keep)
+
+
+def _outcomes(members: list[Member], reasons: np.ndarray,
+              held: dict[str, ckpt.Claim]) -> tuple[list[ckpt.Outcome], list[int]]:
+    """A natural stop wins over a cancel that arrived in the same chunk: the result is final."""
+    outcomes, keep = [], []
+    for i, m in enumerate(members):
+        reason = engine.STOP_REASONS[int(reasons[i])]
+        if m.claim.job_id not in held:
+            log.warning("job %s lost its fence (attempt %d); stopping it", m.claim.job_id, m.claim.attempt)
+        elif reason != "running":
+            status = "diverged" if reason == "diverged" else "succeeded"
+            outcomes.append(ckpt.Outcome(m.claim, status, reason))
+        elif held[m.claim.job_id].cancel_requested:
+            outcomes.append(ckpt.Outcome(m.claim, "cancelled", None))
+        else:
+            keep.append(i)
+    return outcomes, keep
+
+
+def _select(pack: Pack, keep: list[int]) -> Pack | None:
+    if not keep:
+        return None
+    if len(keep) == len(pack.members):
+        return pack
+    members = [pack.members[i] for i in keep]
+    state = pack.state.select(keep)
+    config = _config(pack.arch, [m.spec for m in members])
+    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y)
+
+
+def _lockstep(pack: Pack) -> list[Pack]:
+    """Mini-batches need a pack's members at one step (the batch is a function of the step);
+    resumed members at different checkpoints train as separate packs."""
+    if pack.config.batch_size is None:
+        return [pack]
+    steps = engine.to_host(pack.xp, pack.state.step)
+    return [_select(pack, np.flatnonzero(steps == s).tolist()) for s in np.unique(steps)]
+
+
+def _member_arrays(arrays: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Checkpoints are stored per job without the pack axis (design.md, checkpoint layout)."""
+    return {name: np.asarray(value[i]) for name, value in arrays.items()}
+
+
+def _architecture(spec: JobCreate) -> engine.Architecture:
+    a = spec.architecture
+    return engine.Architecture(tuple(a.layers), a.activation, a.output_activation)
+
+
+def _dataset_arrays(dataset: Dataset, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    x = decode(dataset.dtype, (dataset.n_points, dataset.n_in), dataset.x)
+    y = decode(dataset.dtype, (dataset.n_points, dataset.n_out), dataset.y)
+    return x.astype(dtype), y.astype(dtype)
+
+
+def _initial_parameters(arch: engine.Architecture, spec: JobCreate) -> dict[str, np.ndarray]:
+    if isinstance(spec.init, ExplicitInit):
+        found = {}
+        for i, layer in enumerate(spec.init.parameters.layers):
+            found[f"layers.{i}.weight"] = np.asarray(layer.weight, dtype=spec.dtype)
+            found[f"layers.{i}.bias"] = np.asarray(layer.bias, dtype=spec.dtype)
+        return found
+    return engine.init_parameters(arch, spec.init.seed, spec.dtype)
+
+
+def _config(arch: engine.Architecture, specs: list[JobCreate]) -> engine.PackConfig:
+    """Per-member settings as (M,) arrays; pack-wide ones come from the first spec (the group
+    key guarantees they agree)."""
+    names = list(arch.parameter_shapes())
+    momentum = np.array([s.momentum for s in specs], dtype=np.float64)
+    return engine.PackConfig(
+        learning_rate=np.array([s.learning_rate for s in specs], dtype=np.float64),
+        trainable={n: np.array([s.trainable is None or n in s.trainable for s in specs]) for n in names},
+        max_steps=np.array([s.stop.max_steps for s in specs], dtype=np.int64),
+        min_step_size=np.array([s.stop.min_step_size for s in specs], dtype=np.float64),
+        target_ssr=np.array([-np.inf if s.stop.target_ssr is None else s.stop.target_ssr for s in specs]),
+        momentum=momentum if momentum.any() else None,
+        batch_size=specs[0].batch_size,
+        batch_seed=_batch_seed(specs[0]),
+        dtype=specs[0].dtype,
+    )

@@ -1,0 +1,73 @@
+"""The one Celery configuration and the publishing side (no worker needed here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services import queue
+from services.config import Settings
+from services.db.models import Job
+from services.db.session import session_scope
+
+from .conftest import seed_job, submit
+
+
+def test_celery_is_configured_for_long_tasks_and_json_only(tmp_path) -> None:
+    settings = Settings(home=tmp_path, visibility_timeout=1234)
+    conf = queue.make_celery(settings).conf
+    assert (conf.task_serializer, conf.result_serializer, list(conf.accept_content)) == ("json", "json", ["json"])
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.task_ignore_result and conf.result_backend is None
+    assert conf.task_default_queue == "cpu" and [q.name for q in conf.task_queues] == ["cpu", "gpu"]
+    options = conf.broker_transport_options
+    assert options["visibility_timeout"] == 1234 and options["polling_interval"] == settings.broker_polling_interval
+    assert options["data_folder_in"] == options["data_folder_out"] == str(settings.broker_folder / "queue")
+    assert all((settings.broker_folder / sub).is_dir() for sub in ("queue", "processed", "control"))
+
+
+def test_redis_gets_the_visibility_timeout_and_no_folders(tmp_path) -> None:
+    settings = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/13", visibility_timeout=99)
+    assert queue.make_celery(settings).conf.broker_transport_options == {"visibility_timeout": 99}
+    assert not settings.broker_folder.exists()
+
+
+def test_the_sender_is_cached_per_settings_object(tmp_path) -> None:
+    first, second = Settings(home=tmp_path), Settings(home=tmp_path)
+    try:
+        assert queue.sender(first) is queue.sender(first)
+        assert queue.sender(first) is not queue.sender(second)
+    finally:
+        queue.reset_sender()
+
+
+def test_publish_sends_ids_by_task_name_as_json_and_stamps_dispatch(configured) -> None:
+    job = submit(seed_job())
+    with session_scope() as session:
+        session.get(Job, job.id).dispatched_at = None
+    queue.publish_pack([job.id], "cpu")
+    messages = sorted((configured.broker_folder / "queue").iterdir())
+    assert len(messages) == 2 and all(m.name.endswith(".cpu.msg") for m in messages)
+    envelope = json.loads(messages[-1].read_text())
+    assert envelope["content-type"] == "application/json"
+    assert envelope["headers"]["task"] == "descent.train_pack"
+    assert envelope["headers"]["argsrepr"] == repr([[job.id]])
+    with session_scope() as session:
+        assert session.get(Job, job.id).dispatched_at is not None
+
+
+def test_publish_refuses_an_unknown_queue(configured) -> None:
+    with pytest.raises(ValueError, match="tpu"):
+        queue.publish_pack(["x"], "tpu")
+
+
+def test_the_task_is_thin_and_passes_this_process(configured, monkeypatch) -> None:
+    import os
+
+    from worker import tasks
+
+    calls = []
+    monkeypatch.setattr(tasks, "run_pack", lambda ids, **kw: calls.append((ids, kw)))
+    tasks.train_pack.run(["a", "b"])
+    assert calls == [(["a", "b"], {"hostname": calls[0][1]["hostname"], "pid": os.getpid(), "backend": "numpy"})]

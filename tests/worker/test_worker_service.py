@@ -1,0 +1,139 @@
+"""Service tests against a REAL Celery worker process, on both deployments:
+
+- ``filesystem-sqlite``: the embedded stack (filesystem broker folder + SQLite file);
+- ``redis-postgres``: Redis as broker and PostgreSQL as database.
+
+Jobs go in through the use case (``services.jobs.submit_job`` publishes after commit) and are
+observed only through the database, as a client would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from services import engine, jobs, queue
+from services.examples import STATQUEST_B3, STATQUEST_SSR0, STATQUEST_UPDATES, STATQUEST_WEIGHTS, statquest_job, statquest_named
+
+from .conftest import (
+    Stack, assert_contiguous, checkpoint_attempts, checkpoint_steps, final_parameters, history_rows,
+    parent_pid, running_stack, seed_job, submit, wait_for,
+)
+
+pytestmark = pytest.mark.slow
+REDIS_SERVER = os.environ.get("DESCENT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+LEASE_SECONDS = 5
+
+
+def free_redis_url() -> str:
+    """A database number nobody uses now (no keys, no client on it): other test runs and
+    benchmarks on this server run workers on the same queue names, which would steal our tasks."""
+    try:
+        server = redis.Redis.from_url(REDIS_SERVER, socket_connect_timeout=1)
+        busy = {int(client["db"]) for client in server.client_list()}
+        for db in range(15, 0, -1):
+            if db not in busy and redis.Redis.from_url(f"{REDIS_SERVER}/{db}").dbsize() == 0:
+                return f"{REDIS_SERVER}/{db}"
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis not reachable at {REDIS_SERVER}: {exc}")
+    pytest.skip("no free Redis database")
+
+
+@pytest.fixture(scope="module", params=["filesystem-sqlite", "redis-postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp(request.param)
+    env = {"DESCENT_HOME": str(home), "DESCENT_LEASE_SECONDS": str(LEASE_SECONDS),
+           "DESCENT_ENGINE_BACKEND": "numpy"}
+    if request.param == "filesystem-sqlite":
+        from services.db.migrate import upgrade
+
+        env |= {"DESCENT_DATABASE_URL": f"sqlite:///{home / 'descent.db'}", "DESCENT_BROKER_URL": "filesystem://"}
+        upgrade(env["DESCENT_DATABASE_URL"])
+    else:
+        env |= {"DESCENT_DATABASE_URL": request.getfixturevalue("pg_url"), "DESCENT_BROKER_URL": free_redis_url()}
+    with running_stack(env, home / "worker.log") as running:
+        yield running
+    if request.param == "redis-postgres":
+        redis.Redis.from_url(env["DESCENT_BROKER_URL"]).flushdb()  # our leftovers only
+
+
+def test_statquest_job_trains_b3_in_the_worker_child(stack: Stack) -> None:
+    job = wait_for(submit(statquest_job()).id, stack)
+    assert (job.status, job.stop_reason, job.step) == ("succeeded", "min_step_size", STATQUEST_UPDATES)
+    named = statquest_named([layer.model_dump() for layer in jobs.get_parameters(job.id).layers])
+    assert round(named["b3"], 2) == STATQUEST_B3
+    assert {k: named[k] for k in STATQUEST_WEIGHTS} == STATQUEST_WEIGHTS
+    assert (named["b1"], named["b2"]) == (-1.43, 0.57)
+    history = jobs.get_history(job.id)
+    assert history.steps == list(range(STATQUEST_UPDATES + 1))
+    assert round(history.ssr[0], 2) == STATQUEST_SSR0
+    assert job.worker.pid not in (os.getpid(), stack.process.pid)
+    assert parent_pid(job.worker.pid) == stack.process.pid  # the prefork child, not the main process
+    assert job.worker.hostname and job.attempts == 1
+
+
+def test_checkpoint_every_chunk_and_at_the_end(stack: Stack) -> None:
+    job = wait_for(submit(seed_job(max_steps=35, checkpoint_every=10)).id, stack)
+    assert (job.status, job.stop_reason, job.step) == ("succeeded", "max_steps", 35)
+    assert checkpoint_steps(job.id) == [0, 10, 20, 30, 35]
+    assert history_rows(job.id) == [(0, 1), (1, 10), (11, 10), (21, 10), (31, 5)]
+    assert len(jobs.get_history(job.id).steps) == 36
+
+
+def test_cancel_a_running_job_stops_it_at_a_checkpoint(stack: Stack) -> None:
+    job = submit(seed_job(max_steps=1_000_000, checkpoint_every=500))
+    wait_for(job.id, stack, done=lambda j: j.status == "running" and j.step >= 500)
+    jobs.cancel_job(job.id)
+    done = wait_for(job.id, stack)
+    assert (done.status, done.stop_reason) == ("cancelled", None)
+    steps = checkpoint_steps(job.id)
+    assert steps[-1] == done.step and done.step % 500 == 0 and done.step < 1_000_000
+    assert_contiguous(job.id, done.step)
+
+
+def test_a_duplicate_delivery_changes_nothing(stack: Stack) -> None:
+    job = wait_for(submit(seed_job(max_steps=35, checkpoint_every=10)).id, stack)
+    before = (jobs.get_job(job.id), checkpoint_attempts(job.id), history_rows(job.id))
+    queue.publish_pack([job.id], "cpu")
+    # One child with prefetch 1 runs messages in order: once the sentinel ran, so did the duplicate.
+    wait_for(submit(statquest_job()).id, stack)
+    after = (jobs.get_job(job.id), checkpoint_attempts(job.id), history_rows(job.id))
+    assert after == before
+
+
+def test_a_killed_worker_child_is_resumed_from_its_checkpoint(stack: Stack) -> None:
+    """SIGKILL mid-job; once the lease lapses a re-publish (what the reaper does) resumes it:
+    no gap, no repeated step, and the same bits as an uninterrupted run."""
+    document = seed_job(max_steps=20_000, checkpoint_every=500)
+    running = wait_for(submit(document).id, stack, done=lambda j: j.status == "running" and j.step >= 2000)
+    os.kill(running.worker.pid, signal.SIGKILL)
+    lapse = time.monotonic() + LEASE_SECONDS + 0.5
+    expected = uninterrupted_parameters(document)
+    time.sleep(max(0.0, lapse - time.monotonic()))
+    queue.publish_pack([running.id], "cpu")
+    job = wait_for(running.id, stack)
+    assert (job.status, job.step) == ("succeeded", 20_000)
+    assert job.attempts >= 2 and job.worker.pid != running.worker.pid
+    attempts = checkpoint_attempts(job.id)
+    assert attempts[0] == 1 and attempts[20_000] == job.attempts
+    assert_contiguous(job.id, 20_000)
+    stored = final_parameters(job.id)
+    for name, value in expected.items():
+        assert np.array_equal(stored[f"parameters/{name}"], value), name
+
+
+def uninterrupted_parameters(document: dict) -> dict[str, np.ndarray]:
+    """The same job trained by the engine in one go, in this process."""
+    arch = engine.Architecture(tuple(document["architecture"]["layers"]), document["architecture"]["activation"])
+    config = engine.PackConfig.single(document["learning_rate"], max_steps=document["stop"]["max_steps"])
+    start = {k: v[None] for k, v in engine.init_parameters(arch, document["init"]["seed"]).items()}
+    x, y = np.array(document["data"]["x"]), np.array(document["data"]["y"])
+    state = engine.init_state(np, arch, config, start, x, y)
+    state, _ = engine.train(np, arch, config, state, x, y, document["stop"]["max_steps"])
+    return {name: np.asarray(value[0]) for name, value in state.parameters.items()}

@@ -1,0 +1,22 @@
+"""The Celery worker process: the shared configuration plus per-process setup after fork.
+
+Start it with ``celery -A worker.app worker -Q cpu`` (or ``-Q gpu`` with
+``DESCENT_ENGINE_BACKEND=cupy``); each prefork child builds its own database engine.
+"""
+
+from __future__ import annotations
+
+from celery.signals import worker_process_init
+
+from services.config import get_settings
+from services.db.session import reset_engine
+from services.queue import make_celery
+
+app = make_celery(get_settings())
+app.conf.imports = ("worker.tasks",)
+
+
+@worker_process_init.connect
+def _fresh_engine_per_child(**_: object) -> None:
+    """A pool inherited through fork would share sockets with the parent (hangs, corruption)."""
+    reset_engine()
