@@ -1,0 +1,127 @@
+"""The public entry points: ``init_state``, ``train`` and ``predict``.
+
+A pack is one array program: all members' parameters sit in one flat buffer (see layouts), a
+step is a fixed sequence of whole-pack array ops, and stop rules act through masks (see stops).
+Parameters are double-buffered: an update writes the new values into the second buffer, so the
+previous ones are still there when a member diverges and must be restored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.engine.activations import NumexprKernels, PlainKernels
+from services.engine.architecture import Architecture, check_dtype
+from services.engine.backend import is_numpy, load_numexpr, to_host
+from services.engine.config import PackConfig
+from services.engine.layouts import Layout, prefers_model_last
+from services.engine.loop import Trainer
+from services.engine.network import Network
+from services.engine.state import TrainState
+from services.engine.stops import initial_reasons
+
+
+def build(xp: Any, arch: Architecture, members: int, dtype: str, use_numexpr: bool) -> Network:
+    """Layout, activation kernels and network for a pack (numexpr only on NumPy, if present)."""
+    numexpr = load_numexpr() if use_numexpr and is_numpy(xp) else None
+    kernels = NumexprKernels(numexpr) if numexpr is not None else PlainKernels(xp)
+    return Network(xp, arch, Layout(xp, arch, members, check_dtype(dtype)), kernels)
+
+
+def needs_twin(arch: Architecture, members: int) -> bool:
+    """A lone model-last network runs as a pack of two identical members.
+
+    NumPy sums a (..., P, 1) array along P pairwise but a (..., P, M >= 2) one sequentially, so
+    without the twin a network alone would round differently from the same network in a pack.
+    The twin costs nothing that matters (model last means tiny layers) and makes a pack
+    bit-identical to its members' separate runs.
+    """
+    return members == 1 and prefers_model_last(arch)
+
+
+def twin(parameters: dict[str, Any], xp: Any) -> dict[str, Any]:
+    """(1, *shape) tensors -> (2, *shape), the member repeated."""
+    return {k: xp.concatenate([xp.asarray(v)] * 2, axis=0) for k, v in parameters.items()}
+
+
+def check_parameters(arch: Architecture, parameters: dict[str, Any], members: int) -> None:
+    """Every tensor of ``arch`` present with shape (M, *shape)."""
+    for name, shape in arch.parameter_shapes().items():
+        if name not in parameters:
+            raise ValueError(f"missing parameter {name!r}")
+        if tuple(parameters[name].shape) != (members,) + shape:
+            raise ValueError(f"{name} has shape {tuple(parameters[name].shape)}, expected {(members,) + shape}")
+
+
+def init_state(xp: Any, arch: Architecture, config: PackConfig, parameters: dict[str, Any],
+               x: Any, y: Any, *, use_numexpr: bool = False) -> TrainState:
+    """Step-0 state of a pack: parameters (M, *shape) host or xp, x (P, n_in), y (P, n_out).
+
+    Computes the SSR at the initial parameters and applies the stop rules that need no
+    gradient: non-finite SSR or parameters -> diverged, ssr <= target_ssr, max_steps == 0.
+    """
+    members = config.size
+    check_parameters(arch, parameters, members)
+    if needs_twin(arch, members):
+        state = init_state(xp, arch, PackConfig.stack([config, config]), twin(parameters, xp), x, y,
+                           use_numexpr=use_numexpr)
+        return state.select([0])
+    net = build(xp, arch, members, config.dtype, use_numexpr)
+    buf = net.layout.pack(parameters)
+    with np.errstate(all="ignore"):
+        ssr = net.loss(net.layout.views(buf), *net.data(x, y))
+        finite = to_host(xp, xp.isfinite(buf).all(axis=net.layout.param_axis))
+    dtype = np.dtype(config.dtype)
+    reason = initial_reasons(np.zeros(members, np.int8), to_host(xp, ssr), finite,
+                             config.max_steps, config.target_ssr.astype(dtype))
+    params = net.layout.unpack(buf)
+    return TrainState(
+        parameters=params,
+        velocity={k: xp.zeros_like(v) for k, v in params.items()},
+        step=xp.zeros(members, dtype=xp.int64),
+        ssr=ssr,
+        stop_reason=xp.asarray(reason),
+    )
+
+
+def train(xp: Any, arch: Architecture, config: PackConfig, state: TrainState, x: Any, y: Any,
+          max_updates: int, *, use_numexpr: bool = False) -> tuple[TrainState, np.ndarray]:
+    """Run at most ``max_updates`` more updates per running member; stop early when all stop.
+
+    Returns the new state and the host history (M, max_updates) float64: row m holds the SSR
+    after each of its updates in this call, then NaN. Deterministic: N updates in one call are
+    bit-identical to k updates, ``to_arrays``/``from_arrays``, then N - k updates.
+    """
+    if config.size != state.size:
+        raise ValueError(f"config has {config.size} members, state {state.size}")
+    check_parameters(arch, state.parameters, state.size)
+    if needs_twin(arch, state.size):
+        new, history = train(xp, arch, PackConfig.stack([config, config]), TrainState.stack([state, state]),
+                             x, y, max_updates, use_numexpr=use_numexpr)
+        return new.select([0]), history[:1]
+    net = build(xp, arch, state.size, config.dtype, use_numexpr)
+    with np.errstate(all="ignore"):
+        trainer = Trainer(xp, net, config, state, x, y)
+        return trainer.run(int(max_updates))
+
+
+def predict(xp: Any, arch: Architecture, parameters: dict[str, Any], x: Any, *,
+            use_numexpr: bool = False) -> Any:
+    """Predictions (M, P, n_out) of every member for x (P, n_in); parameters (M, *shape).
+
+    Uses the training code path, so predictions match what the SSR was computed from.
+    """
+    first = parameters[next(iter(arch.parameter_shapes()))]
+    members = int(first.shape[0])
+    check_parameters(arch, parameters, members)
+    if needs_twin(arch, members):
+        return predict(xp, arch, twin(parameters, xp), x, use_numexpr=use_numexpr)[:1]
+    dtype = first.dtype.name if first.dtype.name in ("float32", "float64") else "float64"
+    net = build(xp, arch, members, dtype, use_numexpr)
+    buf = net.layout.pack(parameters)
+    y = xp.zeros((np.shape(x)[0], arch.layers[-1]), dtype=dtype)
+    with np.errstate(all="ignore"):
+        return net.predict(net.layout.views(buf), net.data(x, y)[0])
+

@@ -1,0 +1,65 @@
+"""Shared builders for the engine tests: small packs, data and solo reruns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.engine import Architecture, PackConfig, TrainState, init_parameters, init_state, train
+
+STATQUEST = {
+    "layers.0.weight": [[3.34], [-3.53]],
+    "layers.0.bias": [-1.43, 0.57],
+    "layers.1.weight": [[-1.22, -2.30]],
+    "layers.1.bias": [0.0],
+}
+SQ_X = np.array([[0.0], [0.5], [1.0]])
+SQ_Y = np.array([[0.0], [1.0], [0.0]])
+
+
+def stacked(arch: Architecture, seeds: list[int], dtype: str = "float64") -> dict[str, np.ndarray]:
+    """Parameters (M, *shape) of members initialised from ``seeds``."""
+    members = [init_parameters(arch, seed=s, dtype=dtype) for s in seeds]
+    return {k: np.stack([m[k] for m in members]) for k in members[0]}
+
+
+def sine_data(points: int = 40, n_in: int = 1, n_out: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x (P, n_in) uniform in [-2, 2]; y (P, n_out) = sin of the sum of x, shifted per output."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, size=(points, n_in))
+    y = np.stack([np.sin(x.sum(axis=1) + k) for k in range(n_out)], axis=1)
+    return x, y
+
+
+def member_config(config: PackConfig, i: int) -> PackConfig:
+    """Member i of a pack config as a pack of one."""
+    return PackConfig(
+        learning_rate=config.learning_rate[i:i + 1],
+        trainable={k: v[i:i + 1] for k, v in config.trainable.items()},
+        max_steps=config.max_steps[i:i + 1],
+        min_step_size=config.min_step_size[i:i + 1],
+        target_ssr=config.target_ssr[i:i + 1],
+        momentum=None if config.momentum is None else config.momentum[i:i + 1],
+        batch_size=config.batch_size,
+        batch_seed=config.batch_seed,
+        dtype=config.dtype,
+    )
+
+
+def run(arch: Architecture, config: PackConfig, params: dict[str, np.ndarray], x: Any, y: Any,
+        updates: int, **kw: Any) -> tuple[TrainState, np.ndarray]:
+    """init_state + one train call."""
+    state = init_state(np, arch, config, params, x, y, **kw)
+    return train(np, arch, config, state, x, y, updates, **kw)
+
+
+def solo_runs(arch: Architecture, config: PackConfig, params: dict[str, np.ndarray], x: Any, y: Any,
+              updates: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Each member trained alone: (to_arrays of its final state, its history row)."""
+    out = []
+    for i in range(config.size):
+        one = {k: v[i:i + 1] for k, v in params.items()}
+        state, hist = run(arch, member_config(config, i), one, x, y, updates)
+        out.append((state.to_arrays(), hist[0]))
+    return out

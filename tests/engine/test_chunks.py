@@ -1,0 +1,97 @@
+"""Chunked passes (members, or points of a big member, at a time) change nothing that matters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.engine import Architecture, PackConfig, TrainState, init_state, train
+from services.engine import chunks
+from services.engine.training import build
+from tests.engine.helpers import run, sine_data, solo_runs, stacked
+
+ARCH = Architecture((2, 6, 5, 1), "softplus")  # model first
+
+
+def config(members: int) -> PackConfig:
+    return PackConfig(learning_rate=np.linspace(0.002, 0.01, members), max_steps=np.full(members, 30),
+                      min_step_size=np.zeros(members), target_ssr=np.full(members, -np.inf),
+                      momentum=np.full(members, 0.5))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2000, 10000])
+def test_plans_cover_everything(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    net = build(np, ARCH, 5, "float64", False)
+    members, points = chunks.plan_chunks(ARCH, net.layout, 37)
+    assert [m for r in members for m in range(*r)] == list(range(5))
+    assert [p for r in points for p in range(*r)] == list(range(37))
+    assert len(members) > 1 or len(points) > 1
+
+
+@pytest.mark.parametrize("chunk_bytes", [500, 8000])  # points chunked / members chunked
+def test_chunked_pass_matches_whole(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    x, y = sine_data(37, 2, 1)
+    params = stacked(ARCH, [0, 1, 2, 3, 4])
+    whole_state, whole_history = run(ARCH, config(5), params, x, y, 30)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    state, history = run(ARCH, config(5), params, x, y, 30)
+    member_chunks_only = len(chunks.plan_chunks(ARCH, build(np, ARCH, 5, "float64", False).layout, 37)[1]) == 1
+    a, b = whole_state.to_arrays(), state.to_arrays()
+    for key in a:
+        if member_chunks_only:  # same sums per member: bit-identical
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+        else:  # gradients summed chunk by chunk: equal to rounding
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    np.testing.assert_allclose(history, whole_history, rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [500, 8000])
+def test_chunked_pack_equals_separate_runs_and_resumes(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    x, y = sine_data(37, 2, 1)
+    params = stacked(ARCH, [5, 6, 7])
+    state, history = run(ARCH, config(3), params, x, y, 30)
+    pack = state.to_arrays()
+    for i, (solo, solo_history) in enumerate(solo_runs(ARCH, config(3), params, x, y, 30)):
+        for key, value in solo.items():
+            np.testing.assert_array_equal(pack[key][i], value[0], err_msg=key)
+        np.testing.assert_array_equal(history[i], solo_history)
+    first, _ = train(np, ARCH, config(3), init_state(np, ARCH, config(3), params, x, y), x, y, 11)
+    rest, _ = train(np, ARCH, config(3), TrainState.from_arrays(first.to_arrays(), np), x, y, 19)
+    for key, value in rest.to_arrays().items():
+        np.testing.assert_array_equal(value, pack[key], err_msg=key)
+
+
+def test_chunked_gradient_matches_central_differences(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 500)
+    rng = np.random.default_rng(3)
+    params = {k: rng.normal(0, 0.7, (2,) + s) for k, s in ARCH.parameter_shapes().items()}
+    x, y = sine_data(23, 2, 1)
+    net = build(np, ARCH, 2, "float64", False)
+    grad = net.layout.empty()
+    data = net.data(x, y)
+    net.loss_and_grad(net.layout.views(net.layout.pack(params)), *data, net.layout.views(grad))
+    grads = net.layout.unpack(grad)
+    h = 1e-6
+    for name, shape in ARCH.parameter_shapes().items():
+        for entry in np.ndindex(*shape):
+            plus = {k: v.copy() for k, v in params.items()}
+            minus = {k: v.copy() for k, v in params.items()}
+            plus[name][(slice(None),) + entry] += h
+            minus[name][(slice(None),) + entry] -= h
+            fd = (net.loss(net.layout.views(net.layout.pack(plus)), *data)
+                  - net.loss(net.layout.views(net.layout.pack(minus)), *data)) / (2 * h)
+            np.testing.assert_allclose(grads[name][(slice(None),) + entry], fd, rtol=2e-6, atol=2e-6)
+
+
+def test_chunked_predict_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.engine import predict
+
+    x, _ = sine_data(37, 2, 1)
+    params = stacked(ARCH, [0, 1, 2])
+    whole = predict(np, ARCH, params, x)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 500)
+    chunked = predict(np, ARCH, params, x)
+    assert chunked.shape == (3, 37, 1)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-15)
