@@ -202,10 +202,7 @@ def predict(job_id: str, x: Matrix) -> PredictRead:
     if found is None:
         raise NotFound("checkpoint", f"{job_id} (none yet)")
     inputs = _prediction_inputs(x, spec.architecture.layers[0])
-    arch = engine.Architecture(
-        layers=tuple(spec.architecture.layers), activation=spec.architecture.activation,
-        output_activation=spec.architecture.output_activation,
-    )
+    arch = spec.architecture.to_engine()
     _, arrays = found
     prefix = "parameters/"
     parameters = {name[len(prefix):]: value[None] for name, value in arrays.items() if name.startswith(prefix)}

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from services.config import Settings
+from services.engine import Architecture
 from services.errors import InvalidInput
 
 Activation = Literal["identity", "relu", "softplus", "sigmoid", "tanh"]
@@ -32,12 +33,11 @@ class ArchitectureSpec(Strict):
     activation: Activation = "relu"
     output_activation: Activation = "identity"
 
+    def to_engine(self) -> Architecture:
+        return Architecture(tuple(self.layers), self.activation, self.output_activation)
+
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, (n_in, n_out) in enumerate(zip(self.layers, self.layers[1:])):
-            shapes[f"layers.{i}.weight"] = (n_out, n_in)
-            shapes[f"layers.{i}.bias"] = (n_out,)
-        return shapes
+        return self.to_engine().parameter_shapes()
 
 
 class InlineData(Strict):

@@ -112,7 +112,7 @@ def _load_pack(claims: list[ckpt.Claim], xp: object) -> Pack | None:
     that step with history [ssr0] so a job's history always starts at step 0)."""
     members, dataset, saved = _read_claimed(claims)
     first = members[0].spec
-    arch = _architecture(first)
+    arch = first.architecture.to_engine()
     x, y = _dataset_arrays(dataset, first.dtype)
     fresh = [m for m in members if m.claim.job_id not in saved]
     if fresh:
@@ -219,11 +219,6 @@ def _lockstep(pack: Pack) -> list[Pack]:
 def _member_arrays(arrays: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     """Checkpoints are stored per job without the pack axis (design.md, checkpoint layout)."""
     return {name: np.asarray(value[i]) for name, value in arrays.items()}
-
-
-def _architecture(spec: JobCreate) -> engine.Architecture:
-    a = spec.architecture
-    return engine.Architecture(tuple(a.layers), a.activation, a.output_activation)
 
 
 def _dataset_arrays(dataset: Dataset, dtype: str) -> tuple[np.ndarray, np.ndarray]:

@@ -37,3 +37,19 @@ def plan_chunks(arch: Architecture, layout: Layout, points: int) -> tuple[list[t
 def rows(pairs: list[tuple[Any, Any]], m0: int, m1: int) -> list[tuple[Any, Any]]:
     """Members [m0, m1) of model-first per-layer view pairs."""
     return [(first[m0:m1], second[m0:m1]) for first, second in pairs]
+
+
+# Below this many FLOPs per matrix product, one BLAS thread beats two on the benchmark machine
+# (W4: 64 members x 1000 points x 32x33 weights, ~2 MFLOP per product, 1.0 s vs 1-2 s).
+SMALL_GEMM_FLOPS = 8e6
+
+
+def blas_thread_limit(arch: Architecture, layout: Layout, points: int) -> int | None:
+    """1 when every matrix product of a chunked pass is small, else None (leave BLAS alone).
+    Depends only on the architecture, P and the dtype, like the chunk plan."""
+    if layout.model_last:
+        return None
+    _, point_ranges = plan_chunks(arch, layout, points)
+    widest = max(a * (b + 1) for a, b in zip(arch.layers[1:], arch.layers))
+    chunk_points = max(stop - start for start, stop in point_ranges)
+    return 1 if 2 * chunk_points * widest < SMALL_GEMM_FLOPS else None

@@ -14,7 +14,8 @@ import numpy as np
 
 from services.engine.activations import NumexprKernels, PlainKernels
 from services.engine.architecture import Architecture, check_dtype
-from services.engine.backend import is_numpy, load_numexpr, to_host
+from services.engine.backend import blas_threads, is_numpy, load_numexpr, to_host
+from services.engine.chunks import blas_thread_limit
 from services.engine.config import PackConfig
 from services.engine.layouts import Layout, prefers_model_last
 from services.engine.loop import Trainer
@@ -102,7 +103,8 @@ def train(xp: Any, arch: Architecture, config: PackConfig, state: TrainState, x:
                              x, y, max_updates, use_numexpr=use_numexpr)
         return new.select([0]), history[:1]
     net = build(xp, arch, state.size, config.dtype, use_numexpr)
-    with np.errstate(all="ignore"):
+    limit = blas_thread_limit(arch, net.layout, int(np.shape(x)[0]))
+    with np.errstate(all="ignore"), blas_threads(xp, limit):
         trainer = Trainer(xp, net, config, state, x, y)
         return trainer.run(int(max_updates))
 

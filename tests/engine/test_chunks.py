@@ -7,6 +7,7 @@ import pytest
 
 from services.engine import Architecture, PackConfig, TrainState, init_state, train
 from services.engine import chunks
+from services.engine.layouts import Layout
 from services.engine.training import build
 from tests.engine.helpers import run, sine_data, solo_runs, stacked
 
@@ -95,3 +96,29 @@ def test_chunked_predict_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     chunked = predict(np, ARCH, params, x)
     assert chunked.shape == (3, 37, 1)
     np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-15)
+
+
+def test_blas_thread_limit_is_one_only_for_many_small_products() -> None:
+    from services.engine.chunks import blas_thread_limit
+
+    def limit(layers: tuple[int, ...], members: int, points: int, act: str = "tanh") -> int | None:
+        arch = Architecture(layers, act)
+        return blas_thread_limit(arch, Layout(np, arch, members, "float64"), points)
+
+    assert limit((1, 32, 32, 1), 64, 1000) == 1          # W4: ~2 MFLOP per product
+    assert limit((1, 64, 64, 1), 1, 10_000, "softplus") is None  # W3: big products, keep threads
+    assert limit((1, 2, 1), 1000, 3, "softplus") is None  # W2: model axis last, no BLAS
+
+
+def test_the_blas_cap_holds_only_inside_its_block() -> None:
+    from threadpoolctl import threadpool_info
+
+    from services.engine.backend import blas_threads
+
+    def threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = threads()
+    with blas_threads(np, 1):
+        assert threads() == {1}
+    assert threads() == before
