@@ -1,0 +1,35 @@
+"""The benchmarks stay runnable: their quick modes run here (figures live in RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_json(script: str, *args: str) -> list[dict]:
+    out = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", "--json", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_engine_benchmark_quick_run_reports_every_workload() -> None:
+    rows = run_json("engine.py")
+    assert {(r["workload"], r["dtype"]) for r in rows} >= {
+        ("W2", "float64"), ("W3", "float64"), ("W3", "float32"), ("W4", "float64"), ("W4", "float32")}
+    assert all(r["descent_s"] > 0 and "torch_s" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_service_benchmark_quick_run_ingests_history(pg_url: str) -> None:
+    """``pg_url`` only makes this skip where no PostgreSQL answers; the script makes its own DB."""
+    rows = {r["name"]: r for r in run_json("service.py", "--skip-stack")}
+    assert rows["rows of 100 points"]["value"] > 0
+    assert rows["rows of 100 points"]["details"]["points"] > 0
+    assert rows["Grafana read-back of one curve"]["passed"] is True
