@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as a file: make `services` importable from 
 from services.db import repository  # noqa: E402 (after the path fix above)
 from services.db.models import Job  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
+from services.stack import StackError, wait_until_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -335,19 +336,10 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 def wait_ready(handle: StackHandle, timeout: float) -> None:
     """``/readyz`` = database and broker answer; the worker is proven alive by the warm-up jobs."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        check_alive(handle)
-        try:
-            answer = httpx.get(f"{handle.url}/readyz", timeout=2.0)
-            if answer.status_code == 200:
-                return
-            last = answer.text
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"API not ready after {timeout:.0f} s: {last}\n{log_tail(handle.logs / 'api.log')}")
+    try:
+        wait_until_ready(handle.url, timeout, lambda: check_alive(handle))
+    except StackError as exc:
+        raise RuntimeError(f"{exc}\n{log_tail(handle.logs / 'api.log')}") from exc
 
 
 def job_spec(seed: int) -> dict:

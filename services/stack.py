@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -97,20 +98,7 @@ class Stack:
         self.children.append(Child(name, proc, log))
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll ``/readyz`` until 200; fail fast when a child dies meanwhile."""
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                answer = httpx.get(f"{self.url}/readyz", timeout=2.0)
-                if answer.status_code == 200:
-                    return
-                last = answer.text
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(0.2)
-        raise StackError(f"API at {self.url} not ready after {timeout:.0f} s: {last}")
+        wait_until_ready(self.url, timeout, self.check_alive)
 
     def check_alive(self) -> None:
         for child in self.children:
@@ -134,6 +122,24 @@ class Stack:
             if child.log:
                 child.log.close()
         self.children.clear()
+
+
+def wait_until_ready(url: str, timeout: float, check: Callable[[], None] = lambda: None) -> None:
+    """Poll ``{url}/readyz`` until 200. ``check`` is called between polls and should raise when a
+    watched process has died, so a crashed child fails fast instead of after the timeout."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        check()
+        try:
+            answer = httpx.get(f"{url}/readyz", timeout=2.0)
+            if answer.status_code == 200:
+                return
+            last = answer.text
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise StackError(f"API at {url} not ready after {timeout:.0f} s: {last}")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import pytest
 import redis
 import yaml
 
+from services.stack import wait_until_ready
+from tests.e2e.conftest import free_port
 from services.examples import STATQUEST_B3, statquest_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,12 +58,6 @@ def test_dockerfile_copies_what_exists() -> None:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _local_argv(service: str, port: int) -> list[str]:
     """The service's own command; `descent` resolves to this venv's script, port made free."""
     argv = list(SERVICES[service]["command"])
@@ -82,7 +77,7 @@ def compose_env(pg_url: str, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def compose_up(compose_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     subprocess.run(_local_argv("migrate", port), env=compose_env, check=True, timeout=120)
     procs = [
         subprocess.Popen(_local_argv(name, port), env=compose_env, start_new_session=True,
@@ -105,16 +100,10 @@ def compose_up(compose_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
 
 
 def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def alive() -> None:
         assert all(p.poll() is None for p in procs), "a compose service exited early"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url}/readyz never answered 200")
+
+    wait_until_ready(url, timeout, alive)
 
 
 def test_compose_services_train_the_statquest_job(compose_up: str) -> None:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from services.stack import StackError, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("DESCENT_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -86,17 +87,14 @@ class Running:
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def alive() -> None:
         if proc.poll() is not None:
             pytest.fail(f"descent up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"stack at {url} not ready:\n{log.read_text()[-4000:]}")
+
+    try:
+        wait_until_ready(url, timeout, alive)
+    except StackError as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture

@@ -63,3 +63,19 @@ def solo_runs(arch: Architecture, config: PackConfig, params: dict[str, np.ndarr
         state, hist = run(arch, member_config(config, i), one, x, y, updates)
         out.append((state.to_arrays(), hist[0]))
     return out
+
+
+def assert_gradient_matches_central_differences(arch: Architecture, net: Any, params: dict[str, np.ndarray],
+                                                data: tuple[Any, Any], grads: dict[str, np.ndarray]) -> None:
+    """Each entry of ``grads`` against (SSR(p + h) - SSR(p - h)) / 2h, all members at once."""
+    h = 1e-6
+    for name, shape in arch.parameter_shapes().items():
+        for entry in np.ndindex(*shape):
+            plus = {k: v.copy() for k, v in params.items()}
+            minus = {k: v.copy() for k, v in params.items()}
+            plus[name][(slice(None),) + entry] += h
+            minus[name][(slice(None),) + entry] -= h
+            fd = (net.loss(net.layout.views(net.layout.pack(plus)), *data)
+                  - net.loss(net.layout.views(net.layout.pack(minus)), *data)) / (2 * h)
+            np.testing.assert_allclose(grads[name][(slice(None),) + entry], fd, rtol=2e-6, atol=2e-6,
+                                       err_msg=f"{name}{entry}")

@@ -9,7 +9,9 @@ from services.engine import Architecture, PackConfig, TrainState, init_state, tr
 from services.engine import chunks
 from services.engine.layouts import Layout
 from services.engine.training import build
-from tests.engine.helpers import run, sine_data, solo_runs, stacked
+from tests.engine.helpers import (
+    assert_gradient_matches_central_differences, run, sine_data, solo_runs, stacked,
+)
 
 ARCH = Architecture((2, 6, 5, 1), "softplus")  # model first
 
@@ -74,16 +76,7 @@ def test_chunked_gradient_matches_central_differences(monkeypatch: pytest.Monkey
     data = net.data(x, y)
     net.loss_and_grad(net.layout.views(net.layout.pack(params)), *data, net.layout.views(grad))
     grads = net.layout.unpack(grad)
-    h = 1e-6
-    for name, shape in ARCH.parameter_shapes().items():
-        for entry in np.ndindex(*shape):
-            plus = {k: v.copy() for k, v in params.items()}
-            minus = {k: v.copy() for k, v in params.items()}
-            plus[name][(slice(None),) + entry] += h
-            minus[name][(slice(None),) + entry] -= h
-            fd = (net.loss(net.layout.views(net.layout.pack(plus)), *data)
-                  - net.loss(net.layout.views(net.layout.pack(minus)), *data)) / (2 * h)
-            np.testing.assert_allclose(grads[name][(slice(None),) + entry], fd, rtol=2e-6, atol=2e-6)
+    assert_gradient_matches_central_differences(ARCH, net, params, data, grads)
 
 
 def test_chunked_predict_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
