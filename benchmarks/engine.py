@@ -6,6 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python -m benchmarks.engine --quick              # smoke test, seconds
     .venv/bin/python -m benchmarks.engine --workloads W2 --repeat 5 --markdown
     .venv/bin/python -m benchmarks.engine --json               # one JSON list on stdout
+    python benchmarks/engine.py --backend cupy --markdown      # on a GPU machine (CuPy, torch CUDA)
 
 Workloads (see the issue):
   W2  a pack of 1000 StatQuest networks [1,2,1] softplus on 3 points x 1000 steps, float64.
@@ -26,6 +27,15 @@ first line gives the load average at start: on a busy machine the ratios are not
 
 Torch is only in the ``bench`` extra; it is imported lazily and its columns are skipped when it
 is missing. The engine is used only through its public API (``services.engine``).
+
+``--backend cupy`` runs descent on the GPU: x, y and the initial parameters are moved to the device
+once, outside the timed region, and every timed run ends with ``cupy.cuda.Device().synchronize()``.
+The torch references then run on CUDA when ``torch.cuda.is_available()`` (tensors moved once,
+``torch.cuda.synchronize()`` before each timer stops), else on the CPU as with NumPy; the matmul
+peak is a CuPy matmul. Each side's device is printed in the header and in a table column, and
+JSON rows carry it under "device" (also with NumPy: "cpu"). On a device every contender runs once
+untimed first (kernel compilation, cuBLAS handles, caching allocators). The bars were set for the
+CPU comparison; on a GPU they are shown but mean little.
 """
 
 from __future__ import annotations
@@ -52,9 +62,33 @@ THREADS = 2  # this machine's cores; torch is pinned to it, OpenBLAS uses all co
 Timed = tuple[float, np.ndarray]  # (best seconds, final SSR per member as float64)
 # A contender: (one full timed training run, final SSR (M,) as float64 from that run's result).
 Runner = tuple[Callable[[], Any], Callable[[Any], np.ndarray]]
+BACKENDS = ("numpy", "cupy")  # descent's array namespace (--backend)
 
 # Rough FLOPs per (hidden or output) unit per point for activation forward + derivative.
 ACTIVATION_FLOPS = {"identity": 0, "relu": 2, "sigmoid": 10, "tanh": 8, "softplus": 12}
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Where each side runs: descent's array namespace and the torch device, with their syncs."""
+
+    backend: str = "numpy"
+    xp: Any = np
+    sync: Callable[[], None] = lambda: None  # descent: wait for the device before a timer stops
+    descent_device: str = "cpu"  # "cpu" or "cuda:<id> (<name>)"
+    torch_device: str = "cpu"  # torch's device string: "cpu" or "cuda"
+    torch_sync: Callable[[], None] = lambda: None
+    torch_device_text: str | None = None  # None when torch is missing
+
+    @property
+    def on_device(self) -> bool:
+        """True when either side runs on a GPU (then runs get an untimed warm-up first)."""
+        return self.backend != "numpy" or self.torch_device != "cpu"
+
+
+def short_device(text: str | None) -> str:
+    """"cuda:0 (NVIDIA H100 ...)" -> "cuda:0"; None (no torch) -> "-"."""
+    return "-" if text is None else text.split(" (")[0]
 
 
 @dataclass(frozen=True)
@@ -166,14 +200,18 @@ def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, result
 
 
-def interleaved_best(runners: dict[str, Runner], repeat: int) -> dict[str, Timed]:
+def interleaved_best(runners: dict[str, Runner], repeat: int, warmup: bool = False) -> dict[str, Timed]:
     """Best time of each contender, their runs interleaved (descent, torch, descent, torch...).
 
     Interleaving makes a burst of load from other processes hit both sides alike instead of
-    only whichever ran during it.
+    only whichever ran during it. ``warmup``: one untimed run of each first (GPU: kernel
+    compilation, library handles and memory pools stay out of the timings).
     """
     best = {name: float("inf") for name in runners}
     results: dict[str, Any] = {}
+    if warmup:
+        for once, _final in runners.values():
+            once()
     for _ in range(max(1, repeat)):
         for name, (once, _final) in runners.items():
             seconds, results[name] = best_of(once, 1)
@@ -181,25 +219,42 @@ def interleaved_best(runners: dict[str, Runner], repeat: int) -> dict[str, Timed
     return {name: (best[name], final(results[name])) for name, (_once, final) in runners.items()}
 
 
-def matmul_peak(dtype: str, n: int, repeat: int = 3) -> float:
-    """This machine's practical peak in GFLOP/s: a large square NumPy (OpenBLAS) matmul."""
+def matmul_peak(dtype: str, n: int, repeat: int = 3, sides: Sides = Sides()) -> float:
+    """This machine's practical peak in GFLOP/s: a large square NumPy (OpenBLAS) matmul, or with
+    ``--backend cupy`` a CuPy (cuBLAS) matmul on the GPU, synchronized before the timer stops."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
-    a @ b  # warm the BLAS threads
-    seconds, _ = best_of(lambda: a @ b, repeat)
+    if sides.backend == "numpy":
+        a @ b  # warm the BLAS threads
+        seconds, _ = best_of(lambda: a @ b, repeat)
+        return 2.0 * n**3 / seconds / 1e9
+    a, b = sides.xp.asarray(a), sides.xp.asarray(b)
+
+    def product() -> None:
+        a @ b
+        sides.sync()
+
+    product()  # cuBLAS handle and kernel selection
+    seconds, _ = best_of(product, repeat)
     return 2.0 * n**3 / seconds / 1e9
 
 
 # ----------------------------------------------------------------------------- descent
 
 
-def prepare_descent(w: Workload, dtype: str) -> Runner:
-    """Descent's timed run: init_state + train for all steps; the check that all steps ran."""
-    from services.engine import Architecture, PackConfig, get_namespace, init_state, train
+def prepare_descent(w: Workload, dtype: str, sides: Sides = Sides()) -> Runner:
+    """Descent's timed run: init_state + train for all steps; the check that all steps ran.
 
-    xp = get_namespace("numpy")
+    On a GPU backend the data and initial parameters are moved to the device here, once, and the
+    timed run waits for the device before it returns."""
+    from services.engine import Architecture, PackConfig, init_state, train
+
+    xp, sync = sides.xp, sides.sync
     arch = Architecture(layers=w.layers, activation=w.activation, output_activation="identity")
     params, (x, y) = make_parameters(w, dtype), make_data(w, dtype)
+    if sides.backend != "numpy":
+        params = {name: xp.asarray(value) for name, value in params.items()}
+        x, y = xp.asarray(x), xp.asarray(y)
     config = PackConfig(
         learning_rate=learning_rates(w),
         trainable={name: np.ones(w.members, dtype=bool) for name in params},
@@ -211,7 +266,9 @@ def prepare_descent(w: Workload, dtype: str) -> Runner:
 
     def once() -> Any:
         state = init_state(xp, arch, config, params, x, y)
-        return train(xp, arch, config, state, x, y, w.steps)[0]
+        new = train(xp, arch, config, state, x, y, w.steps)[0]
+        sync()
+        return new
 
     def final(state: Any) -> np.ndarray:
         arrays = state.to_arrays()
@@ -251,6 +308,32 @@ def import_torch() -> Any | None:
     return torch
 
 
+def torch_on_device(torch: Any, backend: str) -> tuple[str, Callable[[], None], str]:
+    """(torch device, its synchronize, device text): CUDA with a GPU backend when torch sees a GPU,
+    else the CPU (always with ``--backend numpy``, so the CPU comparison is unchanged)."""
+    if backend == "numpy" or not torch.cuda.is_available():
+        return "cpu", lambda: None, "cpu"
+    try:
+        index = torch.cuda.current_device()
+        weight = torch.ones((4, 4, 4), dtype=torch.float64, device="cuda", requires_grad=True)
+        torch.bmm(weight, weight).sum().backward()  # CUDA context, cuBLAS and autograd, untimed
+        torch.cuda.synchronize()
+    except Exception as exc:  # a torch build that sees the GPU but cannot use it: stay on the CPU
+        return "cpu", lambda: None, f"cpu (torch CUDA unusable: {type(exc).__name__}: {exc})"
+    return "cuda", torch.cuda.synchronize, f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def tensor_copies(torch: Any, arrays: list[np.ndarray], device: str) -> Callable[[], list[Any]]:
+    """Fresh tensors of ``arrays`` for each timed run (training updates them in place).
+
+    On the CPU a host copy as ever; on CUDA the arrays are moved once, here, and each run clones
+    them on the device."""
+    if device == "cpu":
+        return lambda: [torch.from_numpy(v.copy()) for v in arrays]
+    moved = [torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in arrays]
+    return lambda: [t.clone() for t in moved]
+
+
 def torch_activation(torch: Any, name: str) -> Callable[[Any], Any]:
     """The torch function for one of the engine's activation names."""
     functional = torch.nn.functional
@@ -278,16 +361,18 @@ def ssr_per_member(torch: Any, w: Workload, out: Any, y: Any) -> Any:
     return (r * r).sum(dim=(-2, -1)).reshape(w.members)
 
 
-def prepare_torch_autograd(torch: Any, w: Workload, dtype: str) -> Runner:
+def prepare_torch_autograd(torch: Any, w: Workload, dtype: str, sides: Sides = Sides()) -> Runner:
     """Reference (a): plain autograd, sum of per-member SSRs, backward, manual SGD per member."""
     params, (x_np, y_np) = make_parameters(w, dtype), make_data(w, dtype)
-    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    lr = torch.from_numpy(learning_rates(w).astype(dtype))
+    device = sides.torch_device
+    x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
+    lr = torch.from_numpy(learning_rates(w).astype(dtype)).to(device)
+    copies = tensor_copies(torch, list(params.values()), device)
 
     def once() -> list[Any]:
-        p = [torch.from_numpy(v.copy()).requires_grad_() for v in params.values()]
+        p = [t.requires_grad_() for t in copies()]
         scales = [lr.reshape((w.members,) + (1,) * (t.dim() - 1)) for t in p]
-        history = torch.empty((w.steps, w.members), dtype=x.dtype)
+        history = torch.empty((w.steps, w.members), dtype=x.dtype, device=x.device)
         for step in range(w.steps):
             ssr = ssr_per_member(torch, w, torch_forward(torch, w, p, x), y)
             ssr.sum().backward()
@@ -296,11 +381,12 @@ def prepare_torch_autograd(torch: Any, w: Workload, dtype: str) -> Runner:
                 for t, s in zip(p, scales):
                     t.sub_(s * t.grad)
                     t.grad = None
+        sides.torch_sync()
         return p
 
     def final(p: list[Any]) -> np.ndarray:
         with torch.no_grad():
-            return ssr_per_member(torch, w, torch_forward(torch, w, p, x), y).double().numpy()
+            return ssr_per_member(torch, w, torch_forward(torch, w, p, x), y).double().cpu().numpy()
 
     return once, final
 
@@ -318,30 +404,33 @@ def activation_derivative(torch: Any, name: str, z: Any, a: Any) -> Any:
     return torch.ones_like(z)
 
 
-def prepare_torch_handwritten(torch: Any, w: Workload, dtype: str) -> Runner:
+def prepare_torch_handwritten(torch: Any, w: Workload, dtype: str, sides: Sides = Sides()) -> Runner:
     """Reference (b): hand-written batched backprop, layout (units, points, members).
 
     With the model axis last and tiny layers, each layer is a broadcast multiply-and-sum over
     contiguous member vectors, which is what a fast pack engine for StatQuest-sized nets does.
     """
     params, (x_np, y_np) = make_parameters(w, dtype), make_data(w, dtype)
-    x = torch.from_numpy(np.ascontiguousarray(x_np.T[:, :, None]))  # (1, P, 1)
-    y = torch.from_numpy(np.ascontiguousarray(y_np.T[:, :, None]))  # (n_out, P, 1)
-    lr = torch.from_numpy(learning_rates(w).astype(dtype))
+    device = sides.torch_device
+    x = torch.from_numpy(np.ascontiguousarray(x_np.T[:, :, None])).to(device)  # (1, P, 1)
+    y = torch.from_numpy(np.ascontiguousarray(y_np.T[:, :, None])).to(device)  # (n_out, P, 1)
+    lr = torch.from_numpy(learning_rates(w).astype(dtype)).to(device)
+    # a fresh copy every run: sub_ works in place and moveaxis may return a view of params
+    copies = tensor_copies(torch, [np.moveaxis(v, 0, -1) for v in params.values()], device)
 
     def once() -> list[Any]:
-        # a fresh copy every run: sub_ works in place and moveaxis may return a view of params
-        p = [torch.from_numpy(np.moveaxis(v, 0, -1).copy()) for v in params.values()]
-        history = torch.empty((w.steps, w.members), dtype=x.dtype)
+        p = copies()
+        history = torch.empty((w.steps, w.members), dtype=x.dtype, device=x.device)
         with torch.inference_mode():
             for step in range(w.steps):
                 history[step] = handwritten_step(torch, w, p, x, y, lr)
+        sides.torch_sync()
         return p
 
     def final(p: list[Any]) -> np.ndarray:
         with torch.inference_mode():
             out = handwritten_forward(torch, w, p, x)[-1][1]
-            return ((out - y) ** 2).sum(dim=(0, 1)).double().numpy()
+            return ((out - y) ** 2).sum(dim=(0, 1)).double().cpu().numpy()
 
     return once, final
 
@@ -381,14 +470,15 @@ def handwritten_step(torch: Any, w: Workload, p: list[Any], x: Any, y: Any, lr: 
 # ----------------------------------------------------------------------------- rows and output
 
 
-def measure(w: Workload, dtype: str, torch: Any | None, repeat: int, peak: float) -> dict[str, Any]:
+def measure(w: Workload, dtype: str, torch: Any | None, repeat: int, peak: float,
+            sides: Sides = Sides()) -> dict[str, Any]:
     """One row: descent and torch timings for a workload and dtype, plus derived columns."""
-    runners = {"descent": prepare_descent(w, dtype)}
+    runners = {"descent": prepare_descent(w, dtype, sides)}
     if torch is not None:  # the first reference is the bar's: plain autograd, reference (a)
-        runners[torch_variants(w)[0]] = prepare_torch_autograd(torch, w, dtype)
+        runners[torch_variants(w)[0]] = prepare_torch_autograd(torch, w, dtype, sides)
         if w.name == "W2":
-            runners[torch_variants(w)[1]] = prepare_torch_handwritten(torch, w, dtype)
-    timed = interleaved_best(runners, w.repeat if repeat <= 0 else repeat)
+            runners[torch_variants(w)[1]] = prepare_torch_handwritten(torch, w, dtype, sides)
+    timed = interleaved_best(runners, w.repeat if repeat <= 0 else repeat, warmup=sides.on_device)
     descent_s, descent_ssr = timed.pop("descent")
     gflops = step_flops(w) * w.steps / descent_s / 1e9
     row: dict[str, Any] = {
@@ -397,6 +487,7 @@ def measure(w: Workload, dtype: str, torch: Any | None, repeat: int, peak: float
         "descent_s": descent_s, "steps_per_s": w.steps / descent_s, "gflops": gflops,
         "peak_gflops": peak, "peak_share": gflops / peak, "bar": w.bar,
         "torch_s": None, "torch_variant": None, "ratio": None, "pass": None, "torch_refs": {},
+        "device": {"descent": sides.descent_device, "torch": sides.torch_device_text},
     }
     for variant, (seconds, ssr) in timed.items():
         if not np.all(np.isfinite(ssr)):
@@ -426,7 +517,7 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.median(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
 
 
-def environment(torch: Any | None) -> list[str]:
+def environment(torch: Any | None, sides: Sides = Sides()) -> list[str]:
     """Versions, BLAS and load, so that a result can be read against the machine that made it."""
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -437,34 +528,65 @@ def environment(torch: Any | None) -> list[str]:
                   if torch is not None else "not installed")
     load = os.getloadavg()[0]
     busy = " (other work may share the cores: compare with care)" if load > 1.0 else ""
-    return [f"cpu cores: {os.cpu_count()}, load average {load:.2f} at start{busy}",
-            f"numpy {np.__version__}, BLAS {blas_text}", f"torch: {torch_text}"]
+    lines = [f"cpu cores: {os.cpu_count()}, load average {load:.2f} at start{busy}",
+             f"numpy {np.__version__}, BLAS {blas_text}", f"torch: {torch_text}"]
+    if sides.backend != "numpy":
+        lines.append(f"{sides.backend} {sides.xp.__version__}, {cuda_versions(sides.xp)}")
+    if sides.on_device:
+        torch_where = f"on {sides.torch_device_text}" if sides.torch_device_text else "not installed"
+        lines.append(f"devices: descent ({sides.backend}) on {sides.descent_device}; torch {torch_where}")
+    return lines
+
+
+def cuda_versions(cupy: Any) -> str:
+    """CUDA runtime and driver versions as CuPy sees them (best effort)."""
+    try:
+        runtime = cupy.cuda.runtime
+        return f"CUDA runtime {runtime.runtimeGetVersion()}, driver {runtime.driverGetVersion()}"
+    except Exception as exc:  # informational only
+        return f"CUDA versions unknown ({type(exc).__name__})"
 
 
 HEADERS = ("workload", "dtype", "descent s", "steps/s", "GFLOP/s", "% of peak",
            "torch s (variant)", "ratio torch/descent", "bar", "result")
 
 
-def table_lines(row: dict[str, Any]) -> list[tuple[str, ...]]:
+DEVICE_HEADER = "device descent / torch"
+
+
+def shows_devices(rows: list[dict[str, Any]]) -> bool:
+    """The device column appears only when a side ran off the CPU (the CPU table is unchanged)."""
+    return any(d not in ("cpu", None) for row in rows for d in row["device"].values())
+
+
+def headers(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Column titles: HEADERS, plus the device column when a side ran on a GPU."""
+    return HEADERS + ((DEVICE_HEADER,) if shows_devices(rows) else ())
+
+
+def table_lines(row: dict[str, Any], devices: bool = False) -> list[tuple[str, ...]]:
     """Table cells for a row: one line for the bar reference, one per extra torch reference."""
     head = (row["workload"], row["dtype"], f"{row['descent_s']:.3f}", f"{row['steps_per_s']:.0f}",
             f"{row['gflops']:.2f}", f"{100 * row['peak_share']:.1f}%")
     bar = f">= {row['bar']:.2f}x"
+    tail = ((f"{short_device(row['device']['descent'])} / {short_device(row['device']['torch'])}",)
+            if devices else ())
     if row["torch_s"] is None:
-        return [head + ("n/a (no torch)", "-", bar, "-")]
+        return [head + ("n/a (no torch)", "-", bar, "-") + tail]
     lines = []
     for variant, ref in row["torch_refs"].items():
         is_bar = variant == row["torch_variant"]
         result = ("PASS" if row["pass"] else "FAIL") if is_bar else "info"
         lines.append(head + (f"{ref['torch_s']:.3f} ({variant})", f"{ref['ratio']:.2f}",
-                             bar if is_bar else "-", result))
+                             bar if is_bar else "-", result) + tail)
     return lines
 
 
 def render_text(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table for a terminal."""
-    cells = [HEADERS] + [line for row in rows for line in table_lines(row)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
+    titles, devices = headers(rows), shows_devices(rows)
+    cells = [titles] + [line for row in rows for line in table_lines(row, devices)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(titles))]
 
     def fmt(line: tuple[str, ...]) -> str:
         cells = (c.rjust(n) if i > 1 else c.ljust(n) for i, (c, n) in enumerate(zip(line, widths)))
@@ -476,8 +598,10 @@ def render_text(rows: list[dict[str, Any]]) -> str:
 
 def render_markdown(rows: list[dict[str, Any]]) -> str:
     """The same table as Markdown (for benchmarks/RESULTS.md)."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 8) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for row in rows for c in table_lines(row)]
+    titles, devices = headers(rows), shows_devices(rows)
+    aligns = ["---"] * 2 + ["---:"] * 8 + (["---"] if devices else [])
+    lines = ["| " + " | ".join(titles) + " |", "|" + "|".join(aligns) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for row in rows for c in table_lines(row, devices)]
     return "\n".join(lines)
 
 
@@ -497,6 +621,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", default="W2,W3,W4", help="comma-separated, e.g. W2,W4")
     parser.add_argument("--repeat", type=int, default=0, help="best of N (default: per workload)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test in seconds")
+    parser.add_argument("--backend", choices=BACKENDS, default="numpy",
+                        help="descent's array namespace: numpy (CPU, default) or cupy (GPU; torch then "
+                             "uses CUDA when it sees a GPU)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print only a JSON list of rows")
     out.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -510,27 +637,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the selected workloads; exit status 1 when a bar is missed (never with --quick)."""
+    """Run the selected workloads; exit status 1 when a bar is missed (never with --quick), 2 when
+    the backend cannot be used (e.g. ``--backend cupy`` without CuPy or a GPU)."""
     global SETTLE_S
     args = parse_args(argv)
     workloads = QUICK if args.quick else FULL
     if args.quick:  # a smoke test: its timings mean nothing, so skip the pauses
         SETTLE_S = 0.0
     torch = import_torch()
+    try:
+        sides = make_sides(args.backend, torch)
+    except Exception as exc:  # CuPy missing, or no CUDA driver/device: say so, no traceback
+        print(f"--backend {args.backend} is not usable here: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     if not args.json:
         say(f"`{command_line()}`\n" if args.markdown else f"$ {command_line()}")
     if torch is None:
         say("torch is not installed (pip install 'descent[bench]'): torch columns are skipped")
-    peak_n = 256 if args.quick else 2048
+    if args.backend == "numpy":
+        peak_n, peak_name = (256 if args.quick else 2048), "NumPy"
+    else:
+        peak_n, peak_name = (512 if args.quick else 4096), "CuPy"
     dtypes = dict.fromkeys(d for name in args.selected for d in workloads[name].dtypes)
-    peaks = {dtype: matmul_peak(dtype, peak_n) for dtype in dtypes}
+    peaks = {dtype: matmul_peak(dtype, peak_n, sides=sides) for dtype in dtypes}
     if not args.json:
         peak_text = ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in peaks.items())
-        lines = environment(torch) + [f"matmul peak (NumPy n={peak_n}, this run): {peak_text}"]
+        lines = environment(torch, sides) + [f"matmul peak ({peak_name} n={peak_n}, this run): {peak_text}"]
         say("\n".join(("- " if args.markdown else "") + line for line in lines) + "\n")
-    rows = [measure(workloads[name], dtype, torch, args.repeat, peaks[dtype])
-            for name in args.selected for dtype in workloads[name].dtypes]
+    rows = []
+    for name in args.selected:
+        for dtype in workloads[name].dtypes:
+            rows.append(measure(workloads[name], dtype, torch, args.repeat, peaks[dtype], sides))
+            if sides.on_device:  # progress on stderr: a run cut short by a time limit still tells
+                row = rows[-1]
+                torch_s = "-" if row["torch_s"] is None else f"{row['torch_s']:.4f} s"
+                print(f"[{name} {dtype}] descent {row['descent_s']:.4f} s, torch {torch_s}",
+                      file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -540,6 +683,28 @@ def main(argv: list[str] | None = None) -> int:
         say("(--quick: tiny sizes, the bars are not meaningful and not enforced)")
         return 0
     return 0 if all(row["pass"] is not False for row in rows) else 1
+
+
+def make_sides(backend: str, torch: Any | None) -> Sides:
+    """Descent's namespace and torch's device for ``--backend``; raises when CuPy is missing
+    (ImportError) or sees no usable GPU (CuPy's CUDA errors)."""
+    torch_device, torch_sync, torch_text = "cpu", (lambda: None), "cpu"
+    if torch is not None:
+        torch_device, torch_sync, torch_text = torch_on_device(torch, backend)
+    if backend == "numpy":
+        return Sides(torch_device=torch_device, torch_sync=torch_sync,
+                     torch_device_text=torch_text if torch is not None else None)
+    from services.engine import get_namespace
+
+    xp = get_namespace(backend)
+    if xp.cuda.runtime.getDeviceCount() < 1:
+        raise RuntimeError("CuPy sees no CUDA device")
+    device = xp.cuda.Device()
+    name = xp.cuda.runtime.getDeviceProperties(device.id)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return Sides(backend=backend, xp=xp, sync=device.synchronize, descent_device=f"cuda:{device.id} ({name})",
+                 torch_device=torch_device, torch_sync=torch_sync,
+                 torch_device_text=torch_text if torch is not None else None)
 
 
 def check_lines(rows: list[dict[str, Any]]) -> str:

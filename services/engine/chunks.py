@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from services.engine.architecture import Architecture
+from services.engine.backend import is_numpy
 from services.engine.layouts import Layout
 
 # Best of 1-16 MiB on the 2-core benchmark machine: W3/W4-sized passes ran 1.3-1.5x faster than
@@ -24,7 +25,7 @@ def plan_chunks(arch: Architecture, layout: Layout, points: int) -> tuple[list[t
     """Member ranges and point ranges [start, stop) of the chunked passes."""
     members = layout.members
     per_point = sum(arch.layers[1:]) * np.dtype(layout.dtype).itemsize
-    if layout.model_last:
+    if layout.model_last or not is_numpy(layout.xp):  # CPU caches only; a GPU wants big kernels
         return [(0, members)], [(0, points)]
     if points * per_point <= CHUNK_BYTES:
         size = CHUNK_BYTES // (points * per_point)
