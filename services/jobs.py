@@ -48,13 +48,21 @@ def submit_job(spec: JobCreate, sweep_id: str | None = None) -> JobRead:
             session, name=spec.name, spec=stored_spec(spec, dataset.id), dataset_id=dataset.id,
             device=spec.device, sweep_id=sweep_id,
         )
-    from services import queue  # the queue imports Celery; keep it off the import path of readers
-
     try:
-        queue.publish_pack([job.id], spec.device)
+        dispatch([job.id], spec.device)
     except Exception:  # noqa: BLE001 (any broker failure; the job row is the truth)
         log.exception("job %s committed but not published; it stays queued and undispatched", job.id)
     return job
+
+
+def dispatch(job_ids: list[str], device: str) -> None:
+    """Ring the workers' doorbell for committed jobs, then stamp ``dispatched_at``. A lost stamp
+    only causes a harmless re-send later (a duplicate delivery claims nothing)."""
+    from services import queue  # the queue imports Celery; keep it off the import path of readers
+
+    queue.publish_pack(job_ids, device)
+    with session_scope() as session:
+        repository.mark_dispatched(session, job_ids)
 
 
 def _referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:

@@ -2,6 +2,7 @@
 
 The message only rings the doorbell: the database is the truth (claims, fencing, leases live in
 ``services/db/checkpoints.py``). That is why redelivery is harmless and why acks are late.
+This module knows the broker only; it never touches the database.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from pathlib import Path
 
 from celery import Celery
 from kombu import Queue
-from sqlalchemy import update
 
 from services.config import Settings, get_settings
-from services.db.models import Job, utcnow
-from services.db.session import session_scope
 
 TRAIN_PACK = "descent.train_pack"
 QUEUES = ("cpu", "gpu")
@@ -83,13 +81,8 @@ def reset_sender() -> None:
 
 
 def publish_pack(job_ids: list[str], device: str) -> None:
-    """Called after the jobs are committed, so the task never looks for a row not yet visible.
-    The stamp comes after the send: a lost stamp only causes a harmless re-publish."""
+    """Send the ids by task name. Callers publish after their commit, so the task never looks
+    for a row that is not yet visible (``services.jobs.dispatch`` also stamps the jobs)."""
     if device not in QUEUES:
         raise ValueError(f"unknown device queue {device!r}")
     sender().send_task(TRAIN_PACK, args=[list(job_ids)], queue=device)
-    with session_scope() as session:
-        session.execute(
-            update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )

@@ -110,6 +110,14 @@ def insert_job(
     return job_to_read(row)
 
 
+def mark_dispatched(session: Session, job_ids: list[str]) -> None:
+    """Stamp when the jobs' message was sent; a queued job with no recent stamp needs a re-send."""
+    session.execute(
+        update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def find_job(session: Session, job_id: str) -> JobRead | None:
     # populate_existing: conditional UPDATEs in the same session bypass the identity map.
     row = session.get(Job, job_id, populate_existing=True)

@@ -68,13 +68,15 @@ def test_submit_checks_limits(configured, spec: JobCreate) -> None:
 
 
 def test_a_failed_publish_keeps_the_committed_job(configured, spec: JobCreate, monkeypatch) -> None:
+    """A real broker that does not answer (nothing listens on port 1)."""
     from services import queue
 
-    def broker_down(job_ids: list[str], device: str) -> None:
-        raise ConnectionError("broker down")
-
-    monkeypatch.setattr(queue, "publish_pack", broker_down)
-    job = jobs.submit_job(spec)
+    monkeypatch.setattr(configured, "broker_url", "redis://127.0.0.1:1/0")
+    queue.reset_sender()
+    try:
+        job = jobs.submit_job(spec)
+    finally:
+        queue.reset_sender()
     assert jobs.get_job(job.id).status == "queued"
     assert stored_row(job.id).dispatched_at is None
 

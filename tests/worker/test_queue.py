@@ -10,6 +10,7 @@ from services import queue
 from services.config import Settings
 from services.db.models import Job
 from services.db.session import session_scope
+from services.jobs import dispatch
 
 from .conftest import seed_job, submit
 
@@ -42,11 +43,11 @@ def test_the_sender_is_cached_per_settings_object(tmp_path) -> None:
         queue.reset_sender()
 
 
-def test_publish_sends_ids_by_task_name_as_json_and_stamps_dispatch(configured) -> None:
+def test_dispatch_sends_ids_by_task_name_as_json_and_stamps_the_jobs(configured) -> None:
     job = submit(seed_job())
     with session_scope() as session:
         session.get(Job, job.id).dispatched_at = None
-    queue.publish_pack([job.id], "cpu")
+    dispatch([job.id], "cpu")
     messages = sorted((configured.broker_folder / "queue").iterdir())
     assert len(messages) == 2 and all(m.name.endswith(".cpu.msg") for m in messages)
     envelope = json.loads(messages[-1].read_text())
