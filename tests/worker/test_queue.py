@@ -61,14 +61,3 @@ def test_dispatch_sends_ids_by_task_name_as_json_and_stamps_the_jobs(configured)
 def test_publish_refuses_an_unknown_queue(configured) -> None:
     with pytest.raises(ValueError, match="tpu"):
         queue.publish_pack(["x"], "tpu")
-
-
-def test_the_task_is_thin_and_passes_this_process(configured, monkeypatch) -> None:
-    import os
-
-    from worker import tasks
-
-    calls = []
-    monkeypatch.setattr(tasks, "run_pack", lambda ids, **kw: calls.append((ids, kw)))
-    tasks.train_pack.run(["a", "b"])
-    assert calls == [(["a", "b"], {"hostname": calls[0][1]["hostname"], "pid": os.getpid(), "backend": "numpy"})]

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 
 from services import engine, jobs
 from services.db import checkpoints as ckpt
-from services.db.models import Checkpoint, CheckpointArray, HistoryChunk, Job, utcnow
+from services.db.models import Checkpoint, CheckpointArray, Dataset, HistoryChunk, Job, utcnow
 from services.db.session import session_scope
 from services.examples import statquest_job
 from services.training import run_pack
@@ -133,17 +133,15 @@ def test_a_duplicate_delivery_of_a_finished_job_changes_nothing(configured) -> N
     assert (jobs.get_job(job_id), checkpoint_attempts(job_id), history_rows(job_id)) == before
 
 
-def test_an_engine_error_fails_the_job_and_is_not_raised(configured, monkeypatch) -> None:
+def test_a_training_error_fails_the_job_and_is_not_raised(configured) -> None:
+    """A real failure: the job's stored data no longer decodes to its recorded shape."""
     job_id = submit(seed_job()).id
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("engine exploded")
-
-    monkeypatch.setattr(engine, "train", broken)
+    with session_scope() as session:
+        session.get(Dataset, row(job_id).dataset_id).x = b"\x00" * 3
     run_pack([job_id], hostname="h", pid=1)
     job = jobs.get_job(job_id)
-    assert (job.status, job.error) == ("failed", "RuntimeError: engine exploded")
-    assert checkpoint_steps(job_id) == [0]  # the step-0 checkpoint was written before the error
+    assert job.status == "failed" and job.error.startswith("ValueError:")
+    assert checkpoint_steps(job_id) == []
 
 
 def test_cancel_requested_before_a_reclaim_cancels_at_once(configured, monkeypatch) -> None:
