@@ -79,3 +79,17 @@ def assert_gradient_matches_central_differences(arch: Architecture, net: Any, pa
                   - net.loss(net.layout.views(net.layout.pack(minus)), *data)) / (2 * h)
             np.testing.assert_allclose(grads[name][(slice(None),) + entry], fd, rtol=2e-6, atol=2e-6,
                                        err_msg=f"{name}{entry}")
+
+
+def assert_resume_matches(whole: TrainState, history: np.ndarray, split_steps: np.ndarray,
+                          history_a: np.ndarray, rest: TrainState, history_b: np.ndarray) -> None:
+    """Uninterrupted (whole, history) == first part (history_a, ending at split_steps) + rest."""
+    a, b = whole.to_arrays(), rest.to_arrays()
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    joined = np.full_like(history, np.nan)
+    for m, done in enumerate(np.asarray(split_steps, dtype=int)):
+        joined[m, :done] = history_a[m, :done]
+        joined[m, done:done + history_b.shape[1]] = history_b[m]
+    np.testing.assert_array_equal(history, joined)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from services.engine import STOP_REASONS, Architecture, PackConfig, TrainState, init_state, predict, train
-from tests.engine.helpers import SQ_X, SQ_Y, STATQUEST, sine_data, stacked
+from tests.engine.helpers import SQ_X, SQ_Y, STATQUEST, assert_resume_matches, sine_data, stacked
 
 pytestmark = pytest.mark.gpu
 
@@ -201,16 +201,7 @@ def test_resume_on_cupy_is_bit_identical(cp: Any, layers: tuple, batch_size: int
     restored = TrainState.from_arrays(saved, cp)
     assert_on_device(cp, restored)
     rest, history_b = train(cp, arch, config, restored, x, y, 40 - k)
-    a, b = whole.to_arrays(), rest.to_arrays()
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    joined = np.full_like(history, np.nan)
-    for m in range(3):
-        done = int(saved["step"][m])
-        joined[m, :done] = history_a[m, :done]
-        joined[m, done:done + 40 - k] = history_b[m]
-    np.testing.assert_array_equal(history, joined)
+    assert_resume_matches(whole, history, saved["step"], history_a, rest, history_b)
 
 
 @pytest.mark.parametrize("momentum", [False, True])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.engine import Architecture, PackConfig, TrainState, init_state, train
-from tests.engine.helpers import sine_data, stacked
+from tests.engine.helpers import assert_resume_matches, sine_data, stacked
 
 SETUPS = {
     "full_batch": dict(momentum=None, batch_size=None),
@@ -33,16 +33,7 @@ def test_resume_is_bit_identical(layers: tuple, setup: str, k: int) -> None:
     first, history_a = train(np, arch, config, state0, x, y, k)
     restored = TrainState.from_arrays(first.to_arrays(), np)
     rest, history_b = train(np, arch, config, restored, x, y, 40 - k)
-    a, b = whole.to_arrays(), rest.to_arrays()
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    joined = np.full_like(history, np.nan)
-    for m in range(3):
-        done = int(first.step[m])
-        joined[m, :done] = history_a[m, :done]
-        joined[m, done:done + 40 - k] = history_b[m]
-    np.testing.assert_array_equal(history, joined)
+    assert_resume_matches(whole, history, first.step, history_a, rest, history_b)
 
 
 def test_round_trip_keeps_dtypes_and_shapes() -> None:
