@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -25,19 +25,6 @@ def get_app_settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
-
-def page_limit(settings: SettingsDep, limit: Annotated[int, Query(ge=1)] = 50) -> int:
-    """``limit`` is capped by a setting, which a static ``Query(le=...)`` cannot read."""
-    if limit > settings.max_list_limit:
-        raise RequestValidationError([{
-            "type": "less_than_equal", "loc": ("query", "limit"), "input": limit,
-            "msg": f"Input should be less than or equal to {settings.max_list_limit}",
-            "ctx": {"le": settings.max_list_limit},
-        }])
-    return limit
-
-
-LimitDep = Annotated[int, Depends(page_limit)]
 
 CSV_TYPES = ("text/csv", "application/csv")
 

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import LimitDep
 from services import jobs
 from services.spec import (
     HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
@@ -27,8 +26,7 @@ def create_job(spec: JobCreate) -> JobRead:
 
 @router.get("", response_model=JobPage)
 def list_jobs(
-    *,
-    limit: LimitDep,
+    limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum")] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     sweep_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,

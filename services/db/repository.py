@@ -14,7 +14,7 @@ from sqlalchemy import Select, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.db import arrays
+from services.db import arrays, checkpoints
 from services.db.models import Checkpoint, CheckpointArray, Dataset, HistoryChunk, Job, utcnow
 from services.errors import NotFound
 from services.spec import DatasetRead, JobRead, WorkerInfo
@@ -211,14 +211,10 @@ def load_checkpoint_arrays(
     """The job's latest checkpoint (or the one at ``step``) as (step, name -> array without the
     pack axis), or None when there is no such checkpoint."""
     if step is None:
-        step = session.scalar(select(Checkpoint.step).where(Checkpoint.job_id == job_id)
-                              .order_by(Checkpoint.step.desc()).limit(1))
-        if step is None:
-            return None
-    elif session.get(Checkpoint, (job_id, step)) is None:
-        return None
+        found = checkpoints.load_latest(session, [job_id]).get(job_id)
+        return None if found is None else (int(found["step"]), found)
     rows = session.execute(
         select(CheckpointArray.name, CheckpointArray.dtype, CheckpointArray.shape, CheckpointArray.data)
         .where(CheckpointArray.job_id == job_id, CheckpointArray.step == step)
-    )
-    return step, {name: arrays.decode(dtype, shape, data) for name, dtype, shape, data in rows}
+    ).all()
+    return (step, {name: arrays.decode(dtype, shape, data) for name, dtype, shape, data in rows}) if rows else None
