@@ -56,6 +56,7 @@ def run_worker(
     A worker of the ``gpu`` queue computes with CuPy (DESCENT_ENGINE_BACKEND=cupy).
     """
     env = os.environ.copy()
+    env["DESCENT_WORKER_QUEUES"] = queues
     if "gpu" in queues.split(","):
         env["DESCENT_ENGINE_BACKEND"] = "cupy"
     argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues,
@@ -64,6 +65,24 @@ def run_worker(
         argv += ["-n", name]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+@app.command("scheduler")
+def run_scheduler() -> None:
+    """Pack queued jobs and publish them; requeue work whose worker died; cut sweep rungs.
+
+    Run one or several (only one acts at a time; another takes over when it dies)."""
+    import logging
+
+    from services.scheduler import serve
+    from services.stack import raise_on_sigterm
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_on_sigterm()
+    try:
+        serve()
+    except KeyboardInterrupt:
+        typer.echo("scheduler stopped")
 
 
 @app.command("up")

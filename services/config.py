@@ -20,11 +20,31 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     broker_polling_interval: float = 0.05
-    # Training tasks run for a long time: keep Redis from redelivering them mid-run.
+    # Training tasks run for a long time: keep Redis from redelivering them mid-run (the
+    # scheduler, not the broker, re-dispatches work whose worker died).
     visibility_timeout: int = 12 * 3600
-    # A running job whose heartbeat (written at every checkpoint) is older than this may be
-    # claimed again by another worker; the attempt number fences the old one's writes.
-    lease_seconds: int = Field(default=600, ge=5)
+    # Liveness (docs/design.md, "Leases"): a worker renews the lease of every job it holds each
+    # heartbeat, whatever the chunk length; a running job whose lease is older than lease_seconds
+    # is requeued by the scheduler (its attempt number fences the old worker's writes). With
+    # these defaults a job whose worker died resumes from its last checkpoint within ~35 s.
+    lease_seconds: int = Field(default=30, ge=3)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # The scheduler acts on every wake-up (a submit rings its doorbell) and at least this often.
+    scheduler_period: float = Field(default=1.0, gt=0)
+    # Only the holder of this lease acts; another scheduler takes over when it lapses.
+    scheduler_lease_seconds: float = Field(default=10.0, gt=0)
+    # A queued job whose message has not started it after this long is published again
+    # (broker flushed or restarted, publish failed); a duplicate claims nothing.
+    redispatch_seconds: float = Field(default=30.0, gt=0)
+    # Claims that ended with an expired lease before a job is given up as failed.
+    max_attempts: int = Field(default=3, ge=1)
+    # Packs: members * parameters * points per pack, and members per pack, at most.
+    pack_max_cost: float = Field(default=1e8, gt=0)
+    pack_max_members: int = Field(default=5000, ge=1)
+    # Jobs per scheduler pass (the rest wait for the next pass).
+    scheduler_batch: int = Field(default=20_000, ge=1)
+    # Queues this worker process serves (set by `descent worker`; read by its heartbeat).
+    worker_queues: str = "cpu"
     # Array namespace of this process's engine: a worker for the `gpu` queue runs with "cupy".
     engine_backend: Literal["numpy", "cupy"] = "numpy"
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
-from services import engine
+from services import doorbell, engine, packing
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LIST_LIMIT = 50
 
 
-def submit_job(spec: JobCreate, sweep_id: str | None = None) -> JobRead:
-    """The job is committed before it is published, so a worker never gets an id it cannot see.
-    A failed publish leaves the job queued with ``dispatched_at`` NULL for a re-publish rather
-    than failing a request whose job already exists (a client retry would duplicate it)."""
+def submit_job(spec: JobCreate) -> JobRead:
+    """Store the job as queued and ring the scheduler's doorbell; the scheduler, the one
+    publisher, packs it with whatever it can share a pack with. Nothing is sent to workers
+    here, so a broker that is down loses nothing: the row is the truth."""
     settings = get_settings()
     check_limits(spec, settings)
     inline = None
@@ -44,25 +44,20 @@ def submit_job(spec: JobCreate, sweep_id: str | None = None) -> JobRead:
             dataset = repository.store_dataset(session, *inline)
         else:
             dataset = _referenced_dataset(session, spec)
-        job = repository.insert_job(
-            session, name=spec.name, spec=stored_spec(spec, dataset.id), dataset_id=dataset.id,
-            device=spec.device, sweep_id=sweep_id,
-        )
-    try:
-        dispatch([job.id], spec.device)
-    except Exception:  # noqa: BLE001 (any broker failure; the job row is the truth)
-        log.exception("job %s committed but not published; it stays queued and undispatched", job.id)
+        job = repository.insert_job(session, **job_row(spec, dataset))
+    doorbell.ring(settings)
     return job
 
 
-def dispatch(job_ids: list[str], device: str) -> None:
-    """Ring the workers' doorbell for committed jobs, then stamp ``dispatched_at``. A lost stamp
-    only causes a harmless re-send later (a duplicate delivery claims nothing)."""
-    from services import queue  # the queue imports Celery; keep it off the import path of readers
-
-    queue.publish_pack(job_ids, device)
-    with session_scope() as session:
-        repository.mark_dispatched(session, job_ids)
+def job_row(spec: JobCreate, dataset: DatasetRead, sweep_id: str | None = None,
+            values: dict | None = None) -> dict:
+    """The columns of a new job: its stored spec and what the scheduler packs it by."""
+    document = stored_spec(spec, dataset.id)
+    return dict(
+        name=spec.name, spec=document, dataset_id=dataset.id, device=spec.device, sweep_id=sweep_id,
+        pack_key=packing.pack_key(document, dataset.id), sweep_values=values,
+        cost=packing.member_cost(spec.architecture.layers, dataset.n_points),
+    )
 
 
 def _referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:

@@ -81,8 +81,8 @@ def reset_sender() -> None:
 
 
 def publish_pack(job_ids: list[str], device: str) -> None:
-    """Send the ids by task name. Callers publish after their commit, so the task never looks
-    for a row that is not yet visible (``services.jobs.dispatch`` also stamps the jobs)."""
+    """Send the ids by task name. Only the scheduler calls this, after the jobs are committed,
+    so a task never looks for a row that is not yet visible; it stamps the jobs afterwards."""
     if device not in QUEUES:
         raise ValueError(f"unknown device queue {device!r}")
     sender().send_task(TRAIN_PACK, args=[list(job_ids)], queue=device)

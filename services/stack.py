@@ -81,6 +81,7 @@ class Stack:
         except Exception as exc:  # noqa: BLE001 (driver and Alembic errors alike)
             raise StackError(f"database migration failed: {str(exc).splitlines()[0]}") from exc
         self._spawn("api", ["api", "--host", self.host, "--port", str(self.port)])
+        self._spawn("scheduler", ["scheduler"])
         for i in range(self.workers):
             self._spawn(f"worker{i}", ["worker", "--queues", "cpu", "--concurrency", "1", "--name", f"cpu{i}@%h"])
         self.wait_ready(ready_timeout)

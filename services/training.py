@@ -7,19 +7,17 @@ step of history is written exactly once: a resumed job continues at its latest c
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
-from services import engine
-from services.config import get_settings
+from services import engine, halving, heartbeat
 from services.db import checkpoints as ckpt
 from services.db.arrays import decode
-from services.db.models import Dataset, Job
+from services.db.models import Dataset, Job, Sweep
+from services.db.scheduling import db_now
 from services.db.session import session_scope
 from services.errors import DomainError
 from services.spec import ExplicitInit, JobCreate, SeedInit
@@ -31,6 +29,7 @@ log = logging.getLogger(__name__)
 class Member:
     claim: ckpt.Claim
     spec: JobCreate
+    rule: halving.Halving | None = None  # the sweep's successive halving, if any
 
 
 @dataclass
@@ -48,14 +47,18 @@ class Pack:
 
 def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
     """Train whatever of ``job_ids`` this worker can claim. Never raises for a training error:
-    the jobs are marked failed instead, so the broker does not redeliver a poison message."""
-    for group in _groups(job_ids):
-        settings = get_settings()
-        with session_scope() as session:
-            claims = ckpt.claim_jobs(session, group, hostname=hostname, pid=pid,
-                                     lease_seconds=settings.lease_seconds)
-        if claims:
-            _train_claimed(claims, backend)
+    the jobs are marked failed instead, so the broker does not redeliver a poison message.
+    The scheduler sends packs of one pack key; should a message mix keys, each trains apart."""
+    with session_scope() as session:
+        claims = ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=db_now(session))
+    if not claims:
+        return
+    groups: dict[str, list[ckpt.Claim]] = {}
+    for claim in claims:
+        groups.setdefault(claim.pack_key or claim.job_id, []).append(claim)
+    with heartbeat.holding(claims):
+        for group in groups.values():
+            _train_claimed(group, backend)
 
 
 def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
@@ -76,31 +79,6 @@ def _fail(claims: list[ckpt.Claim], error: str) -> None:
             ckpt.fail_jobs(session, claims, error)
     except DomainError:
         log.exception("could not mark %s failed; the lease will expire", [c.job_id for c in claims])
-
-
-def _groups(job_ids: Sequence[str]) -> list[list[str]]:
-    """Jobs that can share one engine pack, in the order given. A spec that does not parse gets a
-    group of its own, where loading it fails and marks only that job failed."""
-    with session_scope() as session:
-        rows = session.execute(
-            select(Job.id, Job.spec, Job.dataset_id)
-            .where(Job.id.in_(list(job_ids)), Job.status.in_(("queued", "running")))
-        ).all()
-    order = {job_id: i for i, job_id in enumerate(job_ids)}
-    groups: dict[str, list[str]] = {}
-    for row in sorted(rows, key=lambda r: order[r.id]):
-        groups.setdefault(_group_key(row.id, row.spec, row.dataset_id), []).append(row.id)
-    return list(groups.values())
-
-
-def _group_key(job_id: str, raw: dict, dataset_id: str) -> str:
-    try:
-        spec = JobCreate.model_validate(raw)
-    except ValueError:
-        return f"invalid:{job_id}"
-    seed = _batch_seed(spec) if spec.batch_size else None
-    return json.dumps([dataset_id, spec.architecture.model_dump(), spec.dtype, spec.batch_size,
-                       seed, spec.checkpoint_every, spec.device])
 
 
 def _batch_seed(spec: JobCreate) -> int:
@@ -130,12 +108,21 @@ def _load_pack(claims: list[ckpt.Claim], xp: object) -> Pack | None:
 def _read_claimed(claims: list[ckpt.Claim]) -> tuple[list[Member], Dataset, dict[str, dict[str, np.ndarray]]]:
     ids = [c.job_id for c in claims]
     with session_scope() as session:
-        query = select(Job.id, Job.spec, Job.dataset_id).where(Job.id.in_(ids))
+        query = (select(Job.id, Job.spec, Job.dataset_id, Sweep.spec.label("sweep"))
+                 .outerjoin(Sweep, Sweep.id == Job.sweep_id).where(Job.id.in_(ids)))
         rows = {r.id: r for r in session.execute(query)}
         dataset = session.get(Dataset, rows[ids[0]].dataset_id)
         saved = ckpt.load_latest(session, ids)
-    members = [Member(c, JobCreate.model_validate(rows[c.job_id].spec)) for c in claims]
+    members = [Member(c, JobCreate.model_validate(rows[c.job_id].spec), _rule(rows[c.job_id].sweep))
+               for c in claims]
     return members, dataset, saved
+
+
+def _rule(sweep: dict | None) -> halving.Halving | None:
+    stopping = (sweep or {}).get("early_stopping")
+    if not stopping:
+        return None
+    return halving.Halving(int(stopping["min_steps"]), int(stopping["reduction_factor"]))
 
 
 def _initial_arrays(xp: object, arch: engine.Architecture, fresh: list[Member], x: np.ndarray,
@@ -151,7 +138,8 @@ def _initial_arrays(xp: object, arch: engine.Architecture, fresh: list[Member], 
 def _advance(pack: Pack) -> Pack | None:
     """Train one chunk of ``checkpoint_every`` updates, then checkpoint it."""
     old = np.asarray(pack.state.to_arrays()["step"]).copy()
-    every = pack.members[0].spec.checkpoint_every
+    every = halving.chunk_length(old.tolist(), pack.members[0].spec.checkpoint_every,
+                                 [m.rule for m in pack.members])
     state, history = engine.train(pack.xp, pack.arch, pack.config, pack.state, pack.x, pack.y, every)
     pack.state = state
     arrays = state.to_arrays()
@@ -173,9 +161,24 @@ def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
         ckpt.write_checkpoints(session, writes, held)
         outcomes, keep = _outcomes(pack.members, arrays["stop_reason"], held)
         ckpt.finish_jobs(session, outcomes)
+        parked, keep = _at_rungs(pack.members, keep, steps, old)
+        ckpt.park_jobs(session, parked)
     if outcomes:
         log.info("finished %s", [(o.claim.job_id, o.status, o.stop_reason) for o in outcomes[:20]])
     return _select(pack, keep)
+
+
+def _at_rungs(members: list[Member], keep: list[int], steps: np.ndarray,
+              old: np.ndarray) -> tuple[list[tuple[ckpt.Claim, int]], list[int]]:
+    """Members still training that just reached a rung of their sweep park there."""
+    parked, going = [], []
+    for i in keep:
+        rule, step = members[i].rule, int(steps[i])
+        if rule is not None and int(old[i]) < step < members[i].spec.stop.max_steps and halving.is_rung(step, rule):
+            parked.append((members[i].claim, step))
+        else:
+            going.append(i)
+    return parked, going
 
 
 def _outcomes(members: list[Member], reasons: np.ndarray,

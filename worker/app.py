@@ -6,8 +6,12 @@ Start it with ``celery -A worker.app worker -Q cpu`` (or ``-Q gpu`` with
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init
+import os
+import socket
 
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from services import heartbeat
 from services.config import get_settings
 from services.db.session import reset_engine
 from services.queue import make_celery
@@ -18,5 +22,16 @@ app.conf.imports = ("worker.tasks",)
 
 @worker_process_init.connect
 def _fresh_engine_per_child(**_: object) -> None:
-    """A pool inherited through fork would share sockets with the parent (hangs, corruption)."""
+    """A pool inherited through fork would share sockets with the parent (hangs, corruption).
+    Each child then announces itself and renews its jobs' leases from its own thread."""
     reset_engine()
+    heartbeat.start(_child_name(), get_settings().worker_queues)
+
+
+@worker_process_shutdown.connect
+def _leave(**_: object) -> None:
+    heartbeat.leave()
+
+
+def _child_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Float, and_, bindparam, case, func, insert, or_, select, tuple_, update
@@ -34,6 +34,7 @@ class Claim:
     job_id: str
     attempt: int
     cancel_requested: bool = False
+    pack_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,21 +58,20 @@ class Outcome:
 
 
 def claim_jobs(
-    session: Session, job_ids: Sequence[str], *, hostname: str, pid: int, lease_seconds: int,
-    now: datetime | None = None,
+    session: Session, job_ids: Sequence[str], *, hostname: str, pid: int, now: datetime | None = None,
 ) -> list[Claim]:
-    """Queued jobs, or running jobs whose lease expired, become ours; anything else (claimed by a
-    live worker, cancelled, finished) is skipped, which makes a duplicate delivery a no-op."""
+    """Queued jobs become ours; anything else (claimed by another worker, parked at a rung,
+    cancelled, finished) is skipped, which makes a duplicate delivery a no-op. A running job
+    whose lease lapsed is not claimed here: the scheduler requeues it (and counts the loss)."""
     now = now or utcnow()
-    expired = or_(_jobs.c.heartbeat_at.is_(None), _jobs.c.heartbeat_at < now - timedelta(seconds=lease_seconds))
-    claimable = or_(_jobs.c.status == "queued", and_(_jobs.c.status == "running", expired))
     stmt = (
-        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), claimable)
+        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued", _jobs.c.rung.is_(None))
         .values(status="running", attempts=_jobs.c.attempts + 1, worker_hostname=hostname,
                 worker_pid=pid, heartbeat_at=now, started_at=func.coalesce(_jobs.c.started_at, now))
-        .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested)
+        .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested, _jobs.c.pack_key)
     )
-    found = {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested)) for row in session.execute(stmt)}
+    found = {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested), row.pack_key)
+             for row in session.execute(stmt)}
     return [found[job_id] for job_id in job_ids if job_id in found]
 
 
@@ -108,6 +108,19 @@ def hold_fences(session: Session, claims: Iterable[Claim], now: datetime | None 
         .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested)
     )
     return {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested)) for row in session.execute(stmt)}
+
+
+def park_jobs(session: Session, parked: Sequence[tuple[Claim, int]]) -> None:
+    """Members that reached a successive-halving rung wait there, queued but not dispatchable,
+    until the scheduler cuts the rung (fenced: only our claims)."""
+    if not parked:
+        return
+    stmt = (
+        update(_jobs).where(_jobs.c.id == bindparam("b_id"), _jobs.c.attempts == bindparam("b_attempt"),
+                            _jobs.c.status == "running")
+        .values(status="queued", rung=bindparam("b_rung"), dispatched_at=None, heartbeat_at=None)
+    )
+    session.execute(stmt, [{"b_id": c.job_id, "b_attempt": c.attempt, "b_rung": rung} for c, rung in parked])
 
 
 def write_checkpoints(

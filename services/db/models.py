@@ -64,6 +64,15 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Scheduling: jobs with one pack_key can share an engine pack; cost sizes the packs.
+    pack_key: Mapped[str] = mapped_column(String(64), default="")
+    cost: Mapped[float] = mapped_column(Float(precision=53), default=1.0)
+    # A sweep member's varied values ({dotted path: value}); NULL for an independent job.
+    sweep_values: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Successive halving: the rung step a parked member waits at for the sweep's cut.
+    rung: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Claims that ended with an expired lease (worker killed, paused, partitioned).
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),
@@ -111,3 +120,43 @@ class HistoryChunk(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     first_step: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     ssr: Mapped[list[float]] = mapped_column(SsrArray)
+
+
+class Sweep(Base):
+    """A family of jobs made from one base spec; its status and counts come from its members."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JsonDoc)
+    paths: Mapped[list] = mapped_column(JSON)
+    members: Mapped[int] = mapped_column(Integer)
+    planned_steps: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_sweeps_created", "created_at", "id"),)
+
+
+class SchedulerLease(Base):
+    """One row per role: whoever holds an unexpired lease is the one scheduler that acts."""
+
+    __tablename__ = "scheduler_leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Worker(Base):
+    """A worker process that renews its row while alive: the scheduler spreads packs over the
+    live ones of each queue, and a row not seen for a lease is a dead worker."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(64))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -98,24 +98,21 @@ def job_to_read(row: Job) -> JobRead:
 
 
 def insert_job(
-    session: Session, *, name: str, spec: dict, dataset_id: str, device: str, sweep_id: str | None = None
+    session: Session, *, name: str, spec: dict, dataset_id: str, device: str, sweep_id: str | None = None,
+    pack_key: str = "", cost: float = 1.0, sweep_values: dict | None = None,
 ) -> JobRead:
     """``spec`` is the validated spec as JSON with its data replaced by ``{"dataset_id": ...}``."""
-    row = Job(
-        id=new_id(), name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
-        status="queued", step=0, attempts=0, cancel_requested=False, created_at=utcnow(),
-    )
+    row = Job(**new_job_values(name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
+                               pack_key=pack_key, cost=cost, sweep_values=sweep_values))
     session.add(row)
     session.flush()
     return job_to_read(row)
 
 
-def mark_dispatched(session: Session, job_ids: list[str]) -> None:
-    """Stamp when the jobs' message was sent; a queued job with no recent stamp needs a re-send."""
-    session.execute(
-        update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+def new_job_values(**columns: object) -> dict:
+    """Every column of a new queued job, for one insert or a bulk insert of sweep members."""
+    return dict(id=new_id(), status="queued", step=0, attempts=0, lost_leases=0, cancel_requested=False,
+                created_at=utcnow(), **columns)
 
 
 def find_job(session: Session, job_id: str) -> JobRead | None:

@@ -1,6 +1,6 @@
 """docker-compose.yml, checked without a Docker engine.
 
-The file's structure is checked as data, then its migrate, api and worker services are run as
+The file's structure is checked as data, then its migrate, api, scheduler and worker services run as
 local processes with their own commands, only the service host names swapped for this machine's
 PostgreSQL and Redis: a job submitted over HTTP must train to the StatQuest result.
 """
@@ -40,12 +40,12 @@ def test_backing_services_have_health_checks_and_no_published_ports() -> None:
 
 def test_app_services_build_the_project_and_wait_for_their_dependencies() -> None:
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker"):
+    for name in ("api", "scheduler", "worker"):
         assert SERVICES[name]["build"] == "."
         deps = SERVICES[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", "scheduler", "worker"):
         env = SERVICES[name]["environment"]
         assert re.match(r"postgresql\+psycopg://descent:.+@postgres:5432/descent$", env["DESCENT_DATABASE_URL"])
         assert re.match(r"redis://:.+@redis:6379/0$", env["DESCENT_BROKER_URL"])
@@ -82,7 +82,7 @@ def compose_up(compose_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     procs = [
         subprocess.Popen(_local_argv(name, port), env=compose_env, start_new_session=True,
                          stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
-        for name in ("api", "worker")
+        for name in ("api", "scheduler", "worker")
     ]
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,17 +19,26 @@ def stored_row(job_id: str) -> Job:
         return session.get(Job, job_id)
 
 
-def test_submit_stores_queues_and_publishes(configured, spec: JobCreate) -> None:
-    job = jobs.submit_job(spec, sweep_id="sweep-1")
+def test_submit_stores_and_rings_but_publishes_no_task(configured, spec: JobCreate) -> None:
+    """The API only writes rows: the scheduler is the one publisher of training tasks."""
+    from services import doorbell
+
+    job = jobs.submit_job(spec)
     assert (job.status, job.step, job.name, job.device, job.sweep_id, job.attempts) == \
-        ("queued", 0, "statquest", "cpu", "sweep-1", 0)
+        ("queued", 0, "statquest", "cpu", None, 0)
     assert jobs.get_job(job.id) == job
     row = stored_row(job.id)
-    assert row.dispatched_at is not None
+    assert row.dispatched_at is None and row.cost == 7 * 3 and len(row.pack_key) == 40
     assert row.spec["data"] == {"dataset_id": row.dataset_id}
     assert JobCreate.model_validate(row.spec).model_dump(exclude={"data"}) == spec.model_dump(exclude={"data"})
-    messages = list((configured.broker_folder / "queue").iterdir())
-    assert len(messages) == 1 and job.id in messages[0].read_text()
+    assert not list((configured.broker_folder / "queue").glob("*.cpu.msg"))
+    bell = doorbell.Doorbell(configured)
+    try:
+        assert bell.wait(1.0) is True
+        assert bell.wait(0.05) is False  # one wake-up drained
+    finally:
+        bell.close()
+        doorbell.forget()
 
 
 def test_inline_data_becomes_one_content_hashed_dataset(configured, spec: JobCreate) -> None:
@@ -67,22 +76,25 @@ def test_submit_checks_limits(configured, spec: JobCreate) -> None:
     assert error.value.loc == ("stop", "max_steps")
 
 
-def test_a_failed_publish_keeps_the_committed_job(configured, spec: JobCreate, monkeypatch) -> None:
-    """A real broker that does not answer (nothing listens on port 1)."""
-    from services import queue
+def test_a_broker_that_is_down_does_not_fail_the_submit(configured, spec: JobCreate, monkeypatch) -> None:
+    """A real broker that does not answer (nothing listens on port 1): the doorbell fails,
+    the job is stored anyway and the scheduler's poll finds it."""
+    from services import doorbell
 
     monkeypatch.setattr(configured, "broker_url", "redis://127.0.0.1:1/0")
-    queue.reset_sender()
+    doorbell.forget()
     try:
         job = jobs.submit_job(spec)
     finally:
-        queue.reset_sender()
+        doorbell.forget()
     assert jobs.get_job(job.id).status == "queued"
     assert stored_row(job.id).dispatched_at is None
 
 
 def test_list_pages_newest_first_with_filters(configured, spec: JobCreate) -> None:
-    submitted = [jobs.submit_job(spec, sweep_id="a" if i % 2 else None) for i in range(5)]
+    submitted = [jobs.submit_job(spec) for i in range(5)]
+    for job in submitted[1::2]:
+        set_job(job.id, sweep_id="a")
     set_job(submitted[0].id, status="succeeded")
     pages, cursor = [], None
     while True:

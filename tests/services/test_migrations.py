@@ -17,7 +17,9 @@ from services.db.migrate import alembic_config, upgrade
 from services.db.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "checkpoint_arrays", "history_chunks"}
+TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "checkpoint_arrays", "history_chunks",
+          "sweeps", "scheduler_leases", "workers"}
+HEAD = "0002_scheduler_and_sweeps"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:
@@ -35,7 +37,7 @@ def schema_of(url: str) -> tuple[set[str], str | None, list]:
 def test_migrated_schema_matches_the_models(db_url: str) -> None:
     tables, revision, diffs = schema_of(db_url)
     assert tables == TABLES
-    assert revision == "0001_initial"
+    assert revision == HEAD
     assert diffs == []
 
 
@@ -53,7 +55,7 @@ def test_upgrade_makes_a_fresh_sqlite_file_from_the_settings(tmp_path: Path, mon
     finally:
         get_settings.cache_clear()
     tables, revision, diffs = schema_of(f"sqlite:///{home / 'descent.db'}")
-    assert (tables, revision, diffs) == (TABLES, "0001_initial", [])
+    assert (tables, revision, diffs) == (TABLES, HEAD, [])
 
 
 def test_alembic_command_line_from_the_repository_root(tmp_path: Path) -> None:
@@ -63,7 +65,7 @@ def test_alembic_command_line_from_the_repository_root(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert schema_of(f"sqlite:///{path}")[:2] == (TABLES, "0001_initial")
+    assert schema_of(f"sqlite:///{path}")[:2] == (TABLES, HEAD)
 
 
 def test_downgrade_to_base_and_back(sqlite_url: str) -> None:
@@ -71,7 +73,7 @@ def test_downgrade_to_base_and_back(sqlite_url: str) -> None:
     command.downgrade(config, "base")
     assert schema_of(sqlite_url)[0] == {"alembic_version"}
     command.upgrade(config, "head")
-    assert schema_of(sqlite_url)[:3] == (TABLES, "0001_initial", [])
+    assert schema_of(sqlite_url)[:3] == (TABLES, HEAD, [])
 
 
 def test_revisions_import_only_sqlalchemy_and_alembic() -> None:

@@ -34,22 +34,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Stack:
-    """A worker process and the environment this test process shares with it."""
+    """A worker and a scheduler process, and the environment this test process shares with them."""
 
     process: subprocess.Popen
     log: Path
     env: dict[str, str]
+    scheduler: subprocess.Popen | None = None
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        scheduler_log = self.log.with_name("scheduler.log")
+        if scheduler_log.exists():
+            tail += "\n--- scheduler ---\n" + "\n".join(scheduler_log.read_text(errors="replace").splitlines()[-lines:])
+        return tail
 
 
 def reset_caches() -> None:
-    from services import queue
+    from services import doorbell, queue
 
     get_settings.cache_clear()
     reset_engine()
     queue.reset_sender()
+    doorbell.forget()
 
 
 @contextmanager
@@ -75,6 +81,14 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``descent scheduler``, the one publisher of training tasks, in its own process group."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "scheduler"], cwd=ROOT,
+                                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
 def stop_worker(process: subprocess.Popen) -> None:
     """Cold shutdown (a test may leave a long task running), then kill what is left."""
     if process.poll() is None:
@@ -90,9 +104,11 @@ def stop_worker(process: subprocess.Popen) -> None:
 def running_stack(env: dict[str, str], log: Path) -> Iterator[Stack]:
     with environment(env):
         process = start_worker(env, log)
+        scheduler = start_scheduler(env, log.with_name("scheduler.log"))
         try:
-            yield Stack(process, log, env)
+            yield Stack(process, log, env, scheduler)
         finally:
+            stop_worker(scheduler)
             stop_worker(process)
 
 

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from services import queue
 from services.config import Settings
-from services.db.models import Job
-from services.db.session import session_scope
-from services.jobs import dispatch
-
-from .conftest import seed_job, submit
 
 
 def test_celery_is_configured_for_long_tasks_and_json_only(tmp_path) -> None:
@@ -41,21 +34,6 @@ def test_the_sender_is_cached_per_settings_object(tmp_path) -> None:
         assert queue.sender(first) is not queue.sender(second)
     finally:
         queue.reset_sender()
-
-
-def test_dispatch_sends_ids_by_task_name_as_json_and_stamps_the_jobs(configured) -> None:
-    job = submit(seed_job())
-    with session_scope() as session:
-        session.get(Job, job.id).dispatched_at = None
-    dispatch([job.id], "cpu")
-    messages = sorted((configured.broker_folder / "queue").iterdir())
-    assert len(messages) == 2 and all(m.name.endswith(".cpu.msg") for m in messages)
-    envelope = json.loads(messages[-1].read_text())
-    assert envelope["content-type"] == "application/json"
-    assert envelope["headers"]["task"] == "descent.train_pack"
-    assert envelope["headers"]["argsrepr"] == repr([[job.id]])
-    with session_scope() as session:
-        assert session.get(Job, job.id).dispatched_at is not None
 
 
 def test_publish_refuses_an_unknown_queue(configured) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 
 from services import engine, jobs
 from services.db import checkpoints as ckpt
+from services.db import scheduling
 from services.db.models import Checkpoint, CheckpointArray, Dataset, HistoryChunk, Job, utcnow
 from services.db.session import session_scope
 from services.examples import statquest_job
@@ -29,8 +30,11 @@ class SimulatedCrash(BaseException):
 
 
 def expire_lease(job_id: str, seconds: int = 3600) -> None:
+    """The worker stopped renewing; the scheduler's pass then requeues the job."""
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+    with session_scope() as session:
+        scheduling.requeue_expired(session, utcnow(), lease_seconds=600, max_attempts=100)
 
 
 def row(job_id: str) -> Job:
@@ -38,9 +42,13 @@ def row(job_id: str) -> Job:
         return session.get(Job, job_id)
 
 
-def claim(job_ids: list[str], lease: int = 600) -> list[ckpt.Claim]:
+def claim(job_ids: list[str]) -> list[ckpt.Claim]:
     with session_scope() as session:
-        return ckpt.claim_jobs(session, job_ids, hostname="test", pid=1, lease_seconds=lease)
+        return ckpt.claim_jobs(session, job_ids, hostname="test", pid=1)
+
+
+def tokens(claims: list[ckpt.Claim]) -> list[tuple[str, int]]:
+    return [(c.job_id, c.attempt) for c in claims]
 
 
 def ssr_history(job_id: str) -> list[float]:
@@ -59,12 +67,16 @@ def crash_on_call(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
     monkeypatch.setattr(engine, "train", train)
 
 
-def test_claim_takes_queued_and_expired_jobs_once(configured) -> None:
+def test_claim_takes_queued_jobs_once_and_lapsed_ones_after_the_scheduler_requeued_them(configured) -> None:
     queued, other = submit(seed_job()).id, submit(seed_job()).id
-    assert claim([queued]) == [ckpt.Claim(queued, 1)]
-    assert claim([queued, other]) == [ckpt.Claim(other, 1)]  # a live lease is not taken
+    assert tokens(claim([queued])) == [(queued, 1)]
+    assert tokens(claim([queued, other])) == [(other, 1)]  # a live lease is not taken
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == queued).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    assert claim([queued]) == []  # lapsed but not yet requeued: the scheduler decides
     expire_lease(queued)
-    assert claim([queued]) == [ckpt.Claim(queued, 2)]
+    assert tokens(claim([queued])) == [(queued, 2)]
+    assert row(queued).lost_leases == 1
     assert (row(queued).status, row(queued).worker_hostname, row(queued).worker_pid) == ("running", "test", 1)
 
 
@@ -88,6 +100,7 @@ def test_a_stale_attempt_writes_nothing(configured) -> None:
         ckpt.fail_jobs(session, [first], "stale")
     assert history_rows(job_id) == [] and checkpoint_steps(job_id) == []
     assert (row(job_id).status, row(job_id).step, row(job_id).attempts) == ("running", 0, second.attempt)
+    assert first.attempt < second.attempt
 
 
 def test_a_held_fence_writes_checkpoint_history_and_summary_in_one_go(configured) -> None:
@@ -96,7 +109,7 @@ def test_a_held_fence_writes_checkpoint_history_and_summary_in_one_go(configured
     arrays = {"parameters/layers.0.weight": np.zeros((2, 1)), "step": np.array(3), "ssr": np.array(0.5)}
     with session_scope() as session:
         held = ckpt.write_checkpoints(session, [ckpt.CheckpointWrite(mine, 3, arrays, 0, np.array([4.0, 2.0, 0.25, 0.5]))])
-    assert held == {job_id: mine}
+    assert tokens(list(held.values())) == tokens([mine])
     assert history_rows(job_id) == [(0, 4)] and checkpoint_attempts(job_id) == {3: 1}
     assert (row(job_id).step, row(job_id).ssr, row(job_id).best_ssr) == (3, 0.5, 0.25)
     with session_scope() as session:

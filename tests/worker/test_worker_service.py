@@ -3,8 +3,8 @@
 - ``filesystem-sqlite``: the embedded stack (filesystem broker folder + SQLite file);
 - ``redis-postgres``: Redis as broker and PostgreSQL as database.
 
-Jobs go in through the use case (``services.jobs.submit_job`` publishes after commit) and are
-observed only through the database, as a client would.
+Jobs go in through the use case (``services.jobs.submit_job`` stores them; the scheduler process
+packs and publishes them) and are observed only through the database, as a client would.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def free_redis_url() -> str:
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp(request.param)
     env = {"DESCENT_HOME": str(home), "DESCENT_LEASE_SECONDS": str(LEASE_SECONDS),
-           "DESCENT_ENGINE_BACKEND": "numpy"}
+           "DESCENT_HEARTBEAT_SECONDS": "0.5", "DESCENT_ENGINE_BACKEND": "numpy"}
     if request.param == "filesystem-sqlite":
         from services.db.migrate import upgrade
 
@@ -108,16 +108,15 @@ def test_a_duplicate_delivery_changes_nothing(stack: Stack) -> None:
 
 
 def test_a_killed_worker_child_is_resumed_from_its_checkpoint(stack: Stack) -> None:
-    """SIGKILL mid-job; once the lease lapses a re-publish (what the reaper does) resumes it:
+    """SIGKILL mid-job; once the lease lapses the scheduler requeues it and a worker resumes it:
     no gap, no repeated step, and the same bits as an uninterrupted run."""
     document = seed_job(max_steps=20_000, checkpoint_every=500)
     running = wait_for(submit(document).id, stack, done=lambda j: j.status == "running" and j.step >= 2000)
     os.kill(running.worker.pid, signal.SIGKILL)
-    lapse = time.monotonic() + LEASE_SECONDS + 0.5
+    killed = time.monotonic()
     expected = uninterrupted_parameters(document)
-    time.sleep(max(0.0, lapse - time.monotonic()))
-    queue.publish_pack([running.id], "cpu")
-    job = wait_for(running.id, stack)
+    job = wait_for(running.id, stack, timeout=60)
+    assert time.monotonic() - killed < LEASE_SECONDS + 20
     assert (job.status, job.step) == ("succeeded", 20_000)
     assert job.attempts >= 2 and job.worker.pid != running.worker.pid
     attempts = checkpoint_attempts(job.id)
@@ -126,6 +125,15 @@ def test_a_killed_worker_child_is_resumed_from_its_checkpoint(stack: Stack) -> N
     stored = final_parameters(job.id)
     for name, value in expected.items():
         assert np.array_equal(stored[f"parameters/{name}"], value), name
+
+
+def test_a_long_chunk_keeps_its_lease_through_the_heartbeat(stack: Stack) -> None:
+    """A chunk far longer than the lease: the heartbeat thread renews it, nobody takes over."""
+    document = seed_job(max_steps=150_000, checkpoint_every=150_000)
+    job = wait_for(submit(document).id, stack, timeout=120)
+    assert (job.finished_at - job.started_at).total_seconds() > LEASE_SECONDS  # the test means something
+    assert (job.status, job.step, job.attempts) == ("succeeded", 150_000, 1)
+    assert checkpoint_steps(job.id) == [0, 150_000]
 
 
 def uninterrupted_parameters(document: dict) -> dict[str, np.ndarray]:

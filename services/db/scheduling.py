@@ -1,0 +1,162 @@
+"""Storage side of the scheduler: its leader lease, expired job leases, queued work, live
+workers and successive-halving cuts. Times come from the database's clock (``db_now``) so
+processes on machines with skewed clocks agree about who holds a lease."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import and_, func, literal, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.db.models import SchedulerLease, Sweep, Worker, utcnow
+from services.db.models import Job
+from services.halving import Parked
+from services.packing import QueuedJob
+
+_jobs = Job.__table__
+LEADER = "scheduler"
+
+
+def db_now(session: Session) -> datetime:
+    """PostgreSQL's clock (shared by every machine); SQLite is local, so the host's clock."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(text("SELECT clock_timestamp()")).astimezone(timezone.utc)
+    return utcnow()
+
+
+def _insert(session: Session):  # noqa: ANN202 (dialect-specific Insert constructor)
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def hold_leader(session: Session, holder: str, seconds: float, now: datetime) -> bool:
+    """Take or renew the leader lease; True when ``holder`` is the one scheduler that acts."""
+    expires = now + timedelta(seconds=seconds)
+    statement = _insert(session)(SchedulerLease).values(name=LEADER, holder=holder, expires_at=expires, acted_at=now)
+    session.execute(statement.on_conflict_do_nothing(index_elements=["name"]))
+    result = session.execute(
+        update(SchedulerLease)
+        .where(SchedulerLease.name == LEADER,
+               or_(SchedulerLease.holder == holder, SchedulerLease.expires_at < now))
+        .values(holder=holder, expires_at=expires, acted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release_leader(session: Session, holder: str) -> None:
+    """Let a successor act at once instead of after the lease runs out (graceful stop)."""
+    session.execute(
+        update(SchedulerLease).where(SchedulerLease.name == LEADER, SchedulerLease.holder == holder)
+        .values(expires_at=datetime(1970, 1, 1, tzinfo=timezone.utc))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def requeue_expired(session: Session, now: datetime, lease_seconds: float, max_attempts: int) -> tuple[int, int]:
+    """Running jobs whose lease lapsed go back to the queue, or fail after ``max_attempts`` lost
+    leases. Returns (requeued, failed). The status change alone fences the old worker."""
+    expired = and_(_jobs.c.status == "running", _jobs.c.heartbeat_at < now - timedelta(seconds=lease_seconds))
+    failed = session.execute(
+        update(_jobs).where(expired, _jobs.c.lost_leases + 1 >= max_attempts)
+        .values(status="failed", lost_leases=_jobs.c.lost_leases + 1, finished_at=now,
+                error=literal(f"gave up after {max_attempts} attempts: each time the worker stopped "
+                              "renewing its lease (killed, paused or cut off) before the job finished"))
+    ).rowcount
+    requeued = session.execute(
+        update(_jobs).where(expired)
+        .values(status="queued", lost_leases=_jobs.c.lost_leases + 1, dispatched_at=None, heartbeat_at=None)
+    ).rowcount
+    return requeued, failed
+
+
+def dispatchable(session: Session, now: datetime, redispatch_seconds: float, limit: int) -> list[QueuedJob]:
+    """Queued jobs never dispatched, or whose message has not started them in time; parked
+    members (waiting for their rung's cut) are not dispatchable."""
+    stale = now - timedelta(seconds=redispatch_seconds)
+    query = (
+        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost)
+        .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None),
+               or_(_jobs.c.dispatched_at.is_(None), _jobs.c.dispatched_at < stale))
+        .order_by(_jobs.c.created_at, _jobs.c.id).limit(limit)
+    )
+    return [QueuedJob(r.id, r.pack_key, r.device, r.cost) for r in session.execute(query)]
+
+
+def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> None:
+    session.execute(
+        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued").values(dispatched_at=now)
+    )
+
+
+def live_slots(session: Session, now: datetime, lease_seconds: float) -> dict[str, int]:
+    """Live worker processes per queue (a process serving two queues counts for both)."""
+    rows = session.execute(
+        select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds))
+    ).scalars()
+    slots: dict[str, int] = {}
+    for queues in rows:
+        for queue in queues.split(","):
+            slots[queue] = slots.get(queue, 0) + 1
+    return slots
+
+
+def register_worker(session: Session, name: str, queues: str, hostname: str, pid: int) -> None:
+    """Insert or refresh this worker process's row (its heartbeat)."""
+    now = db_now(session)
+    statement = _insert(session)(Worker).values(
+        name=name, queues=queues, hostname=hostname, pid=pid, started_at=now, seen_at=now)
+    session.execute(statement.on_conflict_do_update(index_elements=["name"], set_={"seen_at": now}))
+
+
+def forget_worker(session: Session, name: str) -> None:
+    session.execute(Worker.__table__.delete().where(Worker.name == name))
+
+
+def forget_dead_workers(session: Session, now: datetime, seconds: float) -> None:
+    session.execute(Worker.__table__.delete().where(Worker.seen_at < now - timedelta(seconds=seconds)))
+
+
+# --- successive halving -----------------------------------------------------------------------
+
+
+def parked_rungs(session: Session) -> list[tuple[str, int]]:
+    """(sweep id, lowest parked rung) of every sweep with members waiting for a cut."""
+    query = (
+        select(_jobs.c.sweep_id, func.min(_jobs.c.rung))
+        .where(_jobs.c.status == "queued", _jobs.c.rung.is_not(None)).group_by(_jobs.c.sweep_id)
+    )
+    return [(sweep_id, rung) for sweep_id, rung in session.execute(query)]
+
+
+def rung_ready(session: Session, sweep_id: str, rung: int) -> list[Parked] | None:
+    """The members parked at ``rung`` once no other member can still arrive there, else None."""
+    unfinished = (_jobs.c.sweep_id == sweep_id) & _jobs.c.status.in_(("queued", "running"))
+    at_rung = (_jobs.c.status == "queued") & (_jobs.c.rung == rung)
+    others = session.scalar(select(func.count()).where(unfinished, ~at_rung))
+    if others:
+        return None
+    rows = session.execute(select(_jobs.c.id, _jobs.c.ssr).where(_jobs.c.sweep_id == sweep_id, at_rung))
+    return [Parked(r.id, r.ssr) for r in rows]
+
+
+def cut_rung(session: Session, rung: int, keep: Sequence[str], stop: Sequence[str], now: datetime) -> None:
+    """Winners go back to the queue; the rest end succeeded with stop reason early_stopped,
+    keeping their history and checkpoint at the rung."""
+    at_rung = (_jobs.c.status == "queued") & (_jobs.c.rung == rung)
+    for ids in _batches(stop):
+        session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(
+            status="succeeded", stop_reason="early_stopped", finished_at=now))
+    for ids in _batches(keep):
+        session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(rung=None, dispatched_at=None))
+
+
+def sweep_halving(session: Session, sweep_id: str) -> dict | None:
+    spec = session.scalar(select(Sweep.spec).where(Sweep.id == sweep_id))
+    return None if spec is None else spec.get("early_stopping")
+
+
+def _batches(ids: Sequence[str], size: int = 1000) -> list[list[str]]:
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]

@@ -1,0 +1,116 @@
+"""The scheduler's doorbell: a submit rings it so the scheduler acts now instead of at its
+next poll. It carries no data (the database says what to do), so a lost ring only costs one
+scheduler period, and a burst of rings is drained as one wake-up.
+
+It is a kombu queue on the same broker as the training tasks (a Redis list, or a file in the
+embedded broker's folder), so it works wherever the stack does without another server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as stdlib_queue
+import time
+
+from kombu import Connection, Queue
+
+from services.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+QUEUE = "descent.scheduler.doorbell"
+# The anonymous exchange routes by queue name alone: no exchange state to declare (kombu keeps
+# declared exchanges per process, which breaks a process that changes brokers, like a test).
+_QUEUE = Queue(QUEUE, routing_key=QUEUE, exchange="", no_declare=False)
+# The scheduler reads its doorbell more often than workers poll for tasks: it is one process,
+# and its wake-up latency is most of the submit -> running latency.
+POLL_SECONDS = 0.01
+
+_rings: dict[int, tuple[Connection, object]] = {}
+
+
+def _connection(settings: Settings, polling: float | None = None) -> Connection:
+    from services.queue import transport_options  # one place knows the broker's folders
+
+    options = transport_options(settings)
+    if polling is not None and settings.broker_url.startswith("filesystem"):
+        options["polling_interval"] = polling
+    if settings.broker_url.startswith("redis"):
+        # Fail fast: a submit must not wait for a broker that is down (the poll covers for it).
+        options |= {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
+    return Connection(settings.broker_url, transport_options=options, connect_timeout=1)
+
+
+def ring(settings: Settings | None = None) -> None:
+    """Wake the scheduler. Never raises: the scheduler's poll is the fallback."""
+    settings = settings or get_settings()
+    try:
+        _, simple = _ringer(settings)
+        simple.put({"at": time.time()}, exchange="", routing_key=QUEUE, retry=False)
+    except Exception:  # noqa: BLE001 (any broker failure; the poll covers for it)
+        log.warning("could not ring the scheduler's doorbell; it will act at its next poll", exc_info=True)
+        forget()
+
+
+def _ringer(settings: Settings) -> tuple[Connection, object]:
+    """One connection per process (a forked child must not share its parent's socket)."""
+    hit = _rings.get(os.getpid())
+    if hit is None:
+        connection = _connection(settings)
+        hit = _rings[os.getpid()] = (connection, connection.SimpleQueue(_QUEUE, serializer="json"))
+    return hit
+
+
+def forget() -> None:
+    """Drop this process's ringing connection (after a broker error, or in tests)."""
+    hit = _rings.pop(os.getpid(), None)
+    if hit is not None:
+        try:
+            hit[0].release()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Doorbell:
+    """The scheduler's side: ``wait(timeout)`` returns early when someone rang."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._connection: Connection | None = None
+        self._queue = None
+
+    def wait(self, timeout: float) -> bool:
+        """True if rung (all pending rings are drained), False after ``timeout``."""
+        try:
+            simple = self._open()
+            simple.get(timeout=timeout).ack()
+        except stdlib_queue.Empty:
+            return False
+        except Exception:  # noqa: BLE001 (broker down: fall back to the poll)
+            log.warning("doorbell unavailable; polling", exc_info=True)
+            self.close()
+            time.sleep(timeout)
+            return False
+        self._drain()
+        return True
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._queue.get_nowait().ack()
+        except stdlib_queue.Empty:
+            pass
+
+    def _open(self):  # noqa: ANN202 (kombu SimpleQueue)
+        if self._queue is None:
+            self._connection = _connection(self.settings, polling=POLL_SECONDS)
+            self._queue = self._connection.SimpleQueue(_QUEUE, serializer="json")
+        return self._queue
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # noqa: BLE001
+                pass
+        self._connection = self._queue = None

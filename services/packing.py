@@ -1,0 +1,78 @@
+"""Which queued jobs share an engine pack, and how a group is cut into packs (pure policy).
+
+Jobs can share a pack when everything the engine holds pack-wide agrees: architecture, dataset,
+dtype, batching (and the batch order's seed), checkpoint cadence and device. Sweep members and
+independent jobs from any client alike: the key says nothing about who submitted them.
+A group is cut so that no pack exceeds the cost cap (members x parameters x points) or the
+member cap, and so that a large group spreads over every live worker of its queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    id: str
+    pack_key: str
+    device: str
+    cost: float
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    device: str
+    job_ids: list[str]
+
+
+def pack_key(document: dict, dataset_id: str) -> str:
+    """A short stable digest of the pack-wide settings of a stored job spec document."""
+    batch_size = document.get("batch_size")
+    init = document.get("init") or {}
+    batch_seed = init.get("seed", 0) if batch_size else None
+    shared = [dataset_id, document["architecture"], document.get("dtype", "float64"), batch_size,
+              batch_seed, document.get("checkpoint_every", 100), document.get("device", "cpu")]
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def member_cost(layers: Sequence[int], n_points: int) -> float:
+    """Work of one network per step, up to a constant: parameters x data points."""
+    parameters = sum(a * b + b for a, b in zip(layers, layers[1:]))
+    return float(parameters * n_points)
+
+
+def plan_packs(jobs: Sequence[QueuedJob], slots: dict[str, int], max_cost: float,
+               max_members: int) -> list[PackPlan]:
+    """Groups in order of first appearance, each cut into equal contiguous packs."""
+    groups: dict[tuple[str, str], list[QueuedJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.device, job.pack_key), []).append(job)
+    plans = []
+    for (device, _), members in groups.items():
+        parts = pack_count(members, slots.get(device, 0), max_cost, max_members)
+        for chunk in split_evenly(members, parts):
+            plans.append(PackPlan(device, [job.id for job in chunk]))
+    return plans
+
+
+def pack_count(members: Sequence[QueuedJob], slots: int, max_cost: float, max_members: int) -> int:
+    """Enough packs for the caps, and at least one per live worker slot while members last."""
+    by_cost = math.ceil(sum(job.cost for job in members) / max_cost)
+    by_members = math.ceil(len(members) / max_members)
+    return max(1, min(len(members), max(by_cost, by_members, slots)))
+
+
+def split_evenly(items: Sequence[QueuedJob], parts: int) -> list[list[QueuedJob]]:
+    """``parts`` contiguous slices whose lengths differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(list(items[start:end]))
+        start = end
+    return out

@@ -1,0 +1,140 @@
+"""The scheduler: the one publisher of training tasks, and the reconcile loop that makes the
+database's view of what still has to run come true.
+
+Each pass is level-triggered (docs/design.md, "Scheduler"): it reads what should be true and
+acts, so a missed wake-up, a lost message or a dead worker is repaired by the next pass, and
+every action is safe to repeat (claims are fenced). Only the holder of the leader lease acts;
+other schedulers wait to take over. The policy lives in pure modules (``services.packing``,
+``services.halving``); this module reads, decides with them, writes and publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services import halving, packing
+from services.config import Settings, get_settings
+from services.db import scheduling as store
+from services.db.session import session_scope
+from services.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassReport:
+    """What one pass did (logged, and read by tests)."""
+
+    leader: bool = False
+    requeued: int = 0
+    failed: int = 0
+    cut: list[tuple[str, int, int, int]] = field(default_factory=list)  # sweep, rung, kept, stopped
+    packs: list[packing.PackPlan] = field(default_factory=list)
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_pass(holder: str, settings: Settings | None = None,
+             publish: Callable[[list[str], str], None] | None = None) -> PassReport:
+    """One reconcile pass if ``holder`` is (or becomes) the leader."""
+    settings = settings or get_settings()
+    report = PassReport()
+    with session_scope() as session:
+        now = store.db_now(session)
+        report.leader = store.hold_leader(session, holder, settings.scheduler_lease_seconds, now)
+    if not report.leader:
+        return report
+    with session_scope() as session:
+        now = store.db_now(session)
+        report.requeued, report.failed = store.requeue_expired(
+            session, now, settings.lease_seconds, settings.max_attempts)
+        store.forget_dead_workers(session, now, 10 * settings.lease_seconds)
+    report.cut = cut_rungs()
+    report.packs = dispatch(settings, publish or _publish)
+    return report
+
+
+def cut_rungs() -> list[tuple[str, int, int, int]]:
+    """Decide every rung whose members have all arrived (one transaction per sweep)."""
+    done = []
+    with session_scope() as session:
+        waiting = store.parked_rungs(session)
+    for sweep_id, rung in waiting:
+        with session_scope() as session:
+            rule = store.sweep_halving(session, sweep_id)
+            parked = store.rung_ready(session, sweep_id, rung)
+            if rule is None or parked is None:
+                continue
+            keep, stop = halving.survivors(parked, int(rule["reduction_factor"]))
+            store.cut_rung(session, rung, keep, stop, store.db_now(session))
+        done.append((sweep_id, rung, len(keep), len(stop)))
+        log.info("sweep %s rung %d: %d go on, %d stopped early", sweep_id, rung, len(keep), len(stop))
+    return done
+
+
+def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> list[packing.PackPlan]:
+    """Pack the dispatchable jobs and publish one task per pack, stamping after each publish."""
+    with session_scope() as session:
+        now = store.db_now(session)
+        queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch)
+        slots = store.live_slots(session, now, settings.lease_seconds) if queued else {}
+    plans = packing.plan_packs(queued, slots, settings.pack_max_cost, settings.pack_max_members)
+    for plan in plans:
+        publish(plan.job_ids, plan.device)
+        with session_scope() as session:
+            store.mark_dispatched(session, plan.job_ids, store.db_now(session))
+    if plans:
+        log.info("dispatched %d job(s) in %d pack(s)", len(queued), len(plans))
+    return plans
+
+
+def _publish(job_ids: list[str], device: str) -> None:
+    from services import queue  # Celery only where tasks are sent
+
+    queue.publish_pack(job_ids, device)
+
+
+def serve(settings: Settings | None = None, stop: Callable[[], bool] = lambda: False) -> None:
+    """Run passes until ``stop()``: on every doorbell ring, and at least every period. A pass
+    that fails (database or broker down) is logged and retried at the next wake-up."""
+    from services.doorbell import Doorbell
+
+    settings = settings or get_settings()
+    holder, bell = holder_name(), Doorbell(settings)
+    log.info("scheduler %s started", holder)
+    try:
+        while not stop():
+            leader = _safe_pass(holder, settings)
+            if leader:
+                bell.wait(settings.scheduler_period)
+            else:
+                time.sleep(settings.scheduler_period)
+    finally:
+        bell.close()
+        _resign(holder)
+
+
+def _safe_pass(holder: str, settings: Settings) -> bool:
+    try:
+        return run_pass(holder, settings).leader
+    except (DomainError, OSError, ConnectionError) as exc:
+        log.warning("scheduler pass failed (%s); retrying", exc)
+    except Exception:  # noqa: BLE001 (kombu/redis errors have no common base we can name here)
+        log.exception("scheduler pass failed; retrying")
+    return False
+
+
+def _resign(holder: str) -> None:
+    try:
+        with session_scope() as session:
+            store.release_leader(session, holder)
+    except DomainError:
+        log.warning("could not release the scheduler lease; it lapses by itself")

@@ -1,0 +1,315 @@
+"""The sweep schema and its pure expansion into member job documents (no DB, no I/O).
+
+A sweep is a base job document plus the dotted paths it varies: a grid (every combination) and/or
+``n`` random draws from a space. Expansion is a pure function of the request, so the API, the
+scheduler and the tests agree on what member ``i`` is, and a resubmitted sweep yields the same
+members. Each member is then validated as an ordinary job, and an error is reported at the sweep
+field that caused it (a grid value, a random distribution, or the base).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from services.errors import InvalidInput
+from services.examples import statquest_job
+from services.spec import JobCreate, Strict
+
+Loc = tuple[str | int, ...]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_KINDS = ("log_uniform", "uniform", "randint", "choice")
+# Setting one side of a discriminated union of the job spec drops the other side, so that
+# init.seed on a base with explicit parameters gives {"seed": v}, not an invalid mix of both.
+_EXCLUSIVE = {
+    ("init", "seed"): ("parameters",),
+    ("init", "parameters"): ("seed",),
+    ("data", "dataset_id"): ("x", "y"),
+    ("data", "x"): ("dataset_id",),
+    ("data", "y"): ("dataset_id",),
+}
+# The union tags (services.spec) pydantic puts into an error's loc right after "data"/"init".
+_TAGS = {"data": ("inline", "dataset"), "init": ("seed", "parameters")}
+
+
+class Distribution(Strict):
+    """Exactly one of the four keys. Bounds are checked here so that a draw can never fail."""
+
+    log_uniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[Int64, Int64] | None = None
+    choice: list[Any] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [kind for kind in _KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise InvalidInput((), f"give exactly one of {', '.join(_KINDS)}; got {', '.join(given) or 'none'}")
+        low, high = self.log_uniform or self.uniform or self.randint or (0, 0)
+        if self.log_uniform is not None and not 0 < low < high:
+            raise InvalidInput(("log_uniform",), f"needs 0 < low < high, got [{low}, {high}]")
+        if self.uniform is not None and not (low <= high and math.isfinite(high - low)):
+            raise InvalidInput(("uniform",), f"needs low <= high and a finite width, got [{low}, {high}]")
+        if self.randint is not None and not low <= high:
+            raise InvalidInput(("randint",), f"needs low <= high, got [{low}, {high}]")
+        return self
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[Any]:
+        """``n`` plain Python values (never NumPy scalars: they go into JSON documents)."""
+        if self.log_uniform is not None:
+            low, high = self.log_uniform
+            return np.clip(np.exp(rng.uniform(math.log(low), math.log(high), n)), low, high).tolist()
+        if self.uniform is not None:
+            return np.clip(rng.uniform(*self.uniform, n), *self.uniform).tolist()
+        if self.randint is not None:
+            return rng.integers(*self.randint, n, endpoint=True).tolist()
+        assert self.choice is not None
+        return [self.choice[i] for i in rng.integers(0, len(self.choice), n).tolist()]
+
+
+class RandomSpec(Strict):
+    n: int = Field(ge=1)
+    seed: int = Field(default=0, ge=0)
+    space: dict[str, Distribution] = Field(min_length=1)
+
+
+class SuccessiveHalving(Strict):
+    type: Literal["successive_halving"]
+    min_steps: int = Field(ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+
+
+def _example() -> dict[str, Any]:
+    """Three learning rates x two momentum draws of the StatQuest job: six members."""
+    return {
+        "name": "statquest-lr",
+        "base": statquest_job(),
+        "grid": {"learning_rate": [0.05, 0.1, 0.2]},
+        "random": {"n": 2, "seed": 0, "space": {"momentum": {"uniform": [0.0, 0.9]}}},
+        "early_stopping": {"type": "successive_halving", "min_steps": 2, "reduction_factor": 3},
+    }
+
+
+class SweepCreate(Strict):
+    """The POST /v1/sweeps body. ``base`` stays a raw document: it is validated per member, as
+    a varied value may be what makes it valid (or invalid)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_example()]})
+
+    name: str = Field(default="sweep", min_length=1, max_length=200)
+    base: dict[str, Any]
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
+    random: RandomSpec | None = None
+    early_stopping: SuccessiveHalving | None = None
+
+    @model_validator(mode="after")
+    def _paths(self) -> SweepCreate:
+        """Each path is varied in one place only, and no path lies inside another (setting
+        ``a`` and then ``a.b`` would depend on the order and could write into a grid value)."""
+        seen: list[str] = []
+        for loc, path in _path_locs(self):
+            if not _PATH.fullmatch(path):
+                raise InvalidInput(loc, "must be a dotted name of letters, digits and underscores")
+            if path in seen:
+                raise InvalidInput(loc, f"{path!r} is also in grid; vary a path in one place only")
+            for other in seen:
+                if path.startswith(other + ".") or other.startswith(path + "."):
+                    raise InvalidInput(loc, f"{path!r} overlaps {other!r}; one varied path may not lie inside another")
+            seen.append(path)
+        return self
+
+
+@dataclass(frozen=True)
+class Member:
+    """One job of a sweep. ``values`` maps each varied path to its (plain JSON) value."""
+
+    index: int
+    values: dict[str, Any]
+    document: dict[str, Any]
+
+
+def _path_locs(sweep: SweepCreate) -> list[tuple[Loc, str]]:
+    grid = [(("grid", path), path) for path in sweep.grid or {}]
+    space = [(("random", "space", path), path) for path in (sweep.random.space if sweep.random else {})]
+    return [*grid, *space]
+
+
+def varied_paths(sweep: SweepCreate) -> list[str]:
+    """Grid paths then random paths, in request order: the columns of a sweep's result table."""
+    return [path for _, path in _path_locs(sweep)]
+
+
+def member_count(sweep: SweepCreate) -> int:
+    """Computed from the lengths alone, so an oversized sweep is refused before anything is built."""
+    grid = math.prod(len(values) for values in (sweep.grid or {}).values())
+    return grid * (sweep.random.n if sweep.random else 1)
+
+
+def _check_count(sweep: SweepCreate, max_members: int) -> None:
+    """Blame ``random.n`` when the grid alone would fit, the grid otherwise."""
+    count = member_count(sweep)
+    if count <= max_members:
+        return
+    limit = f"{count} members exceed the limit of {max_members}"
+    grid = math.prod(len(values) for values in (sweep.grid or {}).values())
+    if sweep.random is None:
+        raise InvalidInput(("grid",), limit)
+    loc: Loc = ("random", "n") if grid <= max_members else ("grid",)
+    raise InvalidInput(loc, f"{grid} grid points x {sweep.random.n} draws: {limit}")
+
+
+def draws(random: RandomSpec) -> list[dict[str, Any]]:
+    """The ``n`` random draws, a pure function of (seed, space).
+
+    Each path gets its own stream spawned from ``default_rng(seed)`` in space order, so draw
+    ``i`` is the same whatever ``n`` is: raising ``n`` only appends members.
+    """
+    streams = np.random.default_rng(random.seed).spawn(len(random.space))
+    columns = {path: dist.sample(rng, random.n) for (path, dist), rng in zip(random.space.items(), streams)}
+    return [{path: column[i] for path, column in columns.items()} for i in range(random.n)]
+
+
+def expand(sweep: SweepCreate, max_members: int) -> list[Member]:
+    """Every grid point (last key fastest) combined with each random draw (draw inner).
+
+    Documents share the base's unchanged subtrees with each other (a 10k-member sweep over a
+    large inline data set must not copy the data 10k times): treat them as read-only below the
+    top level. The base itself is never modified.
+    """
+    _check_count(sweep, max_members)
+    grid = sweep.grid or {}
+    random_draws = draws(sweep.random) if sweep.random else [{}]
+    members: list[Member] = []
+    for point in itertools.product(*grid.values()):
+        for draw in random_draws:
+            values = dict(zip(grid, point)) | draw
+            members.append(Member(len(members), values, _document(sweep, len(members), values)))
+    return members
+
+
+def _document(sweep: SweepCreate, index: int, values: dict[str, Any]) -> dict[str, Any]:
+    document = dict(sweep.base)
+    try:
+        for path, value in values.items():
+            set_path(document, path, value)
+    except InvalidInput as exc:  # intermediates come from the base (varied paths never nest)
+        raise InvalidInput(("base", *exc.loc), exc.message) from None
+    if "name" not in values:
+        suffix = f"-{index}"
+        document["name"] = sweep.name[: 200 - len(suffix)] + suffix
+    return document
+
+
+def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set dotted ``path`` in ``doc``, creating missing objects on the way.
+
+    Every object along the path is copied before it is changed, so subtrees ``doc`` shares with
+    another document are never modified. Setting one side of the spec's ``init``/``data`` unions
+    drops the other side (see ``_EXCLUSIVE``).
+    """
+    keys = path.split(".")
+    node = doc
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key, {})
+        if not isinstance(child, dict):
+            raise InvalidInput(tuple(keys[: depth + 1]), f"is not an object, so {path!r} cannot be set")
+        child = dict(child)
+        node[key] = child
+        node = child
+    node[keys[-1]] = value
+    if len(keys) > 1:
+        for other in _EXCLUSIVE.get((keys[0], keys[1]), ()):
+            doc[keys[0]].pop(other, None)
+
+
+def validate_members(sweep: SweepCreate, members: Sequence[Member]) -> list[JobCreate]:
+    """Validate each member as a job; the first failure is reported at the sweep field behind it.
+
+    The caller still applies ``check_limits`` to each spec (it needs the settings).
+    """
+    specs: list[JobCreate] = []
+    with _gc_paused():
+        for member in members:
+            try:
+                specs.append(JobCreate.model_validate(member.document))
+            except (ValidationError, InvalidInput) as exc:
+                raise _member_error(sweep, member, exc) from exc
+    return specs
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Validation builds ~40 long-lived containers per member and no garbage cycles; with the
+    collector on, its repeated rescans of them took 10k members from 0.17 s to 0.48 s."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _member_error(sweep: SweepCreate, member: Member, exc: ValidationError | InvalidInput) -> InvalidInput:
+    loc, message = _job_error(exc)
+    path = _blamed_path(varied_paths(sweep), loc)
+    if path is None:
+        return InvalidInput(("base", *loc), message)
+    positions, draw = _coordinates(sweep, member.index)
+    if path in positions:
+        below = loc[len(path.split(".")):]  # e.g. the bad element of a grid list value
+        return InvalidInput(("grid", path, positions[path], *below), f"member {member.index}: {message}")
+    return InvalidInput(("random", "space", path), f"member {member.index} (draw {draw}): {message}")
+
+
+def _job_error(exc: ValidationError | InvalidInput) -> tuple[Loc, str]:
+    """The first error's field path in the job document and its message.
+
+    An ``InvalidInput`` raised in a model validator arrives wrapped, located at the model; its
+    own ``loc`` continues the path. Union tags are not document keys, so they are removed.
+    """
+    if isinstance(exc, InvalidInput):
+        return exc.loc, exc.message
+    error = exc.errors(include_url=False)[0]
+    loc = _strip_tag(tuple(error["loc"]))
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidInput):
+        return (*loc, *cause.loc), cause.message
+    return loc, error["msg"]
+
+
+def _strip_tag(loc: Loc) -> Loc:
+    """("init", "seed", "seed") -> ("init", "seed"); ("data", "inline", "x") -> ("data", "x")."""
+    if len(loc) > 1 and loc[1] in _TAGS.get(str(loc[0]), ()):
+        return (loc[0], *loc[2:])
+    return loc
+
+
+def _blamed_path(paths: list[str], loc: Loc) -> str | None:
+    """The varied path that ``loc`` lies in, or that lies in ``loc`` (an object it replaced)."""
+    keys = tuple(map(str, loc))
+    for path in paths:
+        parts = tuple(path.split("."))
+        common = min(len(parts), len(keys))
+        if keys and parts[:common] == keys[:common]:
+            return path
+    return None
+
+
+def _coordinates(sweep: SweepCreate, index: int) -> tuple[dict[str, int], int]:
+    """A member's position in each grid list and its draw, recovered from its index."""
+    point, draw = divmod(index, sweep.random.n if sweep.random else 1)
+    positions: dict[str, int] = {}
+    for path, values in reversed(list((sweep.grid or {}).items())):
+        point, positions[path] = divmod(point, len(values))
+    return positions, draw
