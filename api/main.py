@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import datasets, health, jobs
+from api.routes import datasets, health, jobs, sweeps
 from services.config import Settings, get_settings
 
 DESCRIPTION = """Train packs of small neural networks by gradient descent.
@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(datasets.router, prefix="/v1")
+    app.include_router(sweeps.router, prefix="/v1")
     return app
 
 

@@ -43,7 +43,7 @@ def submit_job(spec: JobCreate) -> JobRead:
         if inline is not None:
             dataset = repository.store_dataset(session, *inline)
         else:
-            dataset = _referenced_dataset(session, spec)
+            dataset = referenced_dataset(session, spec)
         job = repository.insert_job(session, **job_row(spec, dataset))
     doorbell.ring(settings)
     return job
@@ -60,7 +60,7 @@ def job_row(spec: JobCreate, dataset: DatasetRead, sweep_id: str | None = None,
     )
 
 
-def _referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:
+def referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:
     dataset = repository.find_dataset(session, spec.data.dataset_id)
     if dataset is None:
         raise InvalidInput(("data", "dataset_id"), f"unknown dataset {spec.data.dataset_id!r}")
@@ -101,8 +101,9 @@ def list_jobs(
     return JobPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
 
 
-def encode_cursor(job: JobRead) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+def encode_cursor(item: JobRead | object) -> str:
+    """Keyset position of any item with ``created_at`` and ``id`` (jobs, sweeps)."""
+    raw = f"{item.created_at.isoformat()}|{item.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

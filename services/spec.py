@@ -8,7 +8,7 @@ the dataset is loaded (``check_data_shape``). All raise errors whose location na
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -220,6 +220,8 @@ class JobRead(BaseModel):
     worker: WorkerInfo
     device: str
     sweep_id: str | None = None
+    sweep_values: dict[str, Any] | None = None  # a sweep member's varied values
+    rung: int | None = None  # successive halving: the rung step it waits at for the sweep's cut
     error: str | None = None
 
 

@@ -16,10 +16,11 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.errors import InvalidInput
 from services.examples import statquest_job
@@ -243,7 +244,7 @@ def validate_members(sweep: SweepCreate, members: Sequence[Member]) -> list[JobC
             try:
                 specs.append(JobCreate.model_validate(member.document))
             except (ValidationError, InvalidInput) as exc:
-                raise _member_error(sweep, member, exc) from exc
+                raise member_error(sweep, member, exc) from exc
     return specs
 
 
@@ -260,7 +261,8 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _member_error(sweep: SweepCreate, member: Member, exc: ValidationError | InvalidInput) -> InvalidInput:
+def member_error(sweep: SweepCreate, member: Member, exc: ValidationError | InvalidInput) -> InvalidInput:
+    """``exc`` (raised for ``member``'s job) located at the sweep field behind it."""
     loc, message = _job_error(exc)
     path = _blamed_path(varied_paths(sweep), loc)
     if path is None:
@@ -313,3 +315,38 @@ def _coordinates(sweep: SweepCreate, index: int) -> tuple[dict[str, int], int]:
     for path, values in reversed(list((sweep.grid or {}).items())):
         point, positions[path] = divmod(point, len(values))
     return positions, draw
+
+
+# --- read models ------------------------------------------------------------------------------
+
+SweepStatus = Literal["queued", "running", "finished", "cancelled"]
+
+
+class LeaderEntry(BaseModel):
+    job_id: str
+    ssr: float | None
+    step: int
+    status: str
+    stop_reason: str | None
+    values: dict[str, Any]
+
+
+class SweepRead(BaseModel):
+    id: str
+    name: str
+    status: SweepStatus
+    created_at: datetime
+    members: int
+    paths: list[str]
+    early_stopping: SuccessiveHalving | None = None
+    counts: dict[str, int]
+    stop_reasons: dict[str, int]
+    steps_done: int
+    steps_planned: int
+    best: LeaderEntry | None
+    leaderboard: list[LeaderEntry]
+
+
+class SweepPage(BaseModel):
+    items: list[SweepRead]
+    next_cursor: str | None

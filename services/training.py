@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from services import engine, halving, heartbeat
 from services.db import checkpoints as ckpt
-from services.db.arrays import decode
+from services.db.arrays import decode, pack_members
 from services.db.models import Dataset, Job, Sweep
 from services.db.scheduling import db_now
 from services.db.session import session_scope
@@ -62,15 +62,21 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
 
 
 def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
-    log.info("training %d job(s): %s", len(claims), [c.job_id for c in claims])
+    log.info("training %d job(s): %s", len(claims), _ids(claims))
     try:
         pack = _load_pack(claims, engine.get_namespace(backend))
         for part in _lockstep(pack) if pack is not None else []:
             while part is not None:
                 part = _advance(part)
     except Exception as exc:  # noqa: BLE001 (any failure of a job is reported on the job)
-        log.exception("training failed for %s", [c.job_id for c in claims])
+        log.exception("training failed for %s", _ids(claims))
         _fail(claims, f"{type(exc).__name__}: {exc}")
+
+
+def _ids(claims: list[ckpt.Claim], shown: int = 5) -> str:
+    """A log line names a few jobs, not a pack of thousands."""
+    names = ", ".join(c.job_id for c in claims[:shown])
+    return names + (f" and {len(claims) - shown} more" if len(claims) > shown else "")
 
 
 def _fail(claims: list[ckpt.Claim], error: str) -> None:
@@ -78,7 +84,7 @@ def _fail(claims: list[ckpt.Claim], error: str) -> None:
         with session_scope() as session:
             ckpt.fail_jobs(session, claims, error)
     except DomainError:
-        log.exception("could not mark %s failed; the lease will expire", [c.job_id for c in claims])
+        log.exception("could not mark %s failed; the lease will expire", _ids(claims))
 
 
 def _batch_seed(spec: JobCreate) -> int:
@@ -152,8 +158,10 @@ def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
     """ONE transaction for the whole pack: renew fences, write the checkpoints of members that
     advanced, finish stopped or cancelled ones. Returns the pack of members still training."""
     steps = arrays["step"]
+    manifest, blobs = pack_members(arrays)
     writes = [
-        ckpt.CheckpointWrite(m.claim, int(steps[i]), _member_arrays(arrays, i), int(old[i]) + 1, history[i])
+        ckpt.CheckpointWrite(m.claim, int(steps[i]), float(arrays["ssr"][i]), manifest, blobs[i],
+                             int(old[i]) + 1, history[i])
         for i, m in enumerate(pack.members) if int(steps[i]) > int(old[i])
     ]
     with session_scope() as session:
@@ -164,7 +172,7 @@ def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
         parked, keep = _at_rungs(pack.members, keep, steps, old)
         ckpt.park_jobs(session, parked)
     if outcomes:
-        log.info("finished %s", [(o.claim.job_id, o.status, o.stop_reason) for o in outcomes[:20]])
+        log.info("finished %d job(s) of %d: %s", len(outcomes), len(pack.members), _ids([o.claim for o in outcomes]))
     return _select(pack, keep)
 
 

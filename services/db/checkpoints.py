@@ -20,8 +20,8 @@ from sqlalchemy import Float, and_, bindparam, case, func, insert, or_, select, 
 from sqlalchemy.orm import Session
 
 from services.db import pg_arrays
-from services.db.arrays import decode, encode
-from services.db.models import Checkpoint, CheckpointArray, HistoryChunk, Job, utcnow
+from services.db.arrays import Manifest, pack, unpack
+from services.db.models import Checkpoint, HistoryChunk, Job, utcnow
 
 _jobs = Job.__table__
 _F8 = Float(precision=53)
@@ -39,13 +39,22 @@ class Claim:
 
 @dataclass(frozen=True)
 class CheckpointWrite:
-    """One member's checkpoint: arrays without the pack axis and the SSR of the new steps."""
+    """One member's checkpoint: its packed arrays (without the pack axis) and the SSR of the
+    new steps."""
 
     claim: Claim
     step: int
-    arrays: dict[str, np.ndarray]
+    ssr: float
+    manifest: Manifest
+    data: bytes
     first_step: int
     history: np.ndarray  # SSR after steps first_step .. step (may be empty)
+
+    @classmethod
+    def of(cls, claim: Claim, step: int, arrays: dict[str, np.ndarray], first_step: int,
+           history: np.ndarray) -> "CheckpointWrite":
+        manifest, data = pack(arrays)
+        return cls(claim, step, float(arrays["ssr"]), manifest, data, first_step, history)
 
 
 @dataclass(frozen=True)
@@ -82,14 +91,11 @@ def load_latest(session: Session, job_ids: Sequence[str]) -> dict[str, dict[str,
         .where(Checkpoint.job_id.in_(list(job_ids))).group_by(Checkpoint.job_id).subquery()
     )
     rows = session.execute(
-        select(CheckpointArray).join(
-            latest, and_(CheckpointArray.job_id == latest.c.job_id, CheckpointArray.step == latest.c.step)
+        select(Checkpoint.job_id, Checkpoint.manifest, Checkpoint.data).join(
+            latest, and_(Checkpoint.job_id == latest.c.job_id, Checkpoint.step == latest.c.step)
         )
-    ).scalars()
-    found: dict[str, dict[str, np.ndarray]] = {}
-    for row in rows:
-        found.setdefault(row.job_id, {})[row.name] = decode(row.dtype, row.shape, row.data)
-    return found
+    )
+    return {row.job_id: unpack(row.manifest, row.data) for row in rows}
 
 
 def hold_fences(session: Session, claims: Iterable[Claim], now: datetime | None = None) -> dict[str, Claim]:
@@ -136,10 +142,11 @@ def write_checkpoints(
     mine = [w for w in writes if w.claim.job_id in held and held[w.claim.job_id].attempt == w.claim.attempt]
     if not mine:
         return held
-    session.execute(insert(Checkpoint), [
-        {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt} for w in mine
+    now = utcnow()
+    session.execute(insert(Checkpoint.__table__), [
+        {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
+         "manifest": w.manifest, "data": w.data} for w in mine
     ])
-    session.execute(insert(CheckpointArray), [row for w in mine for row in _array_rows(w)])
     write_history_chunks(session, [
         {"job_id": w.claim.job_id, "first_step": w.first_step, "ssr": w.history}
         for w in mine if len(w.history)
@@ -148,21 +155,12 @@ def write_checkpoints(
     return held
 
 
-def _array_rows(write: CheckpointWrite) -> list[dict]:
-    rows = []
-    for name, array in write.arrays.items():
-        dtype, shape, data = encode(array)
-        rows.append({"job_id": write.claim.job_id, "step": write.step, "name": name,
-                     "dtype": dtype, "shape": shape, "data": data})
-    return rows
-
-
 def write_history_chunks(session: Session, rows: Sequence[dict]) -> None:
     """Bulk insert of ``{job_id, first_step, ssr}`` rows: one row per chunk, not per step, which
     is what makes millions of SSR points per second possible. ``ssr`` may be an array or a list.
 
     On PostgreSQL each chunk goes over the wire as a binary float8[] built by NumPy in one call
-    (psycopg's own list adaptation costs ~2 µs per float); SQLite stores a JSON list."""
+    (psycopg's own list adaptation costs ~2 µs per float); SQLite stores raw float64 bytes."""
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
@@ -171,10 +169,8 @@ def write_history_chunks(session: Session, rows: Sequence[dict]) -> None:
                    "ssr": pg_arrays.Float8Values(r["ssr"])} for r in rows]
         session.execute(insert(pg_arrays.HISTORY_CHUNKS), values)
         return
-    session.execute(insert(HistoryChunk), [
-        {"job_id": r["job_id"], "first_step": int(r["first_step"]),
-         "ssr": np.asarray(r["ssr"], dtype=np.float64).tolist()}
-        for r in rows
+    session.execute(insert(HistoryChunk.__table__), [
+        {"job_id": r["job_id"], "first_step": int(r["first_step"]), "ssr": r["ssr"]} for r in rows
     ])
 
 
@@ -193,7 +189,7 @@ def _update_summaries(session: Session, writes: Sequence[CheckpointWrite]) -> No
 
 
 def _summary(write: CheckpointWrite) -> dict:
-    ssr = float(write.arrays["ssr"])
+    ssr = write.ssr
     values = np.append(np.asarray(write.history, dtype=np.float64), ssr)
     finite = values[np.isfinite(values)]
     best = float(finite.min()) if finite.size else None

@@ -4,16 +4,42 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import numpy as np
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, ForeignKeyConstraint, Index, Integer,
-    LargeBinary, String, Text,
+    JSON, BigInteger, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
 )
+from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# PostgreSQL keeps history as float8[] (Grafana can unnest it); SQLite keeps a JSON array.
-SsrArray = JSON().with_variant(ARRAY(Float(precision=53)), "postgresql")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class SsrArray(TypeDecorator):
+    """History values: float8[] on PostgreSQL (Grafana can unnest it), raw little-endian
+    float64 bytes on SQLite (no JSON encoding on the hot write path). Reads give float64 arrays;
+    NaN and infinities are kept on both."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(ARRAY(Float(precision=53)))
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: object, dialect: Dialect) -> object:
+        if value is None:
+            return None
+        values = np.asarray(value, dtype=np.float64).reshape(-1)
+        return values.tolist() if dialect.name == "postgresql" else values.astype("<f8").tobytes()
+
+    def process_result_value(self, value: object, dialect: Dialect) -> np.ndarray | None:
+        if value is None:
+            return None
+        if isinstance(value, (bytes, memoryview)):
+            return np.frombuffer(value, dtype="<f8").astype(np.float64)
+        return np.asarray(value, dtype=np.float64)  # None (SQL NULL element) -> NaN
 
 
 def utcnow() -> datetime:
@@ -82,31 +108,18 @@ class Job(Base):
 
 
 class Checkpoint(Base):
-    """One saved training state; its arrays are rows of ``checkpoint_arrays``."""
+    """One saved training state: its raw arrays concatenated in ``data``, described by
+    ``manifest`` (``[[name, dtype, shape], ...]`` in order; little-endian, C order). No pickle:
+    any language rebuilds the arrays from the manifest. One row per checkpoint keeps the write
+    of a pack of thousands to one row per member."""
 
     __tablename__ = "checkpoints"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class CheckpointArray(Base):
-    """A raw array with its dtype and shape: no pickle, readable from any language."""
-
-    __tablename__ = "checkpoint_arrays"
-    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    dtype: Mapped[str] = mapped_column(String(16))
-    shape: Mapped[list] = mapped_column(JSON)
+    manifest: Mapped[list] = mapped_column(JSON)
     data: Mapped[bytes] = mapped_column(LargeBinary)
-
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["job_id", "step"], ["checkpoints.job_id", "checkpoints.step"], ondelete="CASCADE"
-        ),
-    )
 
 
 class HistoryChunk(Base):
@@ -119,7 +132,7 @@ class HistoryChunk(Base):
     __tablename__ = "history_chunks"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     first_step: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    ssr: Mapped[list[float]] = mapped_column(SsrArray)
+    ssr: Mapped[np.ndarray] = mapped_column(SsrArray)
 
 
 class Sweep(Base):

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.db import arrays, checkpoints
-from services.db.models import Checkpoint, CheckpointArray, Dataset, HistoryChunk, Job, utcnow
+from services.db.models import Checkpoint, Dataset, HistoryChunk, Job, utcnow
 from services.errors import NotFound
 from services.spec import DatasetRead, JobRead, WorkerInfo
 
@@ -93,7 +93,7 @@ def job_to_read(row: Job) -> JobRead:
         stop_reason=row.stop_reason, created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at),
         attempts=row.attempts, worker=WorkerInfo(hostname=row.worker_hostname, pid=row.worker_pid),
-        device=row.device, sweep_id=row.sweep_id, error=row.error,
+        device=row.device, sweep_id=row.sweep_id, sweep_values=row.sweep_values, rung=row.rung, error=row.error,
     )
 
 
@@ -190,7 +190,7 @@ def read_history(session: Session, job_id: str, last_step: int) -> tuple[np.ndar
         .order_by(HistoryChunk.first_step)
     )
     for first, values in session.execute(query):
-        chunk = np.asarray(values, dtype=np.float64)[: last_step + 1 - first]  # None -> NaN
+        chunk = values[: last_step + 1 - first]
         ssr[first:first + len(chunk)] = chunk
         present[first:first + len(chunk)] = True
     steps = np.flatnonzero(present)
@@ -210,8 +210,7 @@ def load_checkpoint_arrays(
     if step is None:
         found = checkpoints.load_latest(session, [job_id]).get(job_id)
         return None if found is None else (int(found["step"]), found)
-    rows = session.execute(
-        select(CheckpointArray.name, CheckpointArray.dtype, CheckpointArray.shape, CheckpointArray.data)
-        .where(CheckpointArray.job_id == job_id, CheckpointArray.step == step)
-    ).all()
-    return (step, {name: arrays.decode(dtype, shape, data) for name, dtype, shape, data in rows}) if rows else None
+    row = session.execute(
+        select(Checkpoint.manifest, Checkpoint.data).where(Checkpoint.job_id == job_id, Checkpoint.step == step)
+    ).one_or_none()
+    return None if row is None else (step, arrays.unpack(row.manifest, row.data))

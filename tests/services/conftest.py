@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from services.db import arrays
-from services.db.models import Checkpoint, CheckpointArray, HistoryChunk, Job
+from services.db.models import Checkpoint, HistoryChunk, Job
 from services.db.session import session_scope
 from services.spec import JobCreate
 
@@ -50,12 +50,9 @@ def write_checkpoint(
     with session_scope() as session:
         job = session.get(Job, job_id)
         start = job.step + 1 if first_step is None else first_step
-        session.add(Checkpoint(job_id=job_id, step=step, attempt=1))
-        session.flush()
         named = {f"parameters/{k}": v for k, v in parameters.items()} | {"step": np.array(step, dtype=np.int64)}
-        for name, value in named.items():
-            dtype, shape, data = arrays.encode(np.asarray(value))
-            session.add(CheckpointArray(job_id=job_id, step=step, name=name, dtype=dtype, shape=shape, data=data))
+        manifest, data = arrays.pack(named)
+        session.add(Checkpoint(job_id=job_id, step=step, attempt=1, manifest=manifest, data=data))
         if len(history):
             session.add(HistoryChunk(job_id=job_id, first_step=start, ssr=[float(v) for v in history]))
         job.step = step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -11,15 +12,18 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+import numpy as np
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.orm import Session
 
+from services.db import arrays, repository
 from services.db.migrate import alembic_config, upgrade
 from services.db.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "checkpoint_arrays", "history_chunks",
+TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "history_chunks",
           "sweeps", "scheduler_leases", "workers"}
-HEAD = "0002_scheduler_and_sweeps"
+HEAD = "0003_compact_checkpoints"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:
@@ -82,4 +86,49 @@ def test_revisions_import_only_sqlalchemy_and_alembic() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert {n.split(".")[0] for n in names} <= {"__future__", "sqlalchemy", "alembic"}, path
+            assert {n.split(".")[0] for n in names} <= {"__future__", "sqlalchemy", "alembic", "json", "math", "struct"}, path
+
+
+OLD_ARRAYS = {"parameters/layers.0.weight": np.array([[3.34], [-3.53]]), "step": np.array(2, dtype=np.int64),
+              "ssr": np.array(0.25), "stop_reason": np.array(0, dtype=np.int8)}
+OLD_HISTORY = [20.4, float("nan"), 0.25]
+
+
+def _store_at_0001(url: str) -> None:
+    """A job with one checkpoint (a row per array) and one JSON history chunk, as 0001 stored them."""
+    now = "2026-01-01 00:00:00"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO datasets VALUES ('d', 'h', 3, 1, 1, 'float64', x'', x'', :t)"), {"t": now})
+        conn.execute(text(
+            "INSERT INTO jobs (id, name, spec, dataset_id, device, status, step, attempts, cancel_requested, created_at)"
+            " VALUES ('j', 'old', '{}', 'd', 'cpu', 'succeeded', 2, 1, 0, :t)"), {"t": now})
+        conn.execute(text("INSERT INTO checkpoints VALUES ('j', 2, 1, :t)"), {"t": now})
+        for name, value in OLD_ARRAYS.items():
+            dtype, shape, data = arrays.encode(value)
+            conn.execute(text("INSERT INTO checkpoint_arrays VALUES ('j', 2, :n, :d, :s, :b)"),
+                         {"n": name, "d": dtype, "s": json.dumps(shape), "b": data})
+        conn.execute(text("INSERT INTO history_chunks VALUES ('j', 0, :v)"), {"v": json.dumps(OLD_HISTORY)})
+    engine.dispose()
+
+
+def test_upgrade_keeps_checkpoints_and_history_stored_by_0001(tmp_path: Path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001_initial")
+    _store_at_0001(url)
+    command.upgrade(alembic_config(url), "head")
+    engine = create_engine(url)
+    with Session(engine) as session:
+        step, stored = repository.load_checkpoint_arrays(session, "j")
+        steps, ssr = repository.read_history(session, "j", 2)
+    engine.dispose()
+    assert step == 2 and stored.keys() == OLD_ARRAYS.keys()
+    assert all(np.array_equal(stored[k], v) and stored[k].dtype == v.dtype for k, v in OLD_ARRAYS.items())
+    assert steps.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(ssr, OLD_HISTORY)
+    command.downgrade(alembic_config(url), "0002_scheduler_and_sweeps")  # and back, data kept
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM checkpoint_arrays")).scalar() == len(OLD_ARRAYS)
+        assert len(json.loads(conn.execute(text("SELECT ssr FROM history_chunks")).scalar())) == 3
+    engine.dispose()

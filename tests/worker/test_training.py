@@ -15,7 +15,8 @@ from sqlalchemy import func, select, update
 from services import engine, jobs
 from services.db import checkpoints as ckpt
 from services.db import scheduling
-from services.db.models import Checkpoint, CheckpointArray, Dataset, HistoryChunk, Job, utcnow
+from services.db import arrays as codec
+from services.db.models import Checkpoint, Dataset, HistoryChunk, Job, utcnow
 from services.db.session import session_scope
 from services.examples import statquest_job
 from services.training import run_pack
@@ -93,7 +94,7 @@ def test_a_stale_attempt_writes_nothing(configured) -> None:
     expire_lease(job_id)
     second = claim([job_id])[0]
     arrays = {"parameters/layers.0.weight": np.zeros((2, 1)), "step": np.array(7), "ssr": np.array(1.0)}
-    write = ckpt.CheckpointWrite(first, 7, arrays, 1, np.ones(7))
+    write = ckpt.CheckpointWrite.of(first, 7, arrays, 1, np.ones(7))
     with session_scope() as session:
         assert ckpt.write_checkpoints(session, [write]) == {}
         ckpt.finish_jobs(session, [ckpt.Outcome(first, "succeeded", "max_steps")])
@@ -108,7 +109,7 @@ def test_a_held_fence_writes_checkpoint_history_and_summary_in_one_go(configured
     mine = claim([job_id])[0]
     arrays = {"parameters/layers.0.weight": np.zeros((2, 1)), "step": np.array(3), "ssr": np.array(0.5)}
     with session_scope() as session:
-        held = ckpt.write_checkpoints(session, [ckpt.CheckpointWrite(mine, 3, arrays, 0, np.array([4.0, 2.0, 0.25, 0.5]))])
+        held = ckpt.write_checkpoints(session, [ckpt.CheckpointWrite.of(mine, 3, arrays, 0, np.array([4.0, 2.0, 0.25, 0.5]))])
     assert tokens(list(held.values())) == tokens([mine])
     assert history_rows(job_id) == [(0, 4)] and checkpoint_attempts(job_id) == {3: 1}
     assert (row(job_id).step, row(job_id).ssr, row(job_id).best_ssr) == (3, 0.5, 0.25)
@@ -218,16 +219,29 @@ def test_write_history_chunks_is_one_bulk_insert(configured) -> None:
     assert count == 50
 
 
-def test_no_checkpoint_arrays_without_a_checkpoint_row(configured) -> None:
+def test_a_checkpoint_row_holds_every_array_of_the_state(configured) -> None:
+    """Manifest + blob: the stored state rebuilds exactly, names, dtypes and shapes included."""
     job_id = submit(statquest_job()).id
     run_pack([job_id], hostname="h", pid=1)
     with session_scope() as session:
-        orphans = session.scalar(
-            select(func.count()).select_from(CheckpointArray).outerjoin(
-                Checkpoint, (Checkpoint.job_id == CheckpointArray.job_id) & (Checkpoint.step == CheckpointArray.step)
-            ).where(Checkpoint.step.is_(None))
-        )
-    assert orphans == 0
+        manifest, data = session.execute(select(Checkpoint.manifest, Checkpoint.data)
+                                         .where(Checkpoint.job_id == job_id, Checkpoint.step == 9)).one()
+    stored = codec.unpack(manifest, data)
+    names = {name for name, _, _ in manifest}
+    assert {"step", "ssr", "stop_reason", "parameters/layers.1.bias", "velocity/layers.0.weight"} <= names
+    assert stored["parameters/layers.0.weight"].shape == (2, 1) and int(stored["step"]) == 9
+    assert stored["stop_reason"].dtype == np.int8
+
+
+def test_pack_members_matches_packing_each_member_alone() -> None:
+    arrays = {"parameters/w": np.arange(12.0).reshape(3, 2, 2), "step": np.array([1, 2, 3]),
+              "stop_reason": np.array([0, 1, 2], dtype=np.int8), "ssr": np.array([0.5, np.nan, np.inf])}
+    manifest, blobs = codec.pack_members(arrays)
+    for i, blob in enumerate(blobs):
+        alone = codec.pack({name: value[i] for name, value in arrays.items()})
+        assert (manifest, blob) == alone
+        rebuilt = codec.unpack(manifest, blob)
+        assert all(np.array_equal(rebuilt[k], arrays[k][i], equal_nan=True) for k in arrays)
 
 
 def test_history_values_round_trip_exactly(configured) -> None:

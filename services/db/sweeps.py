@@ -1,0 +1,89 @@
+"""Storage of sweeps: the sweep row, its members' bulk insert, and the summaries a sweep read
+needs (counts by status and stop reason, progress, leaderboard), all computed in SQL from the
+members' job rows so they can never disagree with the members."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from services.db.models import Job, Sweep, utcnow
+from services.db.repository import as_utc, finite_or_none, new_id
+from services.errors import NotFound
+from services.sweep_spec import LeaderEntry
+
+_jobs = Job.__table__
+UNFINISHED = ("queued", "running")
+
+
+def insert_sweep(session: Session, *, name: str, spec: dict, paths: list[str], members: int,
+                 planned_steps: int) -> Sweep:
+    row = Sweep(id=new_id(), name=name, spec=spec, paths=paths, members=members, planned_steps=planned_steps,
+                cancelled=False, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def insert_members(session: Session, rows: Sequence[dict], batch: int = 2000) -> None:
+    """One executemany per batch: a 10,000-member sweep is a few round trips, not 10,000."""
+    for start in range(0, len(rows), batch):
+        session.execute(insert(Job), list(rows[start:start + batch]))
+
+
+def get_sweep_row(session: Session, sweep_id: str) -> Sweep:
+    row = session.get(Sweep, sweep_id, populate_existing=True)
+    if row is None:
+        raise NotFound("sweep", sweep_id)
+    return row
+
+
+def list_sweep_rows(session: Session, limit: int, after: tuple[datetime, str] | None) -> list[Sweep]:
+    query = select(Sweep)
+    if after is not None:
+        query = query.where(tuple_(Sweep.created_at, Sweep.id) < after)
+    return list(session.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit)))
+
+
+def member_counts(session: Session, sweep_id: str) -> tuple[dict[str, int], dict[str, int], int]:
+    """(members by status, finished members by stop reason, steps done by all members)."""
+    rows = session.execute(
+        select(_jobs.c.status, _jobs.c.stop_reason, func.count(), func.sum(_jobs.c.step))
+        .where(_jobs.c.sweep_id == sweep_id).group_by(_jobs.c.status, _jobs.c.stop_reason)
+    ).all()
+    counts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    steps = 0
+    for status, reason, n, done in rows:
+        counts[status] = counts.get(status, 0) + n
+        if reason is not None:
+            reasons[reason] = reasons.get(reason, 0) + n
+        steps += int(done or 0)
+    return counts, reasons, steps
+
+
+def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[LeaderEntry]:
+    """Members with an SSR, lowest first (ties by id)."""
+    rows = session.execute(
+        select(_jobs.c.id, _jobs.c.ssr, _jobs.c.step, _jobs.c.status, _jobs.c.stop_reason, _jobs.c.sweep_values)
+        .where(_jobs.c.sweep_id == sweep_id, _jobs.c.ssr.is_not(None))
+        .order_by(_jobs.c.ssr, _jobs.c.id).limit(limit)
+    )
+    return [LeaderEntry(job_id=r.id, ssr=finite_or_none(r.ssr), step=r.step, status=r.status,
+                        stop_reason=r.stop_reason, values=r.sweep_values or {}) for r in rows]
+
+
+def cancel_members(session: Session, sweep_id: str) -> None:
+    """Queued (and parked) members never start; running ones stop at their next checkpoint."""
+    session.execute(update(Sweep).where(Sweep.id == sweep_id).values(cancelled=True))
+    session.execute(update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status == "queued")
+                    .values(status="cancelled", finished_at=utcnow()))
+    session.execute(update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status == "running")
+                    .values(cancel_requested=True))
+
+
+def created_at(row: Sweep) -> datetime:
+    return as_utc(row.created_at)

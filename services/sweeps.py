@@ -1,0 +1,118 @@
+"""Sweep use cases: submit (expand, validate every member, store all or nothing), read with
+counts and a leaderboard, list, cancel. Members are ordinary jobs with a ``sweep_id``; the
+scheduler packs them like any other jobs, and cuts their successive-halving rungs."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from services import doorbell, sweep_spec
+from services.config import get_settings
+from services.datasets import content_hash, to_arrays
+from services.db import repository
+from services.db import sweeps as store
+from services.db.session import session_scope
+from services.errors import Conflict, InvalidInput
+from services.jobs import DEFAULT_LIST_LIMIT, decode_cursor, encode_cursor, job_row, referenced_dataset
+from services.spec import DatasetRead, InlineData, JobCreate, check_limits
+from services.sweep_spec import Member, SweepCreate, SweepPage, SweepRead
+
+
+def submit_sweep(body: SweepCreate) -> SweepRead:
+    """Nothing is stored unless every member is a valid job within the limits; then the sweep
+    and all its members are one transaction, and the scheduler's doorbell rings once."""
+    settings = get_settings()
+    members = sweep_spec.expand(body, settings.max_sweep_members)
+    specs = sweep_spec.validate_members(body, members)
+    for member, spec in zip(members, specs):
+        try:
+            check_limits(spec, settings)
+        except InvalidInput as exc:
+            raise sweep_spec.member_error(body, member, exc) from None
+    with session_scope() as session:
+        sweep = store.insert_sweep(
+            session, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
+            paths=sweep_spec.varied_paths(body), members=len(members),
+            planned_steps=sum(spec.stop.max_steps for spec in specs))
+        store.insert_members(session, _member_rows(session, body, members, specs, sweep.id))
+        read = _read(session, sweep.id)
+    doorbell.ring(settings)
+    return read
+
+
+def _member_rows(session: Session, body: SweepCreate, members: list[Member], specs: list[JobCreate],
+                 sweep_id: str) -> list[dict]:
+    """Members share the base's data object unless they vary it: each distinct one is hashed
+    and stored (or looked up) once."""
+    datasets: dict[int, DatasetRead] = {}
+    rows = []
+    for member, spec in zip(members, specs):
+        key = id(member.document.get("data"))
+        if key not in datasets:
+            datasets[key] = _dataset(session, body, member, spec)
+        row = job_row(spec, datasets[key], sweep_id, member.values)
+        rows.append(repository.new_job_values(**row))
+    return rows
+
+
+def _dataset(session: Session, body: SweepCreate, member: Member, spec: JobCreate) -> DatasetRead:
+    try:
+        if isinstance(spec.data, InlineData):
+            x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
+            return repository.store_dataset(session, content_hash(x, y), x, y)
+        return referenced_dataset(session, spec)
+    except InvalidInput as exc:
+        raise sweep_spec.member_error(body, member, exc) from None
+
+
+def get_sweep(sweep_id: str) -> SweepRead:
+    with session_scope() as session:
+        return _read(session, sweep_id)
+
+
+def _read(session: Session, sweep_id: str, board: bool = True) -> SweepRead:
+    row = store.get_sweep_row(session, sweep_id)
+    counts, reasons, steps = store.member_counts(session, sweep_id)
+    leaders = store.leaderboard(session, sweep_id, 10 if board else 1)
+    early = row.spec.get("early_stopping")
+    return SweepRead(
+        id=row.id, name=row.name, status=sweep_status(row.cancelled, counts, steps), created_at=store.created_at(row),
+        members=row.members, paths=row.paths, early_stopping=early, counts=counts, stop_reasons=reasons,
+        steps_done=steps, steps_planned=row.planned_steps, best=leaders[0] if leaders else None,
+        leaderboard=leaders if board else [],
+    )
+
+
+def sweep_status(cancelled: bool, counts: dict[str, int], steps_done: int) -> str:
+    """Derived from the members, so it is never stale: finished when none is left to run."""
+    if cancelled:
+        return "cancelled"
+    unfinished = counts.get("queued", 0) + counts.get("running", 0)
+    if unfinished == 0:
+        return "finished"
+    started = counts.get("running", 0) or steps_done or unfinished < sum(counts.values())
+    return "running" if started else "queued"
+
+
+def list_sweeps(limit: int | None = None, cursor: str | None = None) -> SweepPage:
+    """Newest first, paged like jobs; items carry counts and the best member, no leaderboard."""
+    limit = DEFAULT_LIST_LIMIT if limit is None else limit
+    maximum = get_settings().max_list_limit
+    if not 1 <= limit <= maximum:
+        raise InvalidInput(("limit",), f"must be between 1 and {maximum}")
+    after = decode_cursor(cursor) if cursor else None
+    with session_scope() as session:
+        rows = store.list_sweep_rows(session, limit + 1, after)
+        items = [_read(session, row.id, board=False) for row in rows[:limit]]
+    more = len(rows) > limit
+    return SweepPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
+
+
+def cancel_sweep(sweep_id: str) -> SweepRead:
+    """Every unfinished member is cancelled (running ones at their next checkpoint)."""
+    with session_scope() as session:
+        current = _read(session, sweep_id, board=False)
+        if current.status == "finished":
+            raise Conflict(f"sweep {sweep_id} is already finished")
+        store.cancel_members(session, sweep_id)
+        return _read(session, sweep_id)
