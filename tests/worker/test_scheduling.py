@@ -1,0 +1,202 @@
+"""The scheduler's passes in-process, with the real worker use case behind its publish, on
+SQLite and PostgreSQL: packing, re-dispatch, lease recovery, the leader lease, successive
+halving checked from the members' histories, sweeps packed like jobs alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from services import jobs, scheduler, sweeps
+from services.db import scheduling
+from services.db.models import Job, SchedulerLease, utcnow
+from services.db.session import session_scope
+from services.sweep_spec import SweepCreate
+from services.training import run_pack
+
+from .conftest import assert_contiguous, final_parameters, history_rows, seed_job, submit
+
+
+def messages(settings) -> list[list[str]]:
+    """The job ids of every training task waiting in the embedded broker, oldest first."""
+    found = []
+    for path in sorted((settings.broker_folder / "queue").glob("*.cpu.msg")):
+        envelope = json.loads(path.read_text())
+        assert envelope["headers"]["task"] == "descent.train_pack"
+        found.append(json.loads(envelope["headers"]["argsrepr"].replace("'", '"'))[0])
+    return found
+
+
+def train_now(job_ids: list[str], device: str) -> None:
+    """The worker's use case itself as the publisher: a pass trains what it dispatches."""
+    run_pack(job_ids, hostname="test", pid=1)
+
+
+def row(job_id: str) -> Job:
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def lapse(job_id: str) -> None:
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+
+
+def test_a_pass_packs_independent_jobs_into_one_task_per_pack(configured) -> None:
+    same = [submit(seed_job(learning_rate=lr)).id for lr in (0.01, 0.02, 0.05, 0.1)]
+    other = submit(seed_job(architecture={"layers": [1, 3, 1], "activation": "tanh"})).id
+    report = scheduler.run_pass("a")
+    assert report.leader and [p.job_ids for p in report.packs] == [same, [other]]
+    assert messages(configured) == [same, [other]]
+    assert all(row(j).dispatched_at is not None for j in [*same, other])
+    assert scheduler.run_pass("a").packs == []  # dispatched recently: not again
+
+
+def test_a_group_spreads_over_the_live_workers(configured) -> None:
+    with session_scope() as session:
+        for name in ("w1", "w2"):
+            scheduling.register_worker(session, name, "cpu", "host", 1)
+    ids = [submit(seed_job(learning_rate=0.01 * (i + 1))).id for i in range(5)]
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [ids[:3], ids[3:]]
+
+
+def test_a_queued_job_whose_message_was_lost_is_published_again(configured) -> None:
+    job_id = submit(seed_job()).id
+    scheduler.run_pass("a")
+    for path in (configured.broker_folder / "queue").glob("*.msg"):
+        path.unlink()  # the broker lost it
+    configured.redispatch_seconds = 0.05
+    time.sleep(0.1)
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [[job_id]]
+    assert messages(configured) == [[job_id]]
+
+
+def test_a_lapsed_lease_is_requeued_and_a_job_that_keeps_losing_it_fails(configured) -> None:
+    configured.max_attempts = 2
+    job_id = submit(seed_job()).id
+    run_pack_claim_only(job_id)
+    lapse(job_id)
+    report = scheduler.run_pass("a")
+    assert (report.requeued, report.failed) == (1, 0)
+    assert (row(job_id).status, row(job_id).lost_leases) == ("queued", 1)
+    assert [p.job_ids for p in report.packs] == [[job_id]]
+    run_pack_claim_only(job_id)
+    lapse(job_id)
+    report = scheduler.run_pass("a")
+    assert (report.requeued, report.failed) == (0, 1)
+    job = jobs.get_job(job_id)
+    assert job.status == "failed" and "gave up after 2 attempts" in job.error and job.finished_at
+
+
+def run_pack_claim_only(job_id: str) -> None:
+    """A worker that claimed the job and died before its first checkpoint."""
+    from services.db import checkpoints as ckpt
+
+    with session_scope() as session:
+        assert ckpt.claim_jobs(session, [job_id], hostname="dead", pid=9)
+
+
+def test_only_the_lease_holder_acts_and_another_takes_over(configured) -> None:
+    submit(seed_job())
+    assert scheduler.run_pass("a").leader
+    follower = scheduler.run_pass("b")
+    assert not follower.leader and follower.packs == []
+    with session_scope() as session:  # a's lease lapses (a died)
+        session.execute(update(SchedulerLease).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert scheduler.run_pass("b").leader
+    assert not scheduler.run_pass("a").leader
+    with session_scope() as session:
+        scheduling.release_leader(session, "b")  # a graceful stop hands over at once
+    assert scheduler.run_pass("a").leader
+
+
+def halving_sweep(eta: int = 3) -> SweepCreate:
+    base = seed_job(max_steps=100, checkpoint_every=25)
+    rates = np.geomspace(0.002, 0.05, 9).tolist()
+    return SweepCreate.model_validate({
+        "name": "sh", "base": base, "grid": {"learning_rate": rates},
+        "early_stopping": {"type": "successive_halving", "min_steps": 10, "reduction_factor": eta},
+    })
+
+
+def run_until_finished(sweep_id: str, passes: int = 50) -> None:
+    for _ in range(passes):
+        scheduler.run_pass("a", publish=train_now)
+        if sweeps.get_sweep(sweep_id).status == "finished":
+            return
+    raise AssertionError(f"sweep not finished after {passes} passes: {sweeps.get_sweep(sweep_id)}")
+
+
+def test_successive_halving_stops_exactly_the_right_members_at_the_right_steps(configured) -> None:
+    sweep = sweeps.submit_sweep(halving_sweep())
+    run_until_finished(sweep.id)
+    members = jobs.list_jobs(sweep_id=sweep.id, limit=100).items
+    curves = {m.id: jobs.get_history(m.id).ssr for m in members}
+    alive = [m.id for m in members]
+    for rung in (10, 30, 90):  # rungs below max_steps 100: 10 * 3**k
+        at_rung = sorted(alive, key=lambda j: (curves[j][rung], j))
+        keep = at_rung[: math.ceil(len(at_rung) / 3)]
+        for job_id in set(at_rung) - set(keep):
+            job = jobs.get_job(job_id)
+            assert (job.status, job.stop_reason, job.step) == ("succeeded", "early_stopped", rung), job
+        alive = keep
+    assert len(alive) == 1
+    winner = jobs.get_job(alive[0])
+    assert (winner.status, winner.stop_reason, winner.step) == ("succeeded", "max_steps", 100)
+    for m in members:
+        assert_contiguous(m.id, jobs.get_job(m.id).step)
+    read = sweeps.get_sweep(sweep.id)
+    assert read.stop_reasons == {"early_stopped": 8, "max_steps": 1}
+    assert read.status == "finished" and read.best.job_id == winner.id
+    assert [e.stop_reason for e in read.leaderboard].count("early_stopped") == 8
+
+
+def test_a_pack_of_sweep_members_equals_the_same_jobs_trained_alone(configured) -> None:
+    base = seed_job(max_steps=60, checkpoint_every=25)
+    body = SweepCreate.model_validate({"name": "p", "base": base,
+                                       "grid": {"learning_rate": [0.01, 0.05], "init.seed": [1, 2]}})
+    sweep = sweeps.submit_sweep(body)
+    report = scheduler.run_pass("a", publish=train_now)
+    assert len(report.packs) == 1 and len(report.packs[0].job_ids) == 4
+    for member in jobs.list_jobs(sweep_id=sweep.id).items:
+        alone = submit(base | {"learning_rate": member.sweep_values["learning_rate"],
+                               "init": {"seed": member.sweep_values["init.seed"]}}).id
+        run_pack([alone], hostname="test", pid=1)
+        assert jobs.get_history(alone).ssr == jobs.get_history(member.id).ssr
+        expected, got = final_parameters(alone), final_parameters(member.id)
+        assert all(np.array_equal(expected[k], got[k]) for k in expected)
+        assert history_rows(alone) == history_rows(member.id)
+
+
+def test_cancel_a_sweep_stops_queued_members_now_and_running_ones_at_a_checkpoint(configured) -> None:
+    body = SweepCreate.model_validate({"name": "c", "base": seed_job(max_steps=100, checkpoint_every=10),
+                                       "grid": {"learning_rate": [0.01, 0.02, 0.03]}})
+    sweep = sweeps.submit_sweep(body)
+    first = jobs.list_jobs(sweep_id=sweep.id).items[-1].id
+    run_pack_claim_only(first)
+    cancelled = sweeps.cancel_sweep(sweep.id)
+    assert cancelled.status == "cancelled" and cancelled.counts == {"cancelled": 2, "running": 1}
+    assert row(first).cancel_requested
+    run_pack([first], hostname="test", pid=1)  # nothing to claim: the dead claim still holds it
+    assert sweeps.get_sweep(sweep.id).counts == {"cancelled": 2, "running": 1}
+    lapse(first)
+    scheduler.run_pass("a", publish=train_now)  # requeued, claimed, stopped at its first checkpoint
+    job = jobs.get_job(first)
+    assert (job.status, job.step) == ("cancelled", 0)  # the cancel is honoured at the step-0 checkpoint
+    assert sweeps.get_sweep(sweep.id).counts == {"cancelled": 3}
+
+
+@pytest.mark.parametrize("members", [1, 7])
+def test_sweep_accepts_and_lists_members_in_order(configured, members: int) -> None:
+    body = SweepCreate.model_validate({"name": "o", "base": seed_job(),
+                                       "grid": {"learning_rate": [0.01 * (i + 1) for i in range(members)]}})
+    sweep = sweeps.submit_sweep(body)
+    listed = jobs.list_jobs(sweep_id=sweep.id, limit=100).items
+    assert sorted(m.sweep_values["learning_rate"] for m in listed) == body.grid["learning_rate"]
+    assert {m.name for m in listed} == {f"o-{i}" for i in range(members)}
