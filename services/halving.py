@@ -54,7 +54,10 @@ def chunk_length(steps: Sequence[int], every: int, rules: Sequence[Halving | Non
 
 def survivors(parked: Sequence[Parked], eta: int) -> tuple[list[str], list[str]]:
     """(go on, stop): the best ceil(n/eta) by SSR (ties by id, non-finite last) go on."""
-    ranked = sorted(parked, key=lambda p: (p.ssr is None or not math.isfinite(p.ssr),
-                                           p.ssr if p.ssr is not None else 0.0, p.job_id))
+    def rank(p: Parked) -> tuple[bool, float, str]:
+        finite = p.ssr is not None and math.isfinite(p.ssr)
+        return (not finite, p.ssr if finite else 0.0, p.job_id)
+
+    ranked = sorted(parked, key=rank)
     keep = math.ceil(len(ranked) / eta)
     return [p.job_id for p in ranked[:keep]], [p.job_id for p in ranked[keep:]]

@@ -62,7 +62,8 @@ def plan_packs(jobs: Sequence[QueuedJob], slots: dict[str, int], max_cost: float
 
 def pack_count(members: Sequence[QueuedJob], slots: int, max_cost: float, max_members: int) -> int:
     """Enough packs for the caps, and at least one per live worker slot while members last."""
-    by_cost = math.ceil(sum(job.cost for job in members) / max_cost)
+    per_pack = max(1, math.floor(max_cost / max(job.cost for job in members)))
+    by_cost = math.ceil(len(members) / per_pack)
     by_members = math.ceil(len(members) / max_members)
     return max(1, min(len(members), max(by_cost, by_members, slots)))
 

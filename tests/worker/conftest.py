@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class Stack:
     log: Path
     env: dict[str, str]
     scheduler: subprocess.Popen | None = None
+    extra: list[subprocess.Popen] = field(default_factory=list)  # started by a test, stopped with the stack
 
     def log_tail(self, lines: int = 40) -> str:
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -105,10 +106,12 @@ def running_stack(env: dict[str, str], log: Path) -> Iterator[Stack]:
     with environment(env):
         process = start_worker(env, log)
         scheduler = start_scheduler(env, log.with_name("scheduler.log"))
+        stack = Stack(process, log, env, scheduler)
         try:
-            yield Stack(process, log, env, scheduler)
+            yield stack
         finally:
-            stop_worker(scheduler)
+            for other in (scheduler, *stack.extra):
+                stop_worker(other)
             stop_worker(process)
 
 

@@ -11,24 +11,30 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from sqlalchemy import select
 
 from services import engine, jobs, queue
+from services.db.models import SchedulerLease
+from services.db.session import session_scope
 from services.examples import STATQUEST_B3, STATQUEST_SSR0, STATQUEST_UPDATES, STATQUEST_WEIGHTS, statquest_job, statquest_named
 
 from .conftest import (
-    Stack, assert_contiguous, checkpoint_attempts, checkpoint_steps, final_parameters, history_rows,
+    Stack, start_scheduler, assert_contiguous, checkpoint_attempts, checkpoint_steps, final_parameters, history_rows,
     parent_pid, running_stack, seed_job, submit, wait_for,
 )
 
 pytestmark = pytest.mark.slow
 REDIS_SERVER = os.environ.get("DESCENT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 LEASE_SECONDS = 5
+REDISPATCH_SECONDS = 2
 
 
 def free_redis_url() -> str:
@@ -49,7 +55,8 @@ def free_redis_url() -> str:
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp(request.param)
     env = {"DESCENT_HOME": str(home), "DESCENT_LEASE_SECONDS": str(LEASE_SECONDS),
-           "DESCENT_HEARTBEAT_SECONDS": "0.5", "DESCENT_ENGINE_BACKEND": "numpy"}
+           "DESCENT_HEARTBEAT_SECONDS": "0.5", "DESCENT_ENGINE_BACKEND": "numpy",
+           "DESCENT_REDISPATCH_SECONDS": str(REDISPATCH_SECONDS), "DESCENT_SCHEDULER_LEASE_SECONDS": "2"}
     if request.param == "filesystem-sqlite":
         from services.db.migrate import upgrade
 
@@ -145,3 +152,48 @@ def uninterrupted_parameters(document: dict) -> dict[str, np.ndarray]:
     state = engine.init_state(np, arch, config, start, x, y)
     state, _ = engine.train(np, arch, config, state, x, y, document["stop"]["max_steps"])
     return {name: np.asarray(value[0]) for name, value in state.parameters.items()}
+
+
+def flush_broker(stack: Stack) -> None:
+    url = stack.env["DESCENT_BROKER_URL"]
+    if url.startswith("redis"):
+        redis.Redis.from_url(url).flushdb()
+    else:
+        for path in (Path(stack.env["DESCENT_HOME"]) / "broker" / "queue").glob("*.msg"):
+            path.unlink()
+
+
+def test_a_flushed_broker_loses_no_job(stack: Stack) -> None:
+    """Messages of queued jobs vanish while another job runs: the database still says they have
+    to run, and the scheduler publishes them again."""
+    running = wait_for(submit(seed_job(max_steps=40_000, checkpoint_every=5000)).id, stack,
+                       done=lambda j: j.status == "running")
+    queued = [submit(seed_job(max_steps=50, learning_rate=0.01 * (i + 1))).id for i in range(3)]
+    time.sleep(0.3)  # dispatched into the broker, behind the running job
+    flush_broker(stack)
+    for job_id in [running.id, *queued]:
+        job = wait_for(job_id, stack, timeout=60)
+        assert job.status == "succeeded", job
+        assert_contiguous(job_id, job.step)
+
+
+def scheduler_pids(stack: Stack) -> dict[int, subprocess.Popen]:
+    return {p.pid: p for p in (stack.scheduler, *stack.extra) if p is not None and p.poll() is None}
+
+
+def test_a_killed_scheduler_is_replaced_by_another(stack: Stack, tmp_path: Path) -> None:
+    second = start_scheduler(stack.env, tmp_path / "scheduler2.log")
+    stack.extra.append(second)
+    wait_for(submit(statquest_job()).id, stack)
+    with session_scope() as session:
+        holder = session.scalar(select(SchedulerLease.holder))
+    leader_pid = int(holder.split(":")[1])
+    processes = scheduler_pids(stack)
+    assert leader_pid in processes and len(processes) == 2
+    os.killpg(leader_pid, signal.SIGKILL)
+    processes[leader_pid].wait()
+    killed = time.monotonic()
+    job = wait_for(submit(statquest_job()).id, stack, timeout=30)
+    assert job.status == "succeeded" and time.monotonic() - killed < 2 + 10
+    with session_scope() as session:
+        assert int(session.scalar(select(SchedulerLease.holder)).split(":")[1]) != leader_pid
