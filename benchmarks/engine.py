@@ -361,12 +361,16 @@ def ssr_per_member(torch: Any, w: Workload, out: Any, y: Any) -> Any:
     return (r * r).sum(dim=(-2, -1)).reshape(w.members)
 
 
-def prepare_torch_autograd(torch: Any, w: Workload, dtype: str, sides: Sides = Sides()) -> Runner:
-    """Reference (a): plain autograd, sum of per-member SSRs, backward, manual SGD per member."""
-    params, (x_np, y_np) = make_parameters(w, dtype), make_data(w, dtype)
+def prepare_torch_autograd(torch: Any, w: Workload, dtype: str, sides: Sides = Sides(),
+                           params: dict[str, np.ndarray] | None = None, rates: np.ndarray | None = None) -> Runner:
+    """Reference (a): plain autograd, sum of per-member SSRs, backward, manual SGD per member.
+    ``params`` (M, *shape) and ``rates`` (M,) replace the workload's own (the sweep benchmark)."""
+    params = make_parameters(w, dtype) if params is None else params
+    x_np, y_np = make_data(w, dtype)
     device = sides.torch_device
     x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
-    lr = torch.from_numpy(learning_rates(w).astype(dtype)).to(device)
+    rates = learning_rates(w) if rates is None else rates
+    lr = torch.from_numpy(rates.astype(dtype)).to(device)
     copies = tensor_copies(torch, list(params.values()), device)
 
     def once() -> list[Any]:

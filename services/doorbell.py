@@ -15,6 +15,7 @@ import time
 
 from kombu import Connection, Queue
 
+from services.broker_fs import broker_url
 from services.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _connection(settings: Settings, polling: float | None = None) -> Connection:
     if settings.broker_url.startswith("redis"):
         # Fail fast: a submit must not wait for a broker that is down (the poll covers for it).
         options |= {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
-    return Connection(settings.broker_url, transport_options=options, connect_timeout=1)
+    return Connection(broker_url(settings.broker_url), transport_options=options, connect_timeout=1)
 
 
 def ring(settings: Settings | None = None) -> None:
@@ -100,6 +101,9 @@ class Doorbell:
                 self._queue.get_nowait().ack()
         except stdlib_queue.Empty:
             pass
+        except Exception:  # noqa: BLE001 (a broker error while draining: the next wait reconnects)
+            log.warning("doorbell drain failed", exc_info=True)
+            self.close()
 
     def _open(self):  # noqa: ANN202 (kombu SimpleQueue)
         if self._queue is None:

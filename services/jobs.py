@@ -61,12 +61,17 @@ def job_row(spec: JobCreate, dataset: DatasetRead, sweep_id: str | None = None,
 
 
 def referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:
+    """The stored dataset a spec names, checked against the spec (shape, limits)."""
     dataset = repository.find_dataset(session, spec.data.dataset_id)
     if dataset is None:
         raise InvalidInput(("data", "dataset_id"), f"unknown dataset {spec.data.dataset_id!r}")
+    check_against_dataset(spec, dataset)
+    return dataset
+
+
+def check_against_dataset(spec: JobCreate, dataset: DatasetRead) -> None:
     check_data_shape(spec, dataset.n_in, dataset.n_out)
     check_limits(spec, get_settings(), dataset.n_points)
-    return dataset
 
 
 def stored_spec(spec: JobCreate, dataset_id: str) -> dict:

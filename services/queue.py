@@ -13,6 +13,7 @@ from pathlib import Path
 from celery import Celery
 from kombu import Queue
 
+from services.broker_fs import broker_url
 from services.config import Settings, get_settings
 
 TRAIN_PACK = "descent.train_pack"
@@ -24,7 +25,7 @@ _senders: dict[tuple[int, int], tuple[Settings, Celery]] = {}
 def make_celery(settings: Settings) -> Celery:
     """JSON only (the broker is not trusted with pickle); late acks, prefetch 1 and
     reject-on-lost so a long task is never reserved behind another or silently dropped."""
-    app = Celery("descent", broker=settings.broker_url, set_as_current=False)
+    app = Celery("descent", broker=broker_url(settings.broker_url), set_as_current=False)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

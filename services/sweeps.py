@@ -13,7 +13,9 @@ from services.db import repository
 from services.db import sweeps as store
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput
-from services.jobs import DEFAULT_LIST_LIMIT, decode_cursor, encode_cursor, job_row, referenced_dataset
+from services.jobs import (
+    DEFAULT_LIST_LIMIT, check_against_dataset, decode_cursor, encode_cursor, job_row, referenced_dataset,
+)
 from services.spec import DatasetRead, InlineData, JobCreate, check_limits
 from services.sweep_spec import Member, SweepCreate, SweepPage, SweepRead
 
@@ -48,21 +50,22 @@ def _member_rows(session: Session, body: SweepCreate, members: list[Member], spe
     rows = []
     for member, spec in zip(members, specs):
         key = id(member.document.get("data"))
-        if key not in datasets:
-            datasets[key] = _dataset(session, body, member, spec)
-        row = job_row(spec, datasets[key], sweep_id, member.values)
-        rows.append(repository.new_job_values(**row))
+        try:
+            if key not in datasets:
+                datasets[key] = _dataset(session, spec)
+            elif not isinstance(spec.data, InlineData):
+                check_against_dataset(spec, datasets[key])  # each member, against the shared data
+        except InvalidInput as exc:
+            raise sweep_spec.member_error(body, member, exc) from None
+        rows.append(repository.new_job_values(**job_row(spec, datasets[key], sweep_id, member.values)))
     return rows
 
 
-def _dataset(session: Session, body: SweepCreate, member: Member, spec: JobCreate) -> DatasetRead:
-    try:
-        if isinstance(spec.data, InlineData):
-            x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
-            return repository.store_dataset(session, content_hash(x, y), x, y)
-        return referenced_dataset(session, spec)
-    except InvalidInput as exc:
-        raise sweep_spec.member_error(body, member, exc) from None
+def _dataset(session: Session, spec: JobCreate) -> DatasetRead:
+    if isinstance(spec.data, InlineData):
+        x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
+        return repository.store_dataset(session, content_hash(x, y), x, y)
+    return referenced_dataset(session, spec)
 
 
 def get_sweep(sweep_id: str) -> SweepRead:

@@ -160,6 +160,24 @@ def test_a_bad_grid_value_is_located_at_its_index_and_nothing_is_stored(
     assert_nothing_stored(client)
 
 
+@pytest.mark.parametrize(("base_changes", "grid", "loc"), [
+    # A plain job with batch_size 50 on this 3-point data set is a 422 at body.batch_size.
+    ({}, {"batch_size": [2, 50]}, ["body", "grid", "batch_size", 1]),
+    # Member 1 has 2 inputs, the data set 1; in the other order the sweep is refused (base.data.x).
+    ({"init": {"seed": 0}, "trainable": None}, {"architecture.layers": [[1, 2, 1], [2, 2, 1]]},
+     ["body", "base", "data", "x"]),
+], ids=["batch-size", "layers"])
+def test_every_member_is_checked_against_a_referenced_dataset(
+    client: TestClient, base_changes: dict, grid: dict, loc: list,
+) -> None:
+    dataset = client.post("/v1/datasets", json=statquest_job()["data"]).json()
+    base = statquest_job() | {"data": {"dataset_id": dataset["id"]}} | base_changes
+    answer = client.post("/v1/sweeps", json={"name": "ref", "base": base, "grid": grid})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == loc
+    assert_nothing_stored(client)
+
+
 def test_a_bad_random_distribution_is_located_at_its_space_path(client: TestClient) -> None:
     sweep = body(random={"n": 20, "space": {"momentum": {"uniform": [0.5, 1.5]}}})  # momentum < 1
     answer = client.post("/v1/sweeps", json=sweep)
@@ -210,12 +228,11 @@ def test_too_many_members_blames_the_grid_or_random_n(limited: Callable[..., Tes
     grid_too_big = client.post("/v1/sweeps", json=body())  # 3 x 2 = 6
     assert grid_too_big.status_code == 422 and locs(grid_too_big) == ["body.grid"]
     assert "6 members exceed the limit of 4" in grid_too_big.json()["detail"][0]["msg"]
-    draws_too_many = body(grid={"learning_rate": [0.1, 0.2]}, random={"n": 3, "space": {"init.seed": {"randint": [0, 9]}}})
-    answer = client.post("/v1/sweeps", json=draws_too_many)
+    seeds = {"init.seed": {"randint": [0, 9]}}
+    answer = client.post("/v1/sweeps", json=body(grid={"learning_rate": [0.1, 0.2]}, random={"n": 3, "space": seeds}))
     assert answer.status_code == 422 and locs(answer) == ["body.random.n"]
     assert_nothing_stored(client)
-    at_limit = body(grid={"learning_rate": [0.1, 0.2]}, random={"n": 2, "space": {"init.seed": {"randint": [0, 9]}}})
-    assert create(client, at_limit)["members"] == 4
+    assert create(client, body(grid={"learning_rate": [0.1, 0.2]}, random={"n": 2, "space": seeds}))["members"] == 4
 
 
 # --- read, list --------------------------------------------------------------------------------

@@ -1,0 +1,362 @@
+"""Sweep benchmark: packs through the whole service, against PyTorch's batched compute of the
+same trainings, measured in the same run.
+
+Usage (from the repository root; ``make bench-sweeps`` runs the full one)::
+
+    .venv/bin/python benchmarks/sweeps.py                    # embedded stack and PostgreSQL + Redis
+    .venv/bin/python benchmarks/sweeps.py --stack embedded   # one stack only
+    .venv/bin/python benchmarks/sweeps.py --quick            # smoke run, seconds; timings mean nothing
+
+Figures (issue "Scheduler and sweeps"), each on a running stack with 2 workers (``descent up``'s
+supervisor: API, scheduler, workers as subprocesses):
+
+1. The sweep: 1000 StatQuest members (learning rates geomspace(0.005, 0.5, 100) x init seeds
+   0-9, all parameters trainable, 1000 steps, checkpoint every 250), from POST to all 1000
+   finished with every history point and checkpoint stored. Bar: <= 2x PyTorch.
+2. The same 1000 jobs POSTed one by one from 8 client threads, to all finished. Bar: <= 4x.
+3. A 10,000-member sweep accepted (POST answered). Bar: <= 2 s.
+4. Submit -> running of single jobs (median of 30; each waits for the last to finish).
+   Bar: <= 50 ms on the embedded stack.
+
+The reference is PyTorch's batched autograd (``benchmarks/engine.py``'s reference (a)) training
+the same 1000 networks from the same initial parameters and learning rates: compute only, best
+of 3. Completion is read from the database (polling the API would compete with the work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sqlalchemy import Engine, text
+
+if __package__ in (None, ""):  # run as a file: make `services` and `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import engine as engine_bench  # noqa: E402
+from services.db.session import make_engine  # noqa: E402
+from services.examples import statquest_job  # noqa: E402
+from services.stack import Stack  # noqa: E402
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = os.environ.get("DESCENT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+UNFINISHED = "('queued', 'running')"
+
+
+@dataclass(frozen=True)
+class Plan:
+    rates: int = 100
+    seeds: int = 10
+    steps: int = 1000
+    checkpoint_every: int = 250
+    big_sweep: int = 10_000
+    latency_jobs: int = 30
+    clients: int = 8
+    repeat: int = 3
+    timeout_s: float = 600.0
+
+    @property
+    def members(self) -> int:
+        return self.rates * self.seeds
+
+
+QUICK = Plan(rates=10, seeds=2, steps=50, checkpoint_every=25, big_sweep=200, latency_jobs=3, repeat=1, timeout_s=120)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the workload
+
+
+def base_job(plan: Plan) -> dict:
+    job = statquest_job()
+    job |= {"name": "sweep-bench", "init": {"seed": 0}, "trainable": None,
+            "stop": {"max_steps": plan.steps}, "checkpoint_every": plan.checkpoint_every}
+    return job
+
+
+def rates(plan: Plan) -> list[float]:
+    return np.geomspace(0.005, 0.5, plan.rates).tolist()
+
+
+def sweep_body(plan: Plan, name: str = "lr-scan") -> dict:
+    """Member m has learning rate rates[m // seeds] and init seed m % seeds (grid order)."""
+    return {"name": name, "base": base_job(plan),
+            "grid": {"learning_rate": rates(plan), "init.seed": list(range(plan.seeds))}}
+
+
+def member_jobs(plan: Plan) -> list[dict]:
+    """The sweep's members as independent job bodies, in the same order."""
+    return [base_job(plan) | {"name": f"job-{m}", "learning_rate": rates(plan)[m // plan.seeds],
+                              "init": {"seed": m % plan.seeds}} for m in range(plan.members)]
+
+
+def torch_seconds(plan: Plan) -> tuple[float, str]:
+    """PyTorch batched autograd on the same trainings: best of ``repeat`` (compute only)."""
+    from services.engine import Architecture, init_parameters
+
+    torch = engine_bench.import_torch()
+    if torch is None:
+        raise SystemExit("torch is missing: `make bench` installs the bench extra")
+    w = replace(engine_bench.FULL["W2"], members=plan.members, steps=plan.steps)
+    arch = Architecture((1, 2, 1), "softplus")
+    inits = [init_parameters(arch, m % plan.seeds) for m in range(plan.members)]
+    params = {k: np.stack([p[k] for p in inits]) for k in inits[0]}
+    lrs = np.repeat(np.asarray(rates(plan)), plan.seeds)
+    once, _ = engine_bench.prepare_torch_autograd(torch, w, "float64", params=params, rates=lrs)
+    seconds, _ = engine_bench.best_of(once, plan.repeat)
+    return seconds, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+# ----------------------------------------------------------------------------- stacks
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    from services.db.migrate import upgrade
+
+    name = f"descent_bench_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def running_stack(kind: str) -> Iterator[tuple[Stack, Engine]]:
+    """``descent up``'s supervisor with 2 workers, on SQLite + files or PostgreSQL + Redis."""
+    home = Path(tempfile.mkdtemp(prefix=f"descent-bench-{kind}-"))
+    with (postgres_database() if kind == "postgres" else _nothing()) as pg_url:
+        env = {"DESCENT_DATABASE_URL": pg_url or f"sqlite:///{home / 'descent.db'}",
+               "DESCENT_BROKER_URL": REDIS_URL if pg_url else "filesystem://"}
+        if pg_url:
+            import redis
+
+            redis.Redis.from_url(REDIS_URL).flushdb()
+        with environment(env), Stack(home, port=_free_port(), workers=2, log_dir=home / "logs") as stack:
+            engine = make_engine(env["DESCENT_DATABASE_URL"])
+            try:
+                yield stack, engine
+            finally:
+                engine.dispose()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unfinished(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM jobs WHERE status IN {UNFINISHED}")).scalar())
+
+
+def wait_all_finished(stack: Stack, engine: Engine, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while unfinished(engine):
+        stack.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobs unfinished after {timeout:.0f} s; logs in {stack.log_dir}")
+        time.sleep(0.01)
+
+
+def stored_counts(engine: Engine, plan: Plan) -> dict[str, int]:
+    """History points and checkpoints stored, and what a complete run must have stored."""
+    with engine.connect() as conn:
+        steps = conn.execute(text("SELECT coalesce(sum(step + 1), 0), count(*) FROM jobs")).one()
+        checkpoints = conn.execute(text("SELECT count(*) FROM checkpoints")).scalar()
+        last = conn.execute(text("SELECT count(*) FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
+                                 "AND j.step = c.step")).scalar()
+        points = conn.execute(text("SELECT ssr FROM history_chunks")).scalars()
+        stored_points = sum(len(p) // 8 if isinstance(p, (bytes, memoryview)) else len(p) for p in points)
+    return {"history points": stored_points, "expected points": int(steps[0]), "jobs": int(steps[1]),
+            "checkpoints": int(checkpoints), "final checkpoints": int(last)}
+
+
+def clear(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for table in ("history_chunks", "checkpoints", "jobs", "sweeps"):
+            conn.execute(text(f"DELETE FROM {table}"))
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def warm_up(stack: Stack, engine: Engine, plan: Plan) -> None:
+    """One small sweep so worker imports and connections are not measured."""
+    small = replace(plan, rates=4, seeds=2, steps=20, checkpoint_every=10)
+    httpx.post(f"{stack.url}/v1/sweeps", json=sweep_body(small, "warm-up"), timeout=60).raise_for_status()
+    wait_all_finished(stack, engine, 120)
+    clear(engine)
+
+
+def measure_sweep(stack: Stack, engine: Engine, plan: Plan) -> tuple[float, dict]:
+    start = time.perf_counter()
+    httpx.post(f"{stack.url}/v1/sweeps", json=sweep_body(plan), timeout=60).raise_for_status()
+    wait_all_finished(stack, engine, plan.timeout_s)
+    seconds = time.perf_counter() - start
+    counts = stored_counts(engine, plan)
+    clear(engine)
+    return seconds, counts
+
+
+def measure_posts(stack: Stack, engine: Engine, plan: Plan) -> tuple[float, dict]:
+    bodies = member_jobs(plan)
+    chunks = [bodies[i::plan.clients] for i in range(plan.clients)]
+    latencies: list[float] = []
+
+    def client(part: list[dict]) -> None:
+        with httpx.Client(base_url=stack.url, timeout=60) as http:
+            for body in part:
+                t0 = time.perf_counter()
+                http.post("/v1/jobs", json=body).raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(plan.clients) as pool:
+        list(pool.map(client, chunks))
+    posted = time.perf_counter() - start
+    wait_all_finished(stack, engine, plan.timeout_s)
+    seconds = time.perf_counter() - start
+    counts = stored_counts(engine, plan) | {"all POSTs answered s": round(posted, 3),
+                                            "POST p50 ms": round(1e3 * float(np.median(latencies)), 1)}
+    clear(engine)
+    return seconds, counts
+
+
+def measure_big_sweep(stack: Stack, engine: Engine, plan: Plan) -> float:
+    body = sweep_body(replace(plan, rates=plan.big_sweep // 10, seeds=10), "big")
+    start = time.perf_counter()
+    answer = httpx.post(f"{stack.url}/v1/sweeps", json=body, timeout=60)
+    seconds = time.perf_counter() - start
+    answer.raise_for_status()
+    assert answer.json()["members"] == plan.big_sweep
+    httpx.post(f"{stack.url}/v1/sweeps/{answer.json()['id']}/cancel", timeout=60).raise_for_status()
+    wait_all_finished(stack, engine, plan.timeout_s)
+    clear(engine)
+    return seconds
+
+
+def measure_latency(stack: Stack, engine: Engine, plan: Plan) -> float:
+    """Median ms from before POST to the job seen running (or finished) in the database."""
+    samples = []
+    with httpx.Client(base_url=stack.url, timeout=30) as http, engine.connect() as conn:
+        for i in range(plan.latency_jobs):
+            time.sleep(0.2)
+            body = statquest_job() | {"name": f"latency-{i}"}
+            start = time.perf_counter()
+            job_id = http.post("/v1/jobs", json=body).json()["id"]
+            query = text("SELECT status FROM jobs WHERE id = :id")
+            while conn.execute(query, {"id": job_id}).scalar() == "queued":
+                conn.commit()
+                time.sleep(0.001)
+            samples.append(time.perf_counter() - start)
+            wait_all_finished(stack, engine, 60)
+    clear(engine)
+    return 1e3 * float(np.median(samples))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def cpu_text() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('num_threads')} threads)"
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        blas = ["threadpoolctl missing"]
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown cpu")
+    return f"{model}; {os.cpu_count()} cores; BLAS {', '.join(blas)}; load {os.getloadavg()[0]:.2f}"
+
+
+def stack_rows(kind: str, plan: Plan, reference: float) -> list[tuple[str, str, str, str]]:
+    log(f"[{kind}] starting the stack")
+    with running_stack(kind) as (stack, engine):
+        warm_up(stack, engine, plan)
+        log(f"[{kind}] sweep of {plan.members}")
+        sweep_s, sweep_counts = measure_sweep(stack, engine, plan)
+        log(f"[{kind}] {plan.members} POSTs from {plan.clients} threads")
+        posts_s, posts_counts = measure_posts(stack, engine, plan)
+        log(f"[{kind}] {plan.big_sweep}-member sweep")
+        big_s = measure_big_sweep(stack, engine, plan)
+        log(f"[{kind}] submit -> running")
+        latency_ms = measure_latency(stack, engine, plan)
+    bar = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    return [
+        (kind, f"sweep of {plan.members}, POST to all stored", f"{sweep_s:.2f} s = {sweep_s / reference:.2f}x torch",
+         f"<= 2x: {bar(sweep_s <= 2 * reference)}; {sweep_counts}"),
+        (kind, f"{plan.members} POSTs from {plan.clients} threads", f"{posts_s:.2f} s = {posts_s / reference:.2f}x torch",
+         f"<= 4x: {bar(posts_s <= 4 * reference)}; {posts_counts}"),
+        (kind, f"{plan.big_sweep}-member sweep accepted", f"{big_s:.2f} s", f"<= 2 s: {bar(big_s <= 2)}"),
+        (kind, "submit -> running, median", f"{latency_ms:.1f} ms",
+         f"<= 50 ms: {bar(latency_ms <= 50)}" if kind == "embedded" else "(bar is for the embedded stack)"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--stack", choices=("embedded", "postgres", "both"), default="both")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    log(f"cpu: {cpu_text()}")
+    reference, torch_text = torch_seconds(plan)
+    log(f"PyTorch batched autograd, {plan.members} networks x {plan.steps} steps: {reference:.3f} s ({torch_text})")
+    kinds = ("embedded", "postgres") if args.stack == "both" else (args.stack,)
+    rows = [row for kind in kinds for row in stack_rows(kind, plan, reference)]
+    print(f"$ {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"cpu: {cpu_text()}")
+    print(f"reference: PyTorch batched autograd of the same {plan.members} trainings: {reference:.3f} s ({torch_text})")
+    for kind, name, value, verdict in rows:
+        print(f"  [{kind:8}] {name:42} {value:28} {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
