@@ -37,11 +37,15 @@ def db_upgrade() -> None:
 
 
 @app.command("api")
-def run_api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Serve the HTTP API (uvicorn, in this process)."""
+def run_api(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn; with --workers > 1, a supervisor and that many processes)."""
     import uvicorn
 
-    uvicorn.run("api.main:app", host=host, port=port, log_level="info")
+    uvicorn.run("api.main:app", host=host, port=port, log_level="warning", workers=workers)
 
 
 @app.command("worker")
@@ -90,14 +94,16 @@ def run_up(
     port: Port = 8000,
     host: Host = "127.0.0.1",
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (cpu queue)")] = 1,
+    api_workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port")] = 2,
 ) -> None:
-    """Run API and workers on this machine until Ctrl-C (SQLite + filesystem broker by default)."""
+    """Run the API, the scheduler and workers on this machine until Ctrl-C (SQLite + filesystem
+    broker by default)."""
     from services.stack import Stack, StackError, raise_on_sigterm
 
     raise_on_sigterm()
     home = Path(os.environ.get("DESCENT_HOME") or get_settings().home)
     try:
-        with Stack(home, host=host, port=port, workers=workers) as stack:
+        with Stack(home, host=host, port=port, workers=workers, api_workers=api_workers) as stack:
             settings = get_settings()
             typer.echo(f"Descent is serving at {stack.url} (docs {stack.url}/docs)")
             typer.echo(f"  home {stack.home}\n  database {_redact(settings.database_url)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as stdlib_queue
+import threading
 import time
 
 from kombu import Connection, Queue
@@ -27,7 +28,7 @@ _QUEUE = Queue(QUEUE, routing_key=QUEUE, exchange="", no_declare=False)
 # and its wake-up latency is most of the submit -> running latency.
 POLL_SECONDS = 0.01
 
-_rings: dict[int, tuple[Connection, object]] = {}
+_ringers: dict[int, "_Ringer"] = {}
 
 
 def _connection(settings: Settings, polling: float | None = None) -> Connection:
@@ -43,33 +44,58 @@ def _connection(settings: Settings, polling: float | None = None) -> Connection:
 
 
 def ring(settings: Settings | None = None) -> None:
-    """Wake the scheduler. Never raises: the scheduler's poll is the fallback."""
+    """Wake the scheduler. Never blocks nor raises: a per-process thread sends the ring, and
+    rings made while it sends are coalesced into one more (the scheduler reads the database,
+    so one wake-up after the last commit is all it needs)."""
     settings = settings or get_settings()
-    try:
-        _, simple = _ringer(settings)
-        simple.put({"at": time.time()}, exchange="", routing_key=QUEUE, retry=False)
-    except Exception:  # noqa: BLE001 (any broker failure; the poll covers for it)
-        log.warning("could not ring the scheduler's doorbell; it will act at its next poll", exc_info=True)
-        forget()
+    ringer = _ringers.get(os.getpid())
+    if ringer is None or ringer.settings is not settings:
+        ringer = _ringers[os.getpid()] = _Ringer(settings)
+    ringer.pending.set()
 
 
-def _ringer(settings: Settings) -> tuple[Connection, object]:
-    """One connection per process (a forked child must not share its parent's socket)."""
-    hit = _rings.get(os.getpid())
-    if hit is None:
-        connection = _connection(settings)
-        hit = _rings[os.getpid()] = (connection, connection.SimpleQueue(_QUEUE, serializer="json"))
-    return hit
+class _Ringer:
+    """The thread that sends this process's rings, with its own broker connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pending = threading.Event()
+        self.stopped = False
+        threading.Thread(target=self._run, name="descent-doorbell", daemon=True).start()
+
+    def _run(self) -> None:
+        connection = simple = None
+        while True:
+            self.pending.wait()
+            self.pending.clear()
+            if self.stopped:
+                break
+            try:
+                if simple is None:
+                    connection = _connection(self.settings)
+                    simple = connection.SimpleQueue(_QUEUE, serializer="json")
+                simple.put({"at": time.time()}, exchange="", routing_key=QUEUE, retry=False)
+            except Exception:  # noqa: BLE001 (any broker failure; the scheduler's poll covers for it)
+                log.warning("could not ring the scheduler's doorbell; it acts at its next poll", exc_info=True)
+                _release(connection)
+                connection = simple = None
+        _release(connection)
+
+
+def _release(connection: Connection | None) -> None:
+    if connection is not None:
+        try:
+            connection.release()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def forget() -> None:
-    """Drop this process's ringing connection (after a broker error, or in tests)."""
-    hit = _rings.pop(os.getpid(), None)
-    if hit is not None:
-        try:
-            hit[0].release()
-        except Exception:  # noqa: BLE001
-            pass
+    """Stop this process's ringing thread (tests that change the settings call this)."""
+    ringer = _ringers.pop(os.getpid(), None)
+    if ringer is not None:
+        ringer.stopped = True
+        ringer.pending.set()
 
 
 class Doorbell:
@@ -112,9 +138,5 @@ class Doorbell:
         return self._queue
 
     def close(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.release()
-            except Exception:  # noqa: BLE001
-                pass
+        _release(self._connection)
         self._connection = self._queue = None

@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import math
+from collections import OrderedDict
 from datetime import datetime
 from typing import TYPE_CHECKING, get_args
 
@@ -16,7 +17,7 @@ from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
 from services.db.session import session_scope
-from services.errors import Conflict, InvalidInput, NotFound
+from services.errors import Conflict, InvalidInput, NotFound, StorageError
 from services.spec import (
     FINISHED, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
     LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits, check_matrix,
@@ -39,14 +40,39 @@ def submit_job(spec: JobCreate) -> JobRead:
     if isinstance(spec.data, InlineData):
         x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
         inline = (content_hash(x, y), x, y)
-    with session_scope() as session:
-        if inline is not None:
-            dataset = repository.store_dataset(session, *inline)
-        else:
-            dataset = referenced_dataset(session, spec)
-        job = repository.insert_job(session, **job_row(spec, dataset))
+    try:
+        job = _insert(spec, inline, use_cache=True)
+    except StorageError:
+        _known.clear()  # a cached dataset may be gone (database restored or emptied): look again
+        job = _insert(spec, inline, use_cache=False)
     doorbell.ring(settings)
     return job
+
+
+# Datasets are immutable and never deleted: a process remembers the ones it has seen by content
+# hash, so a client resubmitting the same data costs one INSERT, not a lookup and an upsert.
+_known: OrderedDict[tuple[str, str], DatasetRead] = OrderedDict()
+_KNOWN_MAX = 256
+
+
+def _insert(spec: JobCreate, inline: tuple | None, use_cache: bool) -> JobRead:
+    key = (get_settings().database_url, inline[0]) if inline is not None else None
+    with session_scope() as session:
+        dataset = _known.get(key) if use_cache and key is not None else None
+        if dataset is None:
+            dataset = repository.store_dataset(session, *inline) if inline else referenced_dataset(session, spec)
+        job = repository.insert_job(session, **job_row(spec, dataset))
+    if key is not None:
+        _known[key] = dataset
+        _known.move_to_end(key)
+        while len(_known) > _KNOWN_MAX:
+            _known.popitem(last=False)
+    return job
+
+
+def forget_datasets() -> None:
+    """Drop the remembered datasets (tests that empty the database call this)."""
+    _known.clear()
 
 
 def job_row(spec: JobCreate, dataset: DatasetRead, sweep_id: str | None = None,

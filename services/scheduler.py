@@ -81,18 +81,26 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
 
 
 def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> list[packing.PackPlan]:
-    """Pack the dispatchable jobs and publish one task per pack, stamping after each publish."""
+    """Publish one task per pack, as many packs as a queue has free workers: jobs that arrive
+    while every worker is busy wait in the database and go out together, as one larger pack,
+    when a worker frees up (it rings the doorbell). A queue with no live worker known gets
+    everything at once: its messages wait in the broker for a worker to start."""
     with session_scope() as session:
         now = store.db_now(session)
         queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch)
-        slots = store.live_slots(session, now, settings.lease_seconds) if queued else {}
-    plans = packing.plan_packs(queued, slots, settings.pack_max_cost, settings.pack_max_members)
+        free = store.free_slots(session, now, settings.lease_seconds, settings.redispatch_seconds) if queued else {}
+    plans = []
+    for device in dict.fromkeys(job.device for job in queued):
+        mine = [job for job in queued if job.device == device]
+        slots = free.get(device)
+        cut = packing.plan_packs(mine, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members)
+        plans += cut if slots is None else cut[:max(0, slots)]
     for plan in plans:
         publish(plan.job_ids, plan.device)
         with session_scope() as session:
             store.mark_dispatched(session, plan.job_ids, store.db_now(session))
     if plans:
-        log.info("dispatched %d job(s) in %d pack(s)", len(queued), len(plans))
+        log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
     return plans
 
 

@@ -46,6 +46,7 @@ class Stack:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    api_workers: int = 1
     log_dir: Path | None = None  # None: children write to this process's terminal
     stop_timeout: float = 10.0
     children: list[Child] = field(default_factory=list)
@@ -80,7 +81,8 @@ class Stack:
             upgrade()  # the schema is current before any process serves or trains
         except Exception as exc:  # noqa: BLE001 (driver and Alembic errors alike)
             raise StackError(f"database migration failed: {str(exc).splitlines()[0]}") from exc
-        self._spawn("api", ["api", "--host", self.host, "--port", str(self.port)])
+        self._spawn("api", ["api", "--host", self.host, "--port", str(self.port),
+                            "--workers", str(self.api_workers)])
         self._spawn("scheduler", ["scheduler"])
         for i in range(self.workers):
             self._spawn(f"worker{i}", ["worker", "--queues", "cpu", "--concurrency", "1", "--name", f"cpu{i}@%h"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
-from services import engine, halving, heartbeat
+from services import doorbell, engine, halving, heartbeat
 from services.db import checkpoints as ckpt
 from services.db.arrays import decode, pack_members
 from services.db.models import Dataset, Job, Sweep
@@ -56,9 +56,12 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
     groups: dict[str, list[ckpt.Claim]] = {}
     for claim in claims:
         groups.setdefault(claim.pack_key or claim.job_id, []).append(claim)
-    with heartbeat.holding(claims):
-        for group in groups.values():
-            _train_claimed(group, backend)
+    try:
+        with heartbeat.holding(claims):
+            for group in groups.values():
+                _train_claimed(group, backend)
+    finally:
+        doorbell.ring()  # a worker is free: the scheduler may send what waited for one
 
 
 def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:

@@ -90,10 +90,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
 def _reset_caches() -> None:
     get_settings.cache_clear()
     reset_engine()
-    from services import doorbell, queue
+    from services import doorbell, jobs, queue
 
     queue.reset_sender()
     doorbell.forget()
+    jobs.forget_datasets()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, func, literal, or_, select, text, update
+from sqlalchemy import String, and_, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -91,16 +91,29 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> 
     )
 
 
-def live_slots(session: Session, now: datetime, lease_seconds: float) -> dict[str, int]:
-    """Live worker processes per queue (a process serving two queues counts for both)."""
-    rows = session.execute(
-        select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds))
-    ).scalars()
-    slots: dict[str, int] = {}
-    for queues in rows:
+def free_slots(session: Session, now: datetime, lease_seconds: float, redispatch_seconds: float) -> dict[str, int]:
+    """Per queue: live worker processes, less those training a pack, less packs published and
+    not yet claimed. A queue missing from the result has no live worker known."""
+    live: dict[str, int] = {}
+    rows = session.execute(select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds)))
+    for queues in rows.scalars():
         for queue in queues.split(","):
-            slots[queue] = slots.get(queue, 0) + 1
-    return slots
+            live[queue] = live.get(queue, 0) + 1
+    busy = session.execute(
+        select(_jobs.c.device, func.count(func.distinct(_jobs.c.worker_hostname + ":" + func.cast(_jobs.c.worker_pid, String))))
+        .where(_jobs.c.status == "running").group_by(_jobs.c.device)
+    ).all()
+    # Each pack is stamped by its own statement, so its jobs share a dispatched_at of their own.
+    in_flight = session.execute(
+        select(_jobs.c.device, func.count(func.distinct(_jobs.c.dispatched_at)))
+        .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None),
+               _jobs.c.dispatched_at >= now - timedelta(seconds=redispatch_seconds))
+        .group_by(_jobs.c.device)
+    ).all()
+    for device, n in [*busy, *in_flight]:
+        if device in live:
+            live[device] -= n
+    return live
 
 
 def register_worker(session: Session, name: str, queues: str, hostname: str, pid: int) -> None:

@@ -51,12 +51,13 @@ class Stack:
 
 
 def reset_caches() -> None:
-    from services import doorbell, queue
+    from services import doorbell, jobs, queue
 
     get_settings.cache_clear()
     reset_engine()
     queue.reset_sender()
     doorbell.forget()
+    jobs.forget_datasets()
 
 
 @contextmanager
