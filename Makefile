@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-fast bench bench-engine bench-service clean
+.PHONY: install demo test test-fast bench bench-engine bench-service bench-sweeps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,16 @@ $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
-bench: bench-engine bench-service
+bench: bench-engine bench-service bench-sweeps
 
 bench-engine: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/engine.py
 
 bench-service: install
 	$(BIN)/python benchmarks/service.py
+
+bench-sweeps: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/sweeps.py
 
 clean:
 	rm -rf $(VENV) .descent .pytest_cache

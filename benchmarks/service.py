@@ -13,8 +13,8 @@ Part 1 writes SSR history exactly as the worker does: per checkpoint ONE transac
 points (checkpoint_every=100) and of 1000. Bar: >= 1,000,000 SSR points/s. It then reads one
 job's curve back with the SQL a Grafana panel would use and checks it step by step.
 
-Part 2 starts the production processes as subprocesses (``descent api`` and one
-``descent worker --concurrency 2``) on the benchmark database and a flushed Redis database, then
+Part 2 starts the production processes as subprocesses under ``descent up``'s supervisor (the
+API, the scheduler and two workers) on the benchmark database and a flushed Redis database, then
 measures (a) submit-to-running latency of single small jobs over HTTP and (b) submissions per
 second from 8 concurrent clients, plus jobs finished per second once they all finished.
 
@@ -31,9 +31,7 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +54,7 @@ if __package__ in (None, ""):  # run as a file: make `services` importable from 
 from services.db import repository  # noqa: E402 (after the path fix above)
 from services.db.models import Job  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
-from services.stack import StackError, wait_until_ready  # noqa: E402
+from services.stack import Stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -64,7 +62,6 @@ BROKER_URL = "redis://127.0.0.1:6379/13"
 INGEST_BAR = 1_000_000  # SSR points per second
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
 POLL_S = 0.005
-STOP_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -262,69 +259,40 @@ def flush_broker(url: str) -> None:
         client.close()
 
 
-def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """A child in its own process group, so the prefork pool can be killed with its parent."""
-    with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """Terminate all, share one deadline, then SIGKILL each group (never leave a worker behind)."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log(f"pid {proc.pid} did not stop in time; killing its group")
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-
-
 @dataclass
 class StackHandle:
     url: str
     logs: Path
-    procs: list[subprocess.Popen]
+    stack: Stack
 
 
 @contextmanager
 def service_stack(database_url: str, broker_url: str) -> Iterator[StackHandle]:
-    """``descent api`` plus one ``descent worker --concurrency 2``, the production commands.
-    Their logs are deleted after a clean run and kept (path on stderr) after a failure."""
+    """The production processes under ``descent up``'s supervisor: the API, the scheduler and two
+    workers. Their logs are deleted after a clean run and kept (path on stderr) after a failure."""
     flush_broker(broker_url)
     logs = Path(tempfile.mkdtemp(prefix="descent-bench-"))
-    env = os.environ | {"DESCENT_DATABASE_URL": database_url, "DESCENT_BROKER_URL": broker_url,
-                        "DESCENT_HOME": str(logs / "home"), "PYTHONUNBUFFERED": "1"}
-    port = free_port()
-    procs: list[subprocess.Popen] = []
-    handle = StackHandle(f"http://127.0.0.1:{port}", logs, procs)
+    saved = {k: os.environ.get(k) for k in ("DESCENT_DATABASE_URL", "DESCENT_BROKER_URL")}
+    os.environ.update(DESCENT_DATABASE_URL=database_url, DESCENT_BROKER_URL=broker_url)
     try:
-        procs.append(spawn(["api", "--port", str(port)], env, logs / "api.log"))
-        procs.append(spawn(["worker", "--concurrency", "2", "--loglevel", "WARNING"], env, logs / "worker.log"))
-        wait_ready(handle, 60.0)
-        yield handle
+        with Stack(logs / "home", port=free_port(), workers=2, log_dir=logs) as stack:
+            yield StackHandle(stack.url, logs, stack)
     except BaseException:
-        log(f"logs of the API and the worker kept in {logs}")
+        log(f"logs of the stack kept in {logs}")
         raise
     else:
         shutil.rmtree(logs, ignore_errors=True)
     finally:
-        stop(procs)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         flush_broker(broker_url)
 
 
 def check_alive(handle: StackHandle) -> None:
-    for proc, name in zip(handle.procs, ("api", "worker")):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_tail(handle.logs / f'{name}.log')}")
+    handle.stack.check_alive()
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -332,14 +300,6 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def wait_ready(handle: StackHandle, timeout: float) -> None:
-    """``/readyz`` = database and broker answer; the worker is proven alive by the warm-up jobs."""
-    try:
-        wait_until_ready(handle.url, timeout, lambda: check_alive(handle))
-    except StackError as exc:
-        raise RuntimeError(f"{exc}\n{log_tail(handle.logs / 'api.log')}") from exc
 
 
 def job_spec(seed: int) -> dict:
@@ -366,7 +326,7 @@ def wait_status(client: httpx.Client, job_id: str, wanted: tuple[str, ...], time
             return job
         time.sleep(POLL_S)
     check_alive(handle)
-    raise RuntimeError(f"job {job_id} not {wanted} after {timeout:.0f} s\n{log_tail(handle.logs / 'worker.log')}")
+    raise RuntimeError(f"job {job_id} not {wanted} after {timeout:.0f} s\n{log_tail(handle.logs / 'worker0.log')}")
 
 
 def warm_up(client: httpx.Client, handle: StackHandle) -> None:
@@ -452,7 +412,7 @@ def wait_all_finished(engine: Engine, ids: list[str], timeout: float, handle: St
                 return
         check_alive(handle)
         time.sleep(0.05)
-    raise RuntimeError(f"jobs not all finished after {timeout:.0f} s\n{log_tail(handle.logs / 'worker.log')}")
+    raise RuntimeError(f"jobs not all finished after {timeout:.0f} s\n{log_tail(handle.logs / 'worker0.log')}")
 
 
 def finish_stats(engine: Engine, ids: list[str]) -> dict[str, Any]:

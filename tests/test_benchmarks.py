@@ -33,3 +33,15 @@ def test_service_benchmark_quick_run_ingests_history(pg_url: str) -> None:
     assert rows["rows of 100 points"]["value"] > 0
     assert rows["rows of 100 points"]["details"]["points"] > 0
     assert rows["Grafana read-back of one curve"]["passed"] is True
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_quick_run_stores_every_point() -> None:
+    """The embedded stack end to end: a sweep and the same jobs POSTed one by one, every
+    history point and checkpoint stored (torch may be missing: then no ratios)."""
+    rows = {r["name"]: r for r in run_json("sweeps.py", "--stack", "embedded")}
+    for name in ("sweep of 20, POST to all stored", "20 POSTs from 8 threads"):
+        details = rows[name]["details"]
+        assert details["history points"] == details["expected points"] > 20, details
+        assert details["final checkpoints"] == details["jobs"] == 20
+    assert rows["200-member sweep accepted"]["value"] > 0
