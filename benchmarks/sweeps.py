@@ -219,9 +219,19 @@ def stored_counts(engine: Engine, plan: Plan) -> dict[str, int]:
 
 
 def clear(engine: Engine) -> None:
-    with engine.begin() as conn:
-        for table in ("history_chunks", "checkpoints", "jobs", "sweeps"):
-            conn.execute(text(f"DELETE FROM {table}"))
+    """Empty the tables between measures (retried: a worker's last heartbeat may still touch a row)."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(5):
+        try:
+            with engine.begin() as conn:
+                for table in ("history_chunks", "checkpoints", "jobs", "sweeps"):
+                    conn.execute(text(f"DELETE FROM {table}"))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
 
 
 # ----------------------------------------------------------------------------- measures

@@ -27,6 +27,7 @@ class Heartbeat:
         self.name, self.queues = name, queues
         self._claims: dict[str, ckpt.Claim] = {}
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # held by a renewal, or by training's own checkpoint write
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="descent-heartbeat", daemon=True)
 
@@ -47,12 +48,19 @@ class Heartbeat:
             for c in claims:
                 self._claims.pop(c.job_id, None)
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No renewal while the caller writes the same job rows (its write renews them anyway):
+        two transactions of one process locking one set of rows could deadlock each other."""
+        with self._writing:
+            yield
+
     def beat(self) -> None:
         """One renewal; a storage error is logged and retried at the next beat."""
         with self._lock:
             claims = list(self._claims.values())
         try:
-            with session_scope() as session:
+            with self._writing, session_scope() as session:
                 if self.name:
                     scheduling.register_worker(session, self.name, self.queues, socket.gethostname(), os.getpid())
                 if claims:

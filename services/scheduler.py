@@ -96,9 +96,17 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> l
         cut = packing.plan_packs(mine, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members)
         plans += cut if slots is None else cut[:max(0, slots)]
     for plan in plans:
-        publish(plan.job_ids, plan.device)
+        # Stamped before the publish: the claim that follows the message never races the stamp
+        # for the same rows. A failed publish clears it, and a crash in between costs one
+        # redispatch_seconds (the job then looks like one whose message was lost).
         with session_scope() as session:
             store.mark_dispatched(session, plan.job_ids, store.db_now(session))
+        try:
+            publish(plan.job_ids, plan.device)
+        except Exception:
+            with session_scope() as session:
+                store.clear_dispatched(session, plan.job_ids)
+            raise
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
     return plans

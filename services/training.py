@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from services import doorbell, engine, halving, heartbeat
 from services.db import checkpoints as ckpt
@@ -19,7 +20,7 @@ from services.db.arrays import decode, pack_members
 from services.db.models import Dataset, Job, Sweep
 from services.db.scheduling import db_now
 from services.db.session import session_scope
-from services.errors import DomainError
+from services.errors import DomainError, StorageError
 from services.spec import ExplicitInit, JobCreate, SeedInit
 
 log = logging.getLogger(__name__)
@@ -167,16 +168,27 @@ def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
                              int(old[i]) + 1, history[i])
         for i, m in enumerate(pack.members) if int(steps[i]) > int(old[i])
     ]
-    with session_scope() as session:
-        held = ckpt.hold_fences(session, [m.claim for m in pack.members])
-        ckpt.write_checkpoints(session, writes, held)
-        outcomes, keep = _outcomes(pack.members, arrays["stop_reason"], held)
-        ckpt.finish_jobs(session, outcomes)
-        parked, keep = _at_rungs(pack.members, keep, steps, old)
-        ckpt.park_jobs(session, parked)
+    outcomes, keep = _write(pack, writes, arrays["stop_reason"], steps, old)
     if outcomes:
         log.info("finished %d job(s) of %d: %s", len(outcomes), len(pack.members), _ids([o.claim for o in outcomes]))
     return _select(pack, keep)
+
+
+@retry(retry=retry_if_exception_type(StorageError), stop=stop_after_attempt(4),
+       wait=wait_exponential(multiplier=0.2, max=3), reraise=True)
+def _write(pack: Pack, writes: list[ckpt.CheckpointWrite], reasons: np.ndarray, steps: np.ndarray,
+           old: np.ndarray) -> tuple[list[ckpt.Outcome], list[int]]:
+    """The chunk's transaction, retried whole when the database fails it (a deadlock victim, a
+    dropped connection): nothing of a failed transaction was written, so a retry is exact. The
+    heartbeat waits meanwhile, so its renewal never competes with this one for the same rows."""
+    with heartbeat.current().paused(), session_scope() as session:
+        held = ckpt.hold_fences(session, [m.claim for m in pack.members])
+        ckpt.write_checkpoints(session, writes, held)
+        outcomes, keep = _outcomes(pack.members, reasons, held)
+        ckpt.finish_jobs(session, outcomes)
+        parked, keep = _at_rungs(pack.members, keep, steps, old)
+        ckpt.park_jobs(session, parked)
+    return outcomes, keep
 
 
 def _at_rungs(members: list[Member], keep: list[int], steps: np.ndarray,

@@ -91,6 +91,12 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> 
     )
 
 
+def clear_dispatched(session: Session, job_ids: Sequence[str]) -> None:
+    session.execute(
+        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued").values(dispatched_at=None)
+    )
+
+
 def free_slots(session: Session, now: datetime, lease_seconds: float, redispatch_seconds: float) -> dict[str, int]:
     """Per queue: live worker processes, less those training a pack, less packs published and
     not yet claimed. A queue missing from the result has no live worker known."""

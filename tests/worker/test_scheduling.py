@@ -200,3 +200,18 @@ def test_sweep_accepts_and_lists_members_in_order(configured, members: int) -> N
     listed = jobs.list_jobs(sweep_id=sweep.id, limit=100).items
     assert sorted(m.sweep_values["learning_rate"] for m in listed) == body.grid["learning_rate"]
     assert {m.name for m in listed} == {f"o-{i}" for i in range(members)}
+
+
+def test_only_free_workers_get_packs_and_jobs_that_wait_leave_together(configured) -> None:
+    with session_scope() as session:
+        for name in ("w1", "w2"):
+            scheduling.register_worker(session, name, "cpu", "host", 1)
+    busy = submit(seed_job(learning_rate=0.3)).id
+    run_pack_claim_only(busy)  # one worker is training
+    first = [submit(seed_job(learning_rate=0.01 * (i + 1))).id for i in range(4)]
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [first]  # one free worker, one pack
+    later = [submit(seed_job(learning_rate=0.001 * (i + 1))).id for i in range(3)]
+    assert scheduler.run_pass("a").packs == []  # that pack is in flight: no worker is free
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id.in_([busy, *first])).values(status="succeeded"))
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [later[:2], later[2:]]
