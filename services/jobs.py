@@ -8,7 +8,7 @@ import logging
 import math
 from collections import OrderedDict
 from datetime import datetime
-from typing import TYPE_CHECKING, get_args
+from typing import get_args
 
 import numpy as np
 
@@ -23,8 +23,7 @@ from services.spec import (
     LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits, check_matrix,
 )
 
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 DEFAULT_LIST_LIMIT = 50
@@ -57,7 +56,7 @@ _KNOWN_MAX = 256
 
 def _insert(spec: JobCreate, inline: tuple | None, use_cache: bool) -> JobRead:
     key = (get_settings().database_url, inline[0]) if inline is not None else None
-    with session_scope() as session:
+    with session_scope(write=True) as session:
         dataset = _known.get(key) if use_cache and key is not None else None
         if dataset is None:
             dataset = repository.store_dataset(session, *inline) if inline else referenced_dataset(session, spec)

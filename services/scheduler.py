@@ -43,20 +43,22 @@ def holder_name() -> str:
 
 
 def run_pass(holder: str, settings: Settings | None = None,
-             publish: Callable[[list[str], str], None] | None = None) -> PassReport:
-    """One reconcile pass if ``holder`` is (or becomes) the leader."""
+             publish: Callable[[list[str], str], None] | None = None, maintain: bool = True) -> PassReport:
+    """One reconcile pass if ``holder`` is (or becomes) the leader. ``maintain`` renews the
+    leader lease and requeues lapsed leases; a wake-up between two maintenance passes (which
+    the caller makes at least every period, well within the lease) only cuts and dispatches,
+    so a burst of submits costs the database no write but the dispatch stamps."""
     settings = settings or get_settings()
     report = PassReport()
-    with session_scope() as session:
-        now = store.db_now(session)
-        report.leader = store.hold_leader(session, holder, settings.scheduler_lease_seconds, now)
-    if not report.leader:
-        return report
-    with session_scope() as session:
-        now = store.db_now(session)
-        report.requeued, report.failed = store.requeue_expired(
-            session, now, settings.lease_seconds, settings.max_attempts)
-        store.forget_dead_workers(session, now, 10 * settings.lease_seconds)
+    if maintain:
+        with session_scope() as session:
+            now = store.db_now(session)
+            if not store.hold_leader(session, holder, settings.scheduler_lease_seconds, now):
+                return report
+            report.requeued, report.failed = store.requeue_expired(
+                session, now, settings.lease_seconds, settings.max_attempts)
+            store.forget_dead_workers(session, now, 10 * settings.lease_seconds)
+    report.leader = True
     report.cut = cut_rungs()
     report.packs = dispatch(settings, publish or _publish)
     return report
@@ -68,7 +70,7 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
     with session_scope() as session:
         waiting = store.parked_rungs(session)
     for sweep_id, rung in waiting:
-        with session_scope() as session:
+        with session_scope(write=True) as session:
             rule = store.sweep_halving(session, sweep_id)
             parked = store.rung_ready(session, sweep_id, rung)
             if rule is None or parked is None:
@@ -119,33 +121,40 @@ def _publish(job_ids: list[str], device: str) -> None:
 
 
 def serve(settings: Settings | None = None, stop: Callable[[], bool] = lambda: False) -> None:
-    """Run passes until ``stop()``: on every doorbell ring, and at least every period. A pass
-    that fails (database or broker down) is logged and retried at the next wake-up."""
+    """Run passes until ``stop()``: on every doorbell ring, and at least every period (with
+    maintenance at most once a period). A pass that fails (database or broker down) is logged
+    and retried at the next wake-up."""
     from services.doorbell import Doorbell
 
     settings = settings or get_settings()
     holder, bell = holder_name(), Doorbell(settings)
     log.info("scheduler %s started", holder)
+    maintained = -float("inf")
     try:
         while not stop():
-            leader = _safe_pass(holder, settings)
-            if leader:
-                bell.wait(settings.scheduler_period)
+            maintain = time.monotonic() - maintained >= min(settings.scheduler_period,
+                                                           settings.scheduler_lease_seconds / 3)
+            report = _safe_pass(holder, settings, maintain)
+            if report is not None and maintain:
+                maintained = time.monotonic()
+            if report is not None and report.leader:
+                bell.wait(max(0.0, maintained + settings.scheduler_period - time.monotonic()))
             else:
+                maintained = -float("inf")  # not the leader (or failed): try again next period
                 time.sleep(settings.scheduler_period)
     finally:
         bell.close()
         _resign(holder)
 
 
-def _safe_pass(holder: str, settings: Settings) -> bool:
+def _safe_pass(holder: str, settings: Settings, maintain: bool) -> PassReport | None:
     try:
-        return run_pass(holder, settings).leader
+        return run_pass(holder, settings, maintain=maintain)
     except (DomainError, OSError, ConnectionError) as exc:
         log.warning("scheduler pass failed (%s); retrying", exc)
     except Exception:  # noqa: BLE001 (kombu/redis errors have no common base we can name here)
         log.exception("scheduler pass failed; retrying")
-    return False
+    return None
 
 
 def _resign(holder: str) -> None:

@@ -31,7 +31,7 @@ def submit_sweep(body: SweepCreate) -> SweepRead:
             check_limits(spec, settings)
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
-    with session_scope() as session:
+    with session_scope(write=True) as session:
         sweep = store.insert_sweep(
             session, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
             paths=sweep_spec.varied_paths(body), members=len(members),
@@ -113,7 +113,7 @@ def list_sweeps(limit: int | None = None, cursor: str | None = None) -> SweepPag
 
 def cancel_sweep(sweep_id: str) -> SweepRead:
     """Every unfinished member is cancelled (running ones at their next checkpoint)."""
-    with session_scope() as session:
+    with session_scope(write=True) as session:
         current = _read(session, sweep_id, board=False)
         if current.status == "finished":
             raise Conflict(f"sweep {sweep_id} is already finished")

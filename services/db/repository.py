@@ -60,9 +60,6 @@ def find_dataset_by_hash(session: Session, content_hash: str) -> DatasetRead | N
 def store_dataset(session: Session, content_hash: str, x: np.ndarray, y: np.ndarray) -> DatasetRead:
     """Insert-if-absent by content hash with ON CONFLICT DO NOTHING, so two requests uploading
     the same data at once both get the one row instead of one of them a unique violation."""
-    stored = find_dataset_by_hash(session, content_hash)
-    if stored is not None:  # the common case: data seen before; no write at all
-        return stored
     x_dtype, _, x_bytes = arrays.encode(x)
     _, _, y_bytes = arrays.encode(y.astype(x.dtype, copy=False))
     values = dict(

@@ -15,10 +15,12 @@ from services.errors import StorageError
 
 
 def make_engine(url: str) -> Engine:
-    """SQLite gets WAL and a busy timeout so API and worker processes can write side by side."""
+    """SQLite gets WAL and a busy timeout so API and worker processes can write side by side,
+    and Descent issues its own BEGIN (see ``_sqlite_begin``)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
@@ -30,6 +32,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API object
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    dbapi_conn.isolation_level = None  # the driver must not BEGIN by itself: _sqlite_begin does
+
+
+def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)
+    """A transaction that will write takes SQLite's write lock up front (BEGIN IMMEDIATE): one
+    that read first and then wrote could not wait for the lock (SQLite refuses the upgrade at
+    once, to avoid a deadlock) and would fail as "database is locked" under load."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("descent_write") else "BEGIN")
 
 
 @lru_cache
@@ -51,9 +61,13 @@ def reset_engine() -> None:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """One transaction: commit on success, roll back on error, DB errors become StorageError."""
+def session_scope(write: bool = False) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error, DB errors become StorageError.
+    ``write``: the transaction reads before it writes; on SQLite it then holds the write lock
+    from its start (elsewhere the flag changes nothing)."""
     session = _factory()()
+    if write:
+        session.connection(execution_options={"descent_write": True})
     try:
         yield session
         session.commit()
