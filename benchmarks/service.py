@@ -498,7 +498,7 @@ def result_lines(result: Result) -> list[str]:
 
 def human_report(results: list[Result], header: list[str]) -> str:
     titles = {"ingestion": "1. History ingestion into PostgreSQL (worker's write, one transaction per checkpoint)",
-              "stack": "2. Real stack: descent api + descent worker --concurrency 2, Redis + PostgreSQL"}
+              "stack": "2. Real stack: API, scheduler and 2 workers (the descent up supervisor), Redis + PostgreSQL"}
     lines = [*header, ""]
     for section, title in titles.items():
         rows = [r for r in results if r.section == section]
