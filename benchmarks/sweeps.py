@@ -32,7 +32,6 @@ import shlex
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,11 +46,11 @@ if __package__ in (None, ""):  # run as a file: make `services` and `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import engine as engine_bench  # noqa: E402
+from benchmarks.service import bench_database  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
 from services.examples import statquest_job  # noqa: E402
 from services.stack import Stack  # noqa: E402
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = os.environ.get("DESCENT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 UNFINISHED = "('queued', 'running')"
 
@@ -142,28 +141,10 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    from services.db.migrate import upgrade
-
-    name = f"descent_bench_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
 def running_stack(kind: str) -> Iterator[tuple[Stack, Engine]]:
     """``descent up``'s supervisor with 2 workers, on SQLite + files or PostgreSQL + Redis."""
     home = Path(tempfile.mkdtemp(prefix=f"descent-bench-{kind}-"))
-    with (postgres_database() if kind == "postgres" else _nothing()) as pg_url:
+    with (bench_database() if kind == "postgres" else _nothing()) as pg_url:
         env = {"DESCENT_DATABASE_URL": pg_url or f"sqlite:///{home / 'descent.db'}",
                "DESCENT_BROKER_URL": REDIS_URL if pg_url else "filesystem://"}
         if pg_url:

@@ -80,6 +80,11 @@ def empty_tables(url: str) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest) -> str:
     """A migrated, empty database of each kind."""
+    return database_of_kind(request)
+
+
+def database_of_kind(request: pytest.FixtureRequest) -> str:
+    """The URL of a migrated, empty database of the kind ``request.param`` names."""
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     url = request.getfixturevalue("pg_url")

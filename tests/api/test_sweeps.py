@@ -20,7 +20,7 @@ from services.db.models import Job
 from services.db.session import session_scope
 from services.examples import statquest_job
 from tests.api.conftest import locs
-from tests.conftest import empty_tables
+from tests.conftest import database_of_kind
 
 LEARNING_RATES = [0.05, 0.1, 0.2]
 SEEDS = [1, 2]
@@ -33,11 +33,7 @@ SWEEP_OPERATIONS = {
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest) -> str:
     """Overrides the API tests' SQLite-only database: sweep summaries are SQL, so test both."""
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_url")
-    url = request.getfixturevalue("pg_url")
-    empty_tables(url)
-    return url
+    return database_of_kind(request)
 
 
 def body(**changes: object) -> dict:
