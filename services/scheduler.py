@@ -58,6 +58,7 @@ def run_pass(holder: str, settings: Settings | None = None,
             report.requeued, report.failed = store.requeue_expired(
                 session, now, settings.lease_seconds, settings.max_attempts)
             store.forget_dead_workers(session, now, 10 * settings.lease_seconds)
+            store.stamp_finished_sweeps(session, now)
     report.leader = True
     report.cut = cut_rungs()
     report.packs = dispatch(settings, publish or _publish)

@@ -336,6 +336,7 @@ class SweepRead(BaseModel):
     name: str
     status: SweepStatus
     created_at: datetime
+    finished_at: datetime | None = None  # when its last member finished (set by the scheduler)
     members: int
     paths: list[str]
     early_stopping: SuccessiveHalving | None = None

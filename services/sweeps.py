@@ -10,6 +10,7 @@ from services import doorbell, sweep_spec
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
+from services.db.repository import as_utc
 from services.db import sweeps as store
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput
@@ -80,6 +81,7 @@ def _read(session: Session, sweep_id: str, board: bool = True) -> SweepRead:
     early = row.spec.get("early_stopping")
     return SweepRead(
         id=row.id, name=row.name, status=sweep_status(row.cancelled, counts, steps), created_at=store.created_at(row),
+        finished_at=as_utc(row.finished_at),
         members=row.members, paths=row.paths, early_stopping=early, counts=counts, stop_reasons=reasons,
         steps_done=steps, steps_planned=row.planned_steps, best=leaders[0] if leaders else None,
         leaderboard=leaders if board else [],

@@ -134,6 +134,17 @@ def forget_worker(session: Session, name: str) -> None:
     session.execute(Worker.__table__.delete().where(Worker.name == name))
 
 
+def stamp_finished_sweeps(session: Session, now: datetime) -> int:
+    """Sweeps whose last member just finished get their ``finished_at`` (dashboards keep a
+    finished sweep's series for a while; a sweep's status itself is computed from its members)."""
+    unfinished = (select(_jobs.c.id).where(_jobs.c.sweep_id == Sweep.id, _jobs.c.status.in_(("queued", "running")))
+                  .exists())
+    return session.execute(
+        update(Sweep).where(Sweep.finished_at.is_(None), ~unfinished).values(finished_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
 def forget_dead_workers(session: Session, now: datetime, seconds: float) -> None:
     session.execute(Worker.__table__.delete().where(Worker.seen_at < now - timedelta(seconds=seconds)))
 

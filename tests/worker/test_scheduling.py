@@ -151,7 +151,9 @@ def test_successive_halving_stops_exactly_the_right_members_at_the_right_steps(c
     assert (winner.status, winner.stop_reason, winner.step) == ("succeeded", "max_steps", 100)
     for m in members:
         assert_contiguous(m.id, jobs.get_job(m.id).step)
+    scheduler.run_pass("a")  # maintenance stamps the finished sweep
     read = sweeps.get_sweep(sweep.id)
+    assert read.finished_at is not None
     assert read.stop_reasons == {"early_stopped": 8, "max_steps": 1}
     assert read.status == "finished" and read.best.job_id == winner.id
     assert [e.stop_reason for e in read.leaderboard].count("early_stopped") == 8
