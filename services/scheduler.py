@@ -77,6 +77,8 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
             if rule is None or parked is None:
                 continue
             keep, stop = halving.survivors(parked, int(rule["reduction_factor"]))
+            if store.sweep_cancelled(session, sweep_id):
+                keep, stop = [], keep + stop
             store.cut_rung(session, rung, keep, stop, store.db_now(session))
         done.append((sweep_id, rung, len(keep), len(stop)))
         log.info("sweep %s rung %d: %d go on, %d stopped early", sweep_id, rung, len(keep), len(stop))
@@ -86,18 +88,22 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
 def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> list[packing.PackPlan]:
     """Publish one task per pack, as many packs as a queue has free workers: jobs that arrive
     while every worker is busy wait in the database and go out together, as one larger pack,
-    when a worker frees up (it rings the doorbell). A queue with no live worker known gets
-    everything at once: its messages wait in the broker for a worker to start."""
+    when a worker frees up (it rings the doorbell). A queue with no live worker known gets its
+    new jobs at once (its messages wait in the broker for a worker to start), but no re-sends.
+    Each queue is read apart, so one queue's backlog never hides another's jobs."""
+    plans = []
     with session_scope() as session:
         now = store.db_now(session)
-        queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch)
-        free = store.free_slots(session, now, settings.lease_seconds, settings.redispatch_seconds) if queued else {}
-    plans = []
-    for device in dict.fromkeys(job.device for job in queued):
-        mine = [job for job in queued if job.device == device]
-        slots = free.get(device)
-        cut = packing.plan_packs(mine, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members)
-        plans += cut if slots is None else cut[:max(0, slots)]
+        queues = store.waiting_queues(session)
+        free = store.free_slots(session, now, settings.lease_seconds, settings.redispatch_seconds) if queues else {}
+        for device in queues:
+            slots = free.get(device)
+            if slots is not None and slots <= 0:
+                continue
+            queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch,
+                                        device, stale_too=slots is not None)
+            cut = packing.plan_packs(queued, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members)
+            plans += cut if slots is None else cut[:slots]
     for plan in plans:
         # Stamped before the publish: the claim that follows the message never races the stamp
         # for the same rows. A failed publish clears it, and a crash in between costs one
@@ -133,11 +139,11 @@ def serve(settings: Settings | None = None, stop: Callable[[], bool] = lambda: F
     maintained = -float("inf")
     try:
         while not stop():
-            maintain = time.monotonic() - maintained >= min(settings.scheduler_period,
-                                                           settings.scheduler_lease_seconds / 3)
+            started = time.monotonic()
+            maintain = started - maintained >= min(settings.scheduler_period, settings.scheduler_lease_seconds / 3)
             report = _safe_pass(holder, settings, maintain)
             if report is not None and maintain:
-                maintained = time.monotonic()
+                maintained = started  # the lease was renewed no earlier than this
             if report is not None and report.leader:
                 bell.wait(max(0.0, maintained + settings.scheduler_period - time.monotonic()))
             else:

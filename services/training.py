@@ -72,6 +72,10 @@ def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
         for part in _lockstep(pack) if pack is not None else []:
             while part is not None:
                 part = _advance(part)
+    except StorageError:
+        # The database, not the job, failed (after the chunk write's retries): leave the jobs
+        # running; their lease lapses and the scheduler requeues them from their last checkpoint.
+        log.exception("storage failed while training %s; their leases will lapse", _ids(claims))
     except Exception as exc:  # noqa: BLE001 (any failure of a job is reported on the job)
         log.exception("training failed for %s", _ids(claims))
         _fail(claims, f"{type(exc).__name__}: {exc}")
@@ -85,7 +89,7 @@ def _ids(claims: list[ckpt.Claim], shown: int = 5) -> str:
 
 def _fail(claims: list[ckpt.Claim], error: str) -> None:
     try:
-        with session_scope() as session:
+        with heartbeat.current().paused(), session_scope() as session:
             ckpt.fail_jobs(session, claims, error)
     except DomainError:
         log.exception("could not mark %s failed; the lease will expire", _ids(claims))
@@ -182,7 +186,7 @@ def _write(pack: Pack, writes: list[ckpt.CheckpointWrite], reasons: np.ndarray, 
     dropped connection): nothing of a failed transaction was written, so a retry is exact. The
     heartbeat waits meanwhile, so its renewal never competes with this one for the same rows."""
     with heartbeat.current().paused(), session_scope() as session:
-        held = ckpt.hold_fences(session, [m.claim for m in pack.members])
+        held = ckpt.hold_fences(session, [m.claim for m in pack.members], db_now(session))
         ckpt.write_checkpoints(session, writes, held)
         outcomes, keep = _outcomes(pack.members, reasons, held)
         ckpt.finish_jobs(session, outcomes)

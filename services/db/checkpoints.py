@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Float, and_, bindparam, case, func, insert, or_, select, tuple_, update
+from sqlalchemy import Float, and_, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.db import pg_arrays
@@ -143,7 +144,7 @@ def write_checkpoints(
     if not mine:
         return held
     now = utcnow()
-    session.execute(insert(Checkpoint.__table__), [
+    session.execute(_insert_once(session, Checkpoint.__table__, ["job_id", "step"]), [
         {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
          "manifest": w.manifest, "data": w.data} for w in mine
     ])
@@ -167,11 +168,18 @@ def write_history_chunks(session: Session, rows: Sequence[dict]) -> None:
         pg_arrays.register(session.connection().connection.dbapi_connection)
         values = [{"job_id": r["job_id"], "first_step": int(r["first_step"]),
                    "ssr": pg_arrays.Float8Values(r["ssr"])} for r in rows]
-        session.execute(insert(pg_arrays.HISTORY_CHUNKS), values)
+        session.execute(_insert_once(session, pg_arrays.HISTORY_CHUNKS, ["job_id", "first_step"]), values)
         return
-    session.execute(insert(HistoryChunk.__table__), [
+    session.execute(_insert_once(session, HistoryChunk.__table__, ["job_id", "first_step"]), [
         {"job_id": r["job_id"], "first_step": int(r["first_step"]), "ssr": r["ssr"]} for r in rows
     ])
+
+
+def _insert_once(session: Session, table: object, key: list[str]):  # noqa: ANN202 (dialect Insert)
+    """INSERT ... ON CONFLICT DO NOTHING: a chunk write retried after a commit that did land
+    (the connection dropped on the way back) writes nothing twice and does not fail."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=key)
 
 
 def _update_summaries(session: Session, writes: Sequence[CheckpointWrite]) -> None:

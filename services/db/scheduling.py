@@ -59,6 +59,8 @@ def requeue_expired(session: Session, now: datetime, lease_seconds: float, max_a
     """Running jobs whose lease lapsed go back to the queue, or fail after ``max_attempts`` lost
     leases. Returns (requeued, failed). The status change alone fences the old worker."""
     expired = and_(_jobs.c.status == "running", _jobs.c.heartbeat_at < now - timedelta(seconds=lease_seconds))
+    session.execute(  # a cancel was asked for: it ends here, at its last checkpoint
+        update(_jobs).where(expired, _jobs.c.cancel_requested).values(status="cancelled", finished_at=now))
     failed = session.execute(
         update(_jobs).where(expired, _jobs.c.lost_leases + 1 >= max_attempts)
         .values(status="failed", lost_leases=_jobs.c.lost_leases + 1, finished_at=now,
@@ -72,17 +74,25 @@ def requeue_expired(session: Session, now: datetime, lease_seconds: float, max_a
     return requeued, failed
 
 
-def dispatchable(session: Session, now: datetime, redispatch_seconds: float, limit: int) -> list[QueuedJob]:
-    """Queued jobs never dispatched, or whose message has not started them in time; parked
-    members (waiting for their rung's cut) are not dispatchable."""
-    stale = now - timedelta(seconds=redispatch_seconds)
+def dispatchable(session: Session, now: datetime, redispatch_seconds: float, limit: int,
+                 device: str, stale_too: bool = True) -> list[QueuedJob]:
+    """A queue's jobs never dispatched, or (``stale_too``) whose message has not started them in
+    time; parked members (waiting for their rung's cut) are not dispatchable."""
+    sent = _jobs.c.dispatched_at.is_(None)
+    if stale_too:
+        sent = or_(sent, _jobs.c.dispatched_at < now - timedelta(seconds=redispatch_seconds))
     query = (
         select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost)
-        .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None),
-               or_(_jobs.c.dispatched_at.is_(None), _jobs.c.dispatched_at < stale))
+        .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None), _jobs.c.device == device, sent)
         .order_by(_jobs.c.created_at, _jobs.c.id).limit(limit)
     )
     return [QueuedJob(r.id, r.pack_key, r.device, r.cost) for r in session.execute(query)]
+
+
+def waiting_queues(session: Session) -> list[str]:
+    """Queues with at least one dispatchable-or-held job (one row per queue: cheap)."""
+    query = select(_jobs.c.device).where(_jobs.c.status == "queued", _jobs.c.rung.is_(None)).distinct()
+    return list(session.execute(query).scalars())
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> None:
@@ -186,6 +196,10 @@ def cut_rung(session: Session, rung: int, keep: Sequence[str], stop: Sequence[st
 def sweep_halving(session: Session, sweep_id: str) -> dict | None:
     spec = session.scalar(select(Sweep.spec).where(Sweep.id == sweep_id))
     return None if spec is None else spec.get("early_stopping")
+
+
+def sweep_cancelled(session: Session, sweep_id: str) -> bool:
+    return bool(session.scalar(select(Sweep.cancelled).where(Sweep.id == sweep_id)))
 
 
 def _batches(ids: Sequence[str], size: int = 1000) -> list[list[str]]:

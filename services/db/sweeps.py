@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from services.db.models import Job, Sweep, utcnow
@@ -77,12 +77,17 @@ def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[Leader
 
 
 def cancel_members(session: Session, sweep_id: str) -> None:
-    """Queued (and parked) members never start; running ones stop at their next checkpoint."""
+    """Queued (and parked) members never start; running ones stop at their next checkpoint.
+    ONE statement for both: a member a worker parks meanwhile (running -> queued) is re-checked
+    on its new row by PostgreSQL and cancelled, never skipped by two separate updates."""
     session.execute(update(Sweep).where(Sweep.id == sweep_id).values(cancelled=True))
-    session.execute(update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status == "queued")
-                    .values(status="cancelled", finished_at=utcnow()))
-    session.execute(update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status == "running")
-                    .values(cancel_requested=True))
+    queued = _jobs.c.status == "queued"
+    session.execute(
+        update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status.in_(UNFINISHED))
+        .values(status=case((queued, "cancelled"), else_=_jobs.c.status),
+                finished_at=case((queued, utcnow()), else_=_jobs.c.finished_at),
+                cancel_requested=case((queued, _jobs.c.cancel_requested), else_=True))
+    )
 
 
 def created_at(row: Sweep) -> datetime:

@@ -67,6 +67,8 @@ def test_a_group_spreads_over_the_live_workers(configured) -> None:
 
 
 def test_a_queued_job_whose_message_was_lost_is_published_again(configured) -> None:
+    with session_scope() as session:
+        scheduling.register_worker(session, "w1", "cpu", "host", 1)
     job_id = submit(seed_job()).id
     scheduler.run_pass("a")
     for path in (configured.broker_folder / "queue").glob("*.msg"):
@@ -75,6 +77,27 @@ def test_a_queued_job_whose_message_was_lost_is_published_again(configured) -> N
     time.sleep(0.1)
     assert [p.job_ids for p in scheduler.run_pass("a").packs] == [[job_id]]
     assert messages(configured) == [[job_id]]
+
+
+def test_without_a_live_worker_new_jobs_are_sent_once_and_not_again(configured) -> None:
+    """Messages for a queue nobody serves wait in the broker; re-sending them would pile up."""
+    job_id = submit(seed_job(device="gpu")).id
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [[job_id]]
+    configured.redispatch_seconds = 0.05
+    time.sleep(0.1)
+    assert scheduler.run_pass("a").packs == []
+
+
+def test_one_queue_backlog_does_not_hide_another_queue(configured) -> None:
+    configured.scheduler_batch = 2
+    with session_scope() as session:
+        scheduling.register_worker(session, "busy-cpu", "cpu", "host", 1)
+        scheduling.register_worker(session, "idle-gpu", "gpu", "host", 2)
+    run_pack_claim_only(submit(seed_job()).id)  # the only cpu worker is busy
+    backlog = [submit(seed_job(learning_rate=0.01 * (i + 1))).id for i in range(3)]
+    gpu = submit(seed_job(device="gpu")).id
+    assert [(p.device, p.job_ids) for p in scheduler.run_pass("a").packs] == [("gpu", [gpu])]
+    assert all(row(j).dispatched_at is None for j in backlog)
 
 
 def test_a_lapsed_lease_is_requeued_and_a_job_that_keeps_losing_it_fails(configured) -> None:

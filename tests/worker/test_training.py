@@ -251,3 +251,16 @@ def test_history_values_round_trip_exactly(configured) -> None:
         ckpt.write_history_chunks(session, [{"job_id": job_id, "first_step": 0, "ssr": values}])
         stored = session.scalar(select(HistoryChunk.ssr).where(HistoryChunk.job_id == job_id))
     np.testing.assert_array_equal(np.asarray(stored, dtype=np.float64), values)
+
+
+def test_a_chunk_written_twice_is_stored_once(configured) -> None:
+    """A retry after a commit that landed (the connection dropped on the way back) is exact."""
+    job_id = submit(seed_job()).id
+    mine = claim([job_id])[0]
+    arrays = {"parameters/layers.0.weight": np.zeros((2, 1)), "step": np.array(3), "ssr": np.array(0.5)}
+    write = ckpt.CheckpointWrite.of(mine, 3, arrays, 0, np.array([4.0, 2.0, 0.25, 0.5]))
+    for _ in range(2):
+        with session_scope() as session:
+            ckpt.write_checkpoints(session, [write])
+    assert history_rows(job_id) == [(0, 4)] and checkpoint_attempts(job_id) == {3: 1}
+    assert (row(job_id).status, row(job_id).step) == ("running", 3)
