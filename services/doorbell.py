@@ -29,6 +29,7 @@ _QUEUE = Queue(QUEUE, routing_key=QUEUE, exchange="", no_declare=False)
 POLL_SECONDS = 0.01
 
 _ringers: dict[int, "_Ringer"] = {}
+_creating = threading.Lock()
 
 
 def _connection(settings: Settings, polling: float | None = None) -> Connection:
@@ -50,7 +51,12 @@ def ring(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     ringer = _ringers.get(os.getpid())
     if ringer is None or ringer.settings is not settings:
-        ringer = _ringers[os.getpid()] = _Ringer(settings)
+        with _creating:  # request threads may ring at once: one ringer per process
+            ringer = _ringers.get(os.getpid())
+            if ringer is None or ringer.settings is not settings:
+                if ringer is not None:
+                    ringer.stop()
+                ringer = _ringers[os.getpid()] = _Ringer(settings)
     ringer.pending.set()
 
 
@@ -81,6 +87,10 @@ class _Ringer:
                 connection = simple = None
         _release(connection)
 
+    def stop(self) -> None:
+        self.stopped = True
+        self.pending.set()
+
 
 def _release(connection: Connection | None) -> None:
     if connection is not None:
@@ -94,8 +104,7 @@ def forget() -> None:
     """Stop this process's ringing thread (tests that change the settings call this)."""
     ringer = _ringers.pop(os.getpid(), None)
     if ringer is not None:
-        ringer.stopped = True
-        ringer.pending.set()
+        ringer.stop()
 
 
 class Doorbell:
