@@ -267,15 +267,29 @@ class StackHandle:
 
 
 @contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment (the stack's children inherit it), restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def service_stack(database_url: str, broker_url: str) -> Iterator[StackHandle]:
     """The production processes under ``descent up``'s supervisor: the API, the scheduler and two
     workers. Their logs are deleted after a clean run and kept (path on stderr) after a failure."""
     flush_broker(broker_url)
     logs = Path(tempfile.mkdtemp(prefix="descent-bench-"))
-    saved = {k: os.environ.get(k) for k in ("DESCENT_DATABASE_URL", "DESCENT_BROKER_URL")}
-    os.environ.update(DESCENT_DATABASE_URL=database_url, DESCENT_BROKER_URL=broker_url)
     try:
-        with Stack(logs / "home", port=free_port(), workers=2, log_dir=logs) as stack:
+        with environment({"DESCENT_DATABASE_URL": database_url, "DESCENT_BROKER_URL": broker_url}), \
+                Stack(logs / "home", port=free_port(), workers=2, log_dir=logs) as stack:
             yield StackHandle(stack.url, logs, stack)
     except BaseException:
         log(f"logs of the stack kept in {logs}")
@@ -283,11 +297,6 @@ def service_stack(database_url: str, broker_url: str) -> Iterator[StackHandle]:
     else:
         shutil.rmtree(logs, ignore_errors=True)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         flush_broker(broker_url)
 
 

@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a file: make `services` and `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import engine as engine_bench  # noqa: E402
-from benchmarks.service import bench_database  # noqa: E402
+from benchmarks.service import bench_database, environment  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
 from services.examples import statquest_job  # noqa: E402
 from services.stack import Stack  # noqa: E402
@@ -124,20 +124,6 @@ def torch_seconds(plan: Plan) -> tuple[float | None, str]:
 
 
 # ----------------------------------------------------------------------------- stacks
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextmanager
