@@ -122,12 +122,13 @@ def _load_pack(claims: list[ckpt.Claim], xp: object) -> Pack | None:
 def _read_claimed(claims: list[ckpt.Claim]) -> tuple[list[Member], Dataset, dict[str, dict[str, np.ndarray]]]:
     ids = [c.job_id for c in claims]
     with session_scope() as session:
-        query = (select(Job.id, Job.spec, Job.dataset_id, Sweep.spec.label("sweep"))
-                 .outerjoin(Sweep, Sweep.id == Job.sweep_id).where(Job.id.in_(ids)))
+        query = select(Job.id, Job.spec, Job.dataset_id, Job.sweep_id).where(Job.id.in_(ids))
         rows = {r.id: r for r in session.execute(query)}
+        sweep_ids = {r.sweep_id for r in rows.values() if r.sweep_id}
+        sweeps = dict(session.execute(select(Sweep.id, Sweep.spec).where(Sweep.id.in_(sweep_ids))).all())
         dataset = session.get(Dataset, rows[ids[0]].dataset_id)
         saved = ckpt.load_latest(session, ids)
-    members = [Member(c, JobCreate.model_validate(rows[c.job_id].spec), _rule(rows[c.job_id].sweep))
+    members = [Member(c, JobCreate.model_validate(rows[c.job_id].spec), _rule(sweeps.get(rows[c.job_id].sweep_id)))
                for c in claims]
     return members, dataset, saved
 
