@@ -114,7 +114,7 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> l
             publish(plan.job_ids, plan.device)
         except Exception:
             with session_scope() as session:
-                store.clear_dispatched(session, plan.job_ids)
+                store.mark_dispatched(session, plan.job_ids, None)
             raise
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))

@@ -17,12 +17,12 @@ from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Float, and_, bindparam, case, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.db import pg_arrays
 from services.db.arrays import Manifest, pack, unpack
 from services.db.models import Checkpoint, HistoryChunk, Job, utcnow
+from services.db.session import dialect_insert
 
 _jobs = Job.__table__
 _F8 = Float(precision=53)
@@ -178,8 +178,7 @@ def write_history_chunks(session: Session, rows: Sequence[dict]) -> None:
 def _insert_once(session: Session, table: object, key: list[str]):  # noqa: ANN202 (dialect Insert)
     """INSERT ... ON CONFLICT DO NOTHING: a chunk write retried after a commit that did land
     (the connection dropped on the way back) writes nothing twice and does not fail."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=key)
+    return dialect_insert(session, table).on_conflict_do_nothing(index_elements=key)
 
 
 def _update_summaries(session: Session, writes: Sequence[CheckpointWrite]) -> None:

@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 from sqlalchemy import Select, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.db import arrays, checkpoints
 from services.db.models import Checkpoint, Dataset, HistoryChunk, Job, utcnow
+from services.db.session import dialect_insert
 from services.errors import NotFound
 from services.spec import DatasetRead, JobRead, WorkerInfo
 
@@ -66,8 +66,7 @@ def store_dataset(session: Session, content_hash: str, x: np.ndarray, y: np.ndar
         id=new_id(), content_hash=content_hash, n_points=x.shape[0], n_in=x.shape[1],
         n_out=y.shape[1], dtype=x_dtype, x=x_bytes, y=y_bytes, created_at=utcnow(),
     )
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(Dataset).values(**values)
+    statement = dialect_insert(session, Dataset).values(**values)
     session.execute(statement.on_conflict_do_nothing(index_elements=["content_hash"]))
     stored = find_dataset_by_hash(session, content_hash)
     assert stored is not None  # inserted above, or by the request we conflicted with

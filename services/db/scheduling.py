@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import String, and_, func, literal, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.db.models import SchedulerLease, Sweep, Worker, utcnow
-from services.db.models import Job
+from services.db.models import Job, SchedulerLease, Sweep, Worker, utcnow
+from services.db.session import dialect_insert
 from services.halving import Parked
 from services.packing import QueuedJob
 
@@ -27,14 +26,10 @@ def db_now(session: Session) -> datetime:
     return utcnow()
 
 
-def _insert(session: Session):  # noqa: ANN202 (dialect-specific Insert constructor)
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 def hold_leader(session: Session, holder: str, seconds: float, now: datetime) -> bool:
     """Take or renew the leader lease; True when ``holder`` is the one scheduler that acts."""
     expires = now + timedelta(seconds=seconds)
-    statement = _insert(session)(SchedulerLease).values(name=LEADER, holder=holder, expires_at=expires, acted_at=now)
+    statement = dialect_insert(session, SchedulerLease).values(name=LEADER, holder=holder, expires_at=expires, acted_at=now)
     session.execute(statement.on_conflict_do_nothing(index_elements=["name"]))
     result = session.execute(
         update(SchedulerLease)
@@ -95,15 +90,10 @@ def waiting_queues(session: Session) -> list[str]:
     return list(session.execute(query).scalars())
 
 
-def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> None:
+def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | None) -> None:
+    """Stamp the queued jobs of a pack as sent at ``now`` (None: not sent after all)."""
     session.execute(
         update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued").values(dispatched_at=now)
-    )
-
-
-def clear_dispatched(session: Session, job_ids: Sequence[str]) -> None:
-    session.execute(
-        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued").values(dispatched_at=None)
     )
 
 
@@ -135,7 +125,7 @@ def free_slots(session: Session, now: datetime, lease_seconds: float, redispatch
 def register_worker(session: Session, name: str, queues: str, hostname: str, pid: int) -> None:
     """Insert or refresh this worker process's row (its heartbeat)."""
     now = db_now(session)
-    statement = _insert(session)(Worker).values(
+    statement = dialect_insert(session, Worker).values(
         name=name, queues=queues, hostname=hostname, pid=pid, started_at=now, seen_at=now)
     session.execute(statement.on_conflict_do_update(index_elements=["name"], set_={"seen_at": now}))
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +41,13 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)
     that read first and then wrote could not wait for the lock (SQLite refuses the upgrade at
     once, to avoid a deadlock) and would fail as "database is locked" under load."""
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("descent_write") else "BEGIN")
+
+
+def dialect_insert(session: Session, table: object):  # noqa: ANN201 (a dialect's Insert)
+    """An INSERT that takes ``on_conflict_do_nothing``/``_do_update``: both of our databases
+    spell ON CONFLICT alike, but SQLAlchemy builds it per dialect."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 @lru_cache
