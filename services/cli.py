@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from services import metrics_dir
 from services.config import get_settings
 
 app = typer.Typer(help="Descent: train packs of small neural networks by gradient descent.", no_args_is_help=True)
@@ -25,6 +26,8 @@ app.add_typer(db_app, name="db")
 
 Port = Annotated[int, typer.Option(min=1, max=65535, help="TCP port of the API")]
 Host = Annotated[str, typer.Option(help="Interface the API listens on")]
+MetricsPort = Annotated[int | None, typer.Option(min=1, max=65535, help="Serve this process tree's "
+                        "metrics at http://0.0.0.0:PORT/metrics (compose; `descent up` serves them on the API)")]
 
 
 @db_app.command("upgrade")
@@ -42,7 +45,9 @@ def run_api(
     port: Port = 8000,
     workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port")] = 1,
 ) -> None:
-    """Serve the HTTP API (uvicorn; with --workers > 1, a supervisor and that many processes)."""
+    """Serve the HTTP API (uvicorn; with --workers > 1, a supervisor and that many processes).
+    ``/metrics`` merges the metrics of every API process."""
+    metrics_dir.ensure()  # before anything imports prometheus-client
     import uvicorn
 
     uvicorn.run("api.main:app", host=host, port=port, log_level="warning", workers=workers)
@@ -54,12 +59,18 @@ def run_worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Pool processes")] = 1,
     name: Annotated[str | None, typer.Option(help="Celery node name, e.g. cpu1@%h")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    metrics_port: MetricsPort = None,
+    max_tasks_per_child: Annotated[int | None, typer.Option(min=1, help="Recycle each pool process "
+                                                            "after this many packs")] = None,
 ) -> None:
     """Replace this process with a prefork Celery worker for ``worker.app``.
 
     A worker of the ``gpu`` queue computes with CuPy (DESCENT_ENGINE_BACKEND=cupy).
     """
     env = os.environ.copy()
+    metrics_dir.ensure(env)  # shared by the pool's children; the parent serves --metrics-port
+    if metrics_port is not None:
+        env["DESCENT_METRICS_PORT"] = str(metrics_port)
     env["DESCENT_WORKER_QUEUES"] = queues
     if "gpu" in queues.split(","):
         env["DESCENT_ENGINE_BACKEND"] = "cupy"
@@ -67,22 +78,28 @@ def run_worker(
             "-c", str(concurrency), "--pool", "prefork", "--loglevel", loglevel]
     if name:
         argv += ["-n", name]
+    if max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
 
 
 @app.command("scheduler")
-def run_scheduler() -> None:
+def run_scheduler(metrics_port: MetricsPort = None) -> None:
     """Pack queued jobs and publish them; requeue work whose worker died; cut sweep rungs.
 
     Run one or several (only one acts at a time; another takes over when it dies)."""
     import logging
 
+    metrics_dir.ensure()
+    from services import metrics_export
     from services.scheduler import serve
     from services.stack import raise_on_sigterm
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_on_sigterm()
+    if metrics_port is not None:
+        metrics_export.serve(metrics_port)
     try:
         serve()
     except KeyboardInterrupt:

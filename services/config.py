@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     scheduler_batch: int = Field(default=20_000, ge=1)
     # Queues this worker process serves (set by `descent worker`; read by its heartbeat).
     worker_queues: str = "cpu"
+    # Metrics: a worker or scheduler serves its own on this port (compose); under `descent up`
+    # the API's /metrics serves every process's instead. Per-sweep series cover sweeps running or
+    # finished within the window, at most max_sweeps of them (newest first).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_sweep_window: float = Field(default=900.0, ge=0)
+    metrics_max_sweeps: int = Field(default=100, ge=0)
     # Array namespace of this process's engine: a worker for the `gpu` queue runs with "cupy".
     engine_backend: Literal["numpy", "cupy"] = "numpy"
 

@@ -12,7 +12,7 @@ from typing import get_args
 
 import numpy as np
 
-from services import doorbell, engine, packing
+from services import doorbell, engine, metrics, packing
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
@@ -44,6 +44,7 @@ def submit_job(spec: JobCreate) -> JobRead:
     except StorageError:
         _known.clear()  # a cached dataset may be gone (database restored or emptied): look again
         job = _insert(spec, inline, use_cache=False)
+    metrics.JOBS_SUBMITTED.inc()
     doorbell.ring(settings)
     return job
 
@@ -81,7 +82,7 @@ def job_row(spec: JobCreate, dataset: DatasetRead, sweep_id: str | None = None,
     return dict(
         name=spec.name, spec=document, dataset_id=dataset.id, device=spec.device, sweep_id=sweep_id,
         pack_key=packing.pack_key(document, dataset.id), sweep_values=values,
-        cost=packing.member_cost(spec.architecture.layers, dataset.n_points),
+        cost=packing.member_cost(spec.architecture.layers, dataset.n_points), max_steps=spec.stop.max_steps,
     )
 
 
@@ -153,16 +154,24 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def cancel_job(job_id: str) -> JobRead:
     """Conditional updates, so a cancel racing a worker's claim is decided by the database:
     queued -> cancelled now; running -> cancel requested (the worker stops at its next
-    checkpoint); finished -> Conflict. The loop covers a claim landing between the two updates."""
+    checkpoint); finished -> Conflict."""
     with session_scope() as session:
-        for _ in range(3):
-            if repository.cancel_if_queued(session, job_id):
-                return repository.get_job(session, job_id)
-            if repository.request_cancel_if_running(session, job_id):
-                return repository.get_job(session, job_id)
-            job = repository.get_job(session, job_id)
-            if job.status in FINISHED:
-                raise Conflict(f"job {job_id} is already {job.status}")
+        job, ended = _cancel(session, job_id)
+    if ended:
+        metrics.count_finished({"cancelled": 1})
+    return job
+
+
+def _cancel(session: Session, job_id: str) -> tuple[JobRead, bool]:
+    """(the job, whether it ended now). The loop covers a claim landing between the two updates."""
+    for _ in range(3):
+        if repository.cancel_if_queued(session, job_id):
+            return repository.get_job(session, job_id), True
+        if repository.request_cancel_if_running(session, job_id):
+            return repository.get_job(session, job_id), False
+        job = repository.get_job(session, job_id)
+        if job.status in FINISHED:
+            raise Conflict(f"job {job_id} is already {job.status}")
     raise Conflict(f"job {job_id} changed state during the cancel; try again")
 
 

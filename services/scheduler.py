@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services import halving, packing
+from services import halving, metrics, packing
 from services.config import Settings, get_settings
 from services.db import scheduling as store
 from services.db.session import session_scope
@@ -34,6 +34,7 @@ class PassReport:
     leader: bool = False
     requeued: int = 0
     failed: int = 0
+    cancelled: int = 0
     cut: list[tuple[str, int, int, int]] = field(default_factory=list)  # sweep, rung, kept, stopped
     packs: list[packing.PackPlan] = field(default_factory=list)
 
@@ -50,18 +51,22 @@ def run_pass(holder: str, settings: Settings | None = None,
     so a burst of submits costs the database no write but the dispatch stamps."""
     settings = settings or get_settings()
     report = PassReport()
+    started = time.perf_counter()
     if maintain:
         with session_scope() as session:
             now = store.db_now(session)
             if not store.hold_leader(session, holder, settings.scheduler_lease_seconds, now):
                 return report
-            report.requeued, report.failed = store.requeue_expired(
+            report.requeued, report.failed, report.cancelled = store.requeue_expired(
                 session, now, settings.lease_seconds, settings.max_attempts)
             store.forget_dead_workers(session, now, 10 * settings.lease_seconds)
             store.stamp_finished_sweeps(session, now)
+        metrics.LOST_LEASES.inc(report.requeued + report.failed)
+        metrics.count_finished({"failed": report.failed, "cancelled": report.cancelled})
     report.leader = True
     report.cut = cut_rungs()
     report.packs = dispatch(settings, publish or _publish)
+    metrics.SCHEDULER_PASS.observe(time.perf_counter() - started)
     return report
 
 
@@ -79,7 +84,8 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
             keep, stop = halving.survivors(parked, int(rule["reduction_factor"]))
             if store.sweep_cancelled(session, sweep_id):
                 keep, stop = [], keep + stop
-            store.cut_rung(session, rung, keep, stop, store.db_now(session))
+            ended = store.cut_rung(session, rung, keep, stop, store.db_now(session))
+        metrics.count_finished({"succeeded": ended})
         done.append((sweep_id, rung, len(keep), len(stop)))
         log.info("sweep %s rung %d: %d go on, %d stopped early", sweep_id, rung, len(keep), len(stop))
     return done
@@ -116,6 +122,7 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> l
             with session_scope() as session:
                 store.mark_dispatched(session, plan.job_ids, None)
             raise
+        metrics.SCHEDULER_DISPATCHED.labels(plan.device).inc(len(plan.job_ids))
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
     return plans

@@ -3,6 +3,8 @@
 The API and the workers are started as the same commands production runs (``descent api``,
 ``descent worker``, i.e. uvicorn and a prefork Celery worker) in subprocesses; only the URLs
 differ (SQLite + ``filesystem://`` under ``DESCENT_HOME`` unless the environment names others).
+All children share one metrics folder (wiped at start), so the API's ``/metrics`` shows the
+events of every process of the stack.
 This module imports neither ``api`` nor ``worker``: it starts them by module name.
 
 Each child runs in its own process group so that Ctrl-C reaches only the supervisor, which then
@@ -24,6 +26,7 @@ from typing import IO
 
 import httpx
 
+from services import metrics_dir
 from services.config import get_settings
 
 
@@ -50,6 +53,7 @@ class Stack:
     log_dir: Path | None = None  # None: children write to this process's terminal
     stop_timeout: float = 10.0
     children: list[Child] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the children's environment
 
     @property
     def url(self) -> str:
@@ -77,6 +81,9 @@ class Stack:
             settings.broker_folder.mkdir(parents=True, exist_ok=True)
         from services.db.migrate import upgrade  # lazy: only `up` and `demo` need Alembic
 
+        self.env = os.environ.copy()
+        metrics_dir.fresh(self.home / "metrics", self.env)  # one folder: the API serves all
+
         try:
             upgrade()  # the schema is current before any process serves or trains
         except Exception as exc:  # noqa: BLE001 (driver and Alembic errors alike)
@@ -95,7 +102,7 @@ class Stack:
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", *args],
-            env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT if log else None,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT if log else None,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         self.children.append(Child(name, proc, log))

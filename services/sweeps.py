@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services import doorbell, sweep_spec
+from services import doorbell, metrics, sweep_spec
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
@@ -39,6 +39,7 @@ def submit_sweep(body: SweepCreate) -> SweepRead:
             planned_steps=sum(spec.stop.max_steps for spec in specs))
         store.insert_members(session, _member_rows(session, body, members, specs, sweep.id))
         read = _read(session, sweep.id)
+    metrics.JOBS_SUBMITTED.inc(len(members))
     doorbell.ring(settings)
     return read
 
@@ -119,5 +120,7 @@ def cancel_sweep(sweep_id: str) -> SweepRead:
         current = _read(session, sweep_id, board=False)
         if current.status == "finished":
             raise Conflict(f"sweep {sweep_id} is already finished")
-        store.cancel_members(session, sweep_id)
-        return _read(session, sweep_id)
+        ended = store.cancel_members(session, sweep_id)
+        after = _read(session, sweep_id)
+    metrics.count_finished({"cancelled": ended})
+    return after

@@ -8,16 +8,20 @@ step of history is written exactly once: a resumed job continues at its latest c
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import select
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from services import doorbell, engine, halving, heartbeat
+from services import doorbell, engine, halving, heartbeat, metrics
 from services.db import checkpoints as ckpt
 from services.db.arrays import decode, pack_members
 from services.db.models import Dataset, Job, Sweep
+from services.db.repository import as_utc
 from services.db.scheduling import db_now
 from services.db.session import session_scope
 from services.errors import DomainError, StorageError
@@ -44,6 +48,7 @@ class Pack:
     state: engine.TrainState
     x: np.ndarray
     y: np.ndarray
+    queue: str = "cpu"  # the metrics' queue label
 
 
 def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
@@ -51,9 +56,11 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
     the jobs are marked failed instead, so the broker does not redeliver a poison message.
     The scheduler sends packs of one pack key; should a message mix keys, each trains apart."""
     with session_scope() as session:
-        claims = ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=db_now(session))
+        now = db_now(session)
+        claims = ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=now)
     if not claims:
         return
+    _observe_waits(claims, now, metrics.queue_of(backend))
     groups: dict[str, list[ckpt.Claim]] = {}
     for claim in claims:
         groups.setdefault(claim.pack_key or claim.job_id, []).append(claim)
@@ -65,10 +72,20 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
         doorbell.ring()  # a worker is free: the scheduler may send what waited for one
 
 
+def _observe_waits(claims: list[ckpt.Claim], now: datetime, queue: str) -> None:
+    """Queue wait is submit to first claim; a reclaim after a lost lease is not a wait."""
+    histogram = metrics.QUEUE_WAIT.labels(queue)
+    for claim in claims:
+        if claim.attempt == 1 and claim.created_at is not None:
+            histogram.observe(max(0.0, (now - as_utc(claim.created_at)).total_seconds()))
+
+
 def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
     log.info("training %d job(s): %s", len(claims), _ids(claims))
+    queue = metrics.queue_of(backend)
+    metrics.PACK_MEMBERS.labels(queue).observe(len(claims))
     try:
-        pack = _load_pack(claims, engine.get_namespace(backend))
+        pack = _load_pack(claims, engine.get_namespace(backend), queue)
         for part in _lockstep(pack) if pack is not None else []:
             while part is not None:
                 part = _advance(part)
@@ -90,16 +107,18 @@ def _ids(claims: list[ckpt.Claim], shown: int = 5) -> str:
 def _fail(claims: list[ckpt.Claim], error: str) -> None:
     try:
         with heartbeat.current().paused(), session_scope() as session:
-            ckpt.fail_jobs(session, claims, error)
+            failed = ckpt.fail_jobs(session, claims, error)
     except DomainError:
         log.exception("could not mark %s failed; the lease will expire", _ids(claims))
+        return
+    metrics.count_finished({"failed": failed})
 
 
 def _batch_seed(spec: JobCreate) -> int:
     return spec.init.seed if isinstance(spec.init, SeedInit) else 0
 
 
-def _load_pack(claims: list[ckpt.Claim], xp: object) -> Pack | None:
+def _load_pack(claims: list[ckpt.Claim], xp: object, queue: str = "cpu") -> Pack | None:
     """Resume members from their latest checkpoint; start the others at step 0 (and checkpoint
     that step with history [ssr0] so a job's history always starts at step 0)."""
     members, dataset, saved = _read_claimed(claims)
@@ -112,7 +131,7 @@ def _load_pack(claims: list[ckpt.Claim], xp: object) -> Pack | None:
     arrays = [saved[m.claim.job_id] for m in members]
     stacked = {name: np.stack([a[name] for a in arrays]) for name in arrays[0]}
     state = engine.TrainState.from_arrays(stacked, xp)
-    pack = Pack(members, xp, arch, _config(arch, [m.spec for m in members]), state, x, y)
+    pack = Pack(members, xp, arch, _config(arch, [m.spec for m in members]), state, x, y, queue)
     fresh_ids = {m.claim.job_id for m in fresh}
     old = np.array([-1 if m.claim.job_id in fresh_ids else int(a["step"]) for m, a in zip(members, arrays)])
     history = [np.asarray([a["ssr"]], dtype=np.float64) for a in arrays]
@@ -155,7 +174,9 @@ def _advance(pack: Pack) -> Pack | None:
     old = np.asarray(pack.state.to_arrays()["step"]).copy()
     every = halving.chunk_length(old.tolist(), pack.members[0].spec.checkpoint_every,
                                  [m.rule for m in pack.members])
+    started = time.perf_counter()
     state, history = engine.train(pack.xp, pack.arch, pack.config, pack.state, pack.x, pack.y, every)
+    metrics.PACK_STEP.labels(pack.queue).observe((time.perf_counter() - started) / max(1, every))
     pack.state = state
     arrays = state.to_arrays()
     rows = [history[i, : int(arrays["step"][i]) - int(old[i])] for i in range(len(pack.members))]
@@ -186,6 +207,7 @@ def _write(pack: Pack, writes: list[ckpt.CheckpointWrite], reasons: np.ndarray, 
     """The chunk's transaction, retried whole when the database fails it (a deadlock victim, a
     dropped connection): nothing of a failed transaction was written, so a retry is exact. The
     heartbeat waits meanwhile, so its renewal never competes with this one for the same rows."""
+    started = time.perf_counter()
     with heartbeat.current().paused(), session_scope() as session:
         held = ckpt.hold_fences(session, [m.claim for m in pack.members], db_now(session))
         ckpt.write_checkpoints(session, writes, held)
@@ -193,7 +215,17 @@ def _write(pack: Pack, writes: list[ckpt.CheckpointWrite], reasons: np.ndarray, 
         ckpt.finish_jobs(session, outcomes)
         parked, keep = _at_rungs(pack.members, keep, steps, old)
         ckpt.park_jobs(session, parked)
+    _count_chunk(pack.queue, time.perf_counter() - started, writes, held, outcomes)
     return outcomes, keep
+
+
+def _count_chunk(queue: str, seconds: float, writes: list[ckpt.CheckpointWrite], held: dict[str, ckpt.Claim],
+                 outcomes: list[ckpt.Outcome]) -> None:
+    """After the commit: steps stored (a fresh job's step-0 checkpoint trained none) and finishes."""
+    metrics.CHECKPOINT_WRITE.labels(queue).observe(seconds)
+    steps = sum(w.step - max(w.first_step - 1, 0) for w in writes if w.claim.job_id in held)
+    metrics.TRAINING_STEPS.labels(queue).inc(steps)
+    metrics.count_finished(Counter(o.status for o in outcomes))
 
 
 def _at_rungs(members: list[Member], keep: list[int], steps: np.ndarray,
@@ -235,7 +267,7 @@ def _select(pack: Pack, keep: list[int]) -> Pack | None:
     members = [pack.members[i] for i in keep]
     state = pack.state.select(keep)
     config = _config(pack.arch, [m.spec for m in members])
-    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y)
+    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y, pack.queue)
 
 
 def _lockstep(pack: Pack) -> list[Pack]:

@@ -36,6 +36,7 @@ class Claim:
     attempt: int
     cancel_requested: bool = False
     pack_key: str = ""
+    created_at: datetime | None = None  # submit time, as the driver returns it (naive on SQLite)
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,9 @@ def claim_jobs(
         update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued", _jobs.c.rung.is_(None))
         .values(status="running", attempts=_jobs.c.attempts + 1, worker_hostname=hostname,
                 worker_pid=pid, heartbeat_at=now, started_at=func.coalesce(_jobs.c.started_at, now))
-        .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested, _jobs.c.pack_key)
+        .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested, _jobs.c.pack_key, _jobs.c.created_at)
     )
-    found = {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested), row.pack_key)
+    found = {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested), row.pack_key, row.created_at)
              for row in session.execute(stmt)}
     return [found[job_id] for job_id in job_ids if job_id in found]
 
@@ -220,13 +221,14 @@ def finish_jobs(session: Session, outcomes: Sequence[Outcome], now: datetime | N
     ])
 
 
-def fail_jobs(session: Session, claims: Sequence[Claim], error: str, now: datetime | None = None) -> None:
-    """Mark jobs failed with the error text (only those still ours)."""
+def fail_jobs(session: Session, claims: Sequence[Claim], error: str, now: datetime | None = None) -> int:
+    """Mark jobs failed with the error text (only those still ours); returns how many."""
     if not claims:
-        return
+        return 0
     stmt = (
-        update(_jobs).where(_jobs.c.id == bindparam("b_id"), _jobs.c.attempts == bindparam("b_attempt"),
-                            _jobs.c.status == "running")
+        update(_jobs)
+        .where(tuple_(_jobs.c.id, _jobs.c.attempts).in_([(c.job_id, c.attempt) for c in claims]),
+               _jobs.c.status == "running")
         .values(status="failed", error=error[:10_000], finished_at=now or utcnow())
     )
-    session.execute(stmt, [{"b_id": c.job_id, "b_attempt": c.attempt} for c in claims])
+    return session.execute(stmt).rowcount

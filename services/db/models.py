@@ -77,6 +77,7 @@ class Job(Base):
     device: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     step: Mapped[int] = mapped_column(Integer, default=0)
+    max_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the spec's stop.max_steps
     ssr: Mapped[float | None] = mapped_column(Float(precision=53), nullable=True)
     best_ssr: Mapped[float | None] = mapped_column(Float(precision=53), nullable=True)
     stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -98,12 +98,12 @@ def job_to_read(row: Job) -> JobRead:
 
 def insert_job(
     session: Session, *, name: str, spec: dict, dataset_id: str, device: str, sweep_id: str | None = None,
-    pack_key: str = "", cost: float = 1.0, sweep_values: dict | None = None,
+    pack_key: str = "", cost: float = 1.0, sweep_values: dict | None = None, max_steps: int | None = None,
 ) -> JobRead:
     """``spec`` is the validated spec as JSON with its data replaced by ``{"dataset_id": ...}``.
     A Core insert (no unit of work): the submit path is the API's hottest."""
     values = new_job_values(name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
-                            pack_key=pack_key, cost=cost, sweep_values=sweep_values)
+                            pack_key=pack_key, cost=cost, sweep_values=sweep_values, max_steps=max_steps)
     session.execute(insert(Job.__table__), [values])
     return JobRead(id=values["id"], name=name, status="queued", step=0, ssr=None, stop_reason=None,
                    created_at=values["created_at"], started_at=None, finished_at=None, attempts=0,

@@ -50,12 +50,14 @@ def release_leader(session: Session, holder: str) -> None:
     )
 
 
-def requeue_expired(session: Session, now: datetime, lease_seconds: float, max_attempts: int) -> tuple[int, int]:
+def requeue_expired(session: Session, now: datetime, lease_seconds: float,
+                    max_attempts: int) -> tuple[int, int, int]:
     """Running jobs whose lease lapsed go back to the queue, or fail after ``max_attempts`` lost
-    leases. Returns (requeued, failed). The status change alone fences the old worker."""
+    leases. Returns (requeued, failed, cancelled). The status change alone fences the old worker."""
     expired = and_(_jobs.c.status == "running", _jobs.c.heartbeat_at < now - timedelta(seconds=lease_seconds))
-    session.execute(  # a cancel was asked for: it ends here, at its last checkpoint
-        update(_jobs).where(expired, _jobs.c.cancel_requested).values(status="cancelled", finished_at=now))
+    cancelled = session.execute(  # a cancel was asked for: it ends here, at its last checkpoint
+        update(_jobs).where(expired, _jobs.c.cancel_requested).values(status="cancelled", finished_at=now)
+    ).rowcount
     failed = session.execute(
         update(_jobs).where(expired, _jobs.c.lost_leases + 1 >= max_attempts)
         .values(status="failed", lost_leases=_jobs.c.lost_leases + 1, finished_at=now,
@@ -66,7 +68,7 @@ def requeue_expired(session: Session, now: datetime, lease_seconds: float, max_a
         update(_jobs).where(expired)
         .values(status="queued", lost_leases=_jobs.c.lost_leases + 1, dispatched_at=None, heartbeat_at=None)
     ).rowcount
-    return requeued, failed
+    return requeued, failed, cancelled
 
 
 def dispatchable(session: Session, now: datetime, redispatch_seconds: float, limit: int,
@@ -172,15 +174,17 @@ def rung_ready(session: Session, sweep_id: str, rung: int) -> list[Parked] | Non
     return [Parked(r.id, r.ssr) for r in rows]
 
 
-def cut_rung(session: Session, rung: int, keep: Sequence[str], stop: Sequence[str], now: datetime) -> None:
+def cut_rung(session: Session, rung: int, keep: Sequence[str], stop: Sequence[str], now: datetime) -> int:
     """Winners go back to the queue; the rest end succeeded with stop reason early_stopped,
-    keeping their history and checkpoint at the rung."""
+    keeping their history and checkpoint at the rung. Returns how many ended."""
     at_rung = (_jobs.c.status == "queued") & (_jobs.c.rung == rung)
+    ended = 0
     for ids in _batches(stop):
-        session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(
-            status="succeeded", stop_reason="early_stopped", finished_at=now))
+        ended += session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(
+            status="succeeded", stop_reason="early_stopped", finished_at=now)).rowcount
     for ids in _batches(keep):
         session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(rung=None, dispatched_at=None))
+    return ended
 
 
 def sweep_halving(session: Session, sweep_id: str) -> dict | None:

@@ -76,18 +76,21 @@ def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[Leader
                         stop_reason=r.stop_reason, values=r.sweep_values or {}) for r in rows]
 
 
-def cancel_members(session: Session, sweep_id: str) -> None:
+def cancel_members(session: Session, sweep_id: str) -> int:
     """Queued (and parked) members never start; running ones stop at their next checkpoint.
     ONE statement for both: a member a worker parks meanwhile (running -> queued) is re-checked
-    on its new row by PostgreSQL and cancelled, never skipped by two separate updates."""
+    on its new row by PostgreSQL and cancelled, never skipped by two separate updates. Returns
+    how many members ended here (the queued ones)."""
     session.execute(update(Sweep).where(Sweep.id == sweep_id).values(cancelled=True))
     queued = _jobs.c.status == "queued"
-    session.execute(
+    statuses = session.scalars(
         update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status.in_(UNFINISHED))
         .values(status=case((queued, "cancelled"), else_=_jobs.c.status),
                 finished_at=case((queued, utcnow()), else_=_jobs.c.finished_at),
                 cancel_requested=case((queued, _jobs.c.cancel_requested), else_=True))
+        .returning(_jobs.c.status)
     )
+    return sum(1 for status in statuses if status == "cancelled")  # those that ended now
 
 
 def created_at(row: Sweep) -> datetime:

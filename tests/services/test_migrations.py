@@ -23,7 +23,7 @@ from services.db.models import Base
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "history_chunks",
           "sweeps", "scheduler_leases", "workers"}
-HEAD = "0003_compact_checkpoints"
+HEAD = "0004_job_max_steps"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:
@@ -132,3 +132,21 @@ def test_upgrade_keeps_checkpoints_and_history_stored_by_0001(tmp_path: Path, mo
         assert conn.execute(text("SELECT count(*) FROM checkpoint_arrays")).scalar() == len(OLD_ARRAYS)
         assert len(json.loads(conn.execute(text("SELECT ssr FROM history_chunks")).scalar())) == 3
     engine.dispose()
+
+
+def test_0004_fills_max_steps_from_each_stored_spec(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003_compact_checkpoints")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO datasets VALUES ('d', 'h', 3, 1, 1, 'float64', x'', x'', '2026-01-01')"))
+        for job_id, steps in (("a", 77), ("b", 1000)):
+            conn.execute(text(
+                "INSERT INTO jobs (id, name, spec, dataset_id, device, status, step, attempts, cancel_requested,"
+                " created_at, pack_key, cost, lost_leases) VALUES (:id, 'old', :spec, 'd', 'cpu', 'queued', 0, 0, 0,"
+                " '2026-01-01', '', 1, 0)"), {"id": job_id, "spec": json.dumps({"stop": {"max_steps": steps}})})
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as conn:
+        filled = dict(conn.execute(text("SELECT id, max_steps FROM jobs")).all())
+    engine.dispose()
+    assert filled == {"a": 77, "b": 1000}

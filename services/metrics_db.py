@@ -1,0 +1,97 @@
+"""Gauges read from the database at scrape time (the state half of ``services.metrics``).
+
+A custom collector cannot live inside prometheus-client's multiprocess mode, so the serving
+process registers this one beside the multiprocess collector; only the API serves it, so a
+deployment with many workers still exports each of these series once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.config import Settings, get_settings
+from services.db import gauges
+from services.db.scheduling import db_now
+from services.db.session import session_scope
+from services.metrics import QUEUES
+from services.spec import FINISHED
+
+log = logging.getLogger(__name__)
+STATUSES = ("queued", "running", *FINISHED)
+
+
+class DatabaseCollector(Collector):
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("descent_database_up", "1 when the scrape could read the database")
+        try:
+            families = list(self._read())
+        except Exception as exc:  # noqa: BLE001 (a scrape must answer even with the database down)
+            log.warning("metrics: database unreadable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _read(self) -> Iterator[GaugeMetricFamily]:
+        settings = self.settings or get_settings()
+        with session_scope() as session:
+            now = db_now(session)
+            statuses = gauges.jobs_by_status(session)
+            waiting = gauges.waiting_by_queue(session)
+            workers = gauges.live_workers(session, now, settings.lease_seconds)
+            acted = gauges.scheduler_acted_at(session)
+            sweeps = gauges.watched_sweeps(session, now, settings.metrics_sweep_window, settings.metrics_max_sweeps)
+        yield _family("descent_jobs", "Jobs by status", ["status"],
+                      {(s,): statuses.get(s, 0) for s in STATUSES})
+        queues = sorted(set(QUEUES) | set(waiting) | set(workers))
+        yield _family("descent_queue_jobs", "Jobs waiting for a worker, per queue", ["queue"],
+                      {(q,): waiting.get(q, (0, now))[0] for q in queues})
+        yield _family("descent_queue_oldest_seconds", "Age of the oldest job waiting for a worker", ["queue"],
+                      {(q,): max(0.0, (now - waiting[q][1]).total_seconds()) if q in waiting else 0.0 for q in queues})
+        yield _family("descent_workers", "Live worker processes, per queue they serve", ["queue"],
+                      {(q,): workers.get(q, 0) for q in queues})
+        if acted is not None:
+            yield _family("descent_scheduler_last_action_age_seconds",
+                          "Seconds since the leading scheduler last acted", [], {(): (now - acted).total_seconds()})
+        yield from _sweep_families(sweeps)
+
+
+def _sweep_families(sweeps: list[gauges.SweepState]) -> Iterator[GaugeMetricFamily]:
+    best, median, jobs, progress, diverged = {}, {}, {}, {}, {}
+    for sweep in sweeps:
+        key = (sweep_label(sweep.name, sweep.id),)
+        if sweep.best_ssr is not None:
+            best[key] = sweep.best_ssr
+        if sweep.median_ssr is not None:
+            median[key] = sweep.median_ssr
+        for status in STATUSES:
+            jobs[key + (status,)] = sweep.counts.get(status, 0)
+        progress[key] = sweep.steps_done / sweep.steps_planned if sweep.steps_planned else 0.0
+        diverged[key] = sweep.counts.get("diverged", 0) / sweep.members if sweep.members else 0.0
+    yield _family("descent_sweep_best_ssr", "Lowest SSR of a sweep's members", ["sweep"], best)
+    yield _family("descent_sweep_median_ssr", "Median SSR of a sweep's members (diverged left out)", ["sweep"], median)
+    yield _family("descent_sweep_jobs", "A sweep's members by status", ["sweep", "status"], jobs)
+    yield _family("descent_sweep_progress_ratio", "Steps done / steps planned of a sweep", ["sweep"], progress)
+    yield _family("descent_sweep_diverged_ratio", "Fraction of a sweep's members that diverged", ["sweep"], diverged)
+
+
+def sweep_label(name: str, sweep_id: str) -> str:
+    """Readable in a legend, unique by its id prefix: ``lr-scan · 1a2b3c4d``."""
+    return f"{name} · {sweep_id[:8]}"
+
+
+def _family(name: str, documentation: str, labels: list[str],
+            values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in values.items():
+        family.add_metric(list(key), float(value))
+    return family

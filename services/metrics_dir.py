@@ -1,0 +1,38 @@
+"""Where a process's metric files go, decided before prometheus-client is imported.
+
+prometheus-client picks its value store when it is first imported, from
+``PROMETHEUS_MULTIPROC_DIR``, so every ``descent`` command calls :func:`ensure` first (this
+module must not import it). One folder is shared by the processes whose metrics one endpoint
+serves: a Celery worker and its prefork children, uvicorn's API processes, or, under
+``descent up``, the whole stack (the API's ``/metrics`` then shows every worker's metrics too).
+Files of a past run would be counted again, so a folder is always new or wiped at start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def ensure(env: dict[str, str] | None = None) -> Path:
+    """Keep the folder a supervisor handed us; else make a new, empty one for this process tree."""
+    env = os.environ if env is None else env
+    given = env.get(ENV)
+    if given and Path(given).is_dir():
+        return Path(given)
+    path = Path(tempfile.mkdtemp(prefix="descent-metrics-"))
+    env[ENV] = str(path)
+    return path
+
+
+def fresh(path: Path, env: dict[str, str] | None = None) -> Path:
+    """An emptied folder at ``path`` for a whole stack (``descent up``), set in ``env``."""
+    env = os.environ if env is None else env
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    env[ENV] = str(path.absolute())
+    return path
