@@ -60,8 +60,6 @@ def run_worker(
     name: Annotated[str | None, typer.Option(help="Celery node name, e.g. cpu1@%h")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
     metrics_port: MetricsPort = None,
-    max_tasks_per_child: Annotated[int | None, typer.Option(min=1, help="Recycle each pool process "
-                                                            "after this many packs")] = None,
 ) -> None:
     """Replace this process with a prefork Celery worker for ``worker.app``.
 
@@ -78,8 +76,6 @@ def run_worker(
             "-c", str(concurrency), "--pool", "prefork", "--loglevel", loglevel]
     if name:
         argv += ["-n", name]
-    if max_tasks_per_child:
-        argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
 

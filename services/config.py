@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     scheduler_batch: int = Field(default=20_000, ge=1)
     # Queues this worker process serves (set by `descent worker`; read by its heartbeat).
     worker_queues: str = "cpu"
+    # Recycle a worker's pool process after this many packs (None: never), e.g. to return memory.
+    worker_max_tasks_per_child: int | None = Field(default=None, ge=1)
     # Metrics: a worker or scheduler serves its own on this port (compose); under `descent up`
     # the API's /metrics serves every process's instead. Per-sweep series cover sweeps running or
     # finished within the window, at most max_sweeps of them (newest first).

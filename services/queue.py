@@ -34,6 +34,7 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
         worker_hijack_root_logger=False,
         # Training survives a broker hiccup; a duplicate delivery later is skipped by the claim.
         worker_cancel_long_running_tasks_on_connection_loss=False,
