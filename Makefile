@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-fast bench bench-engine bench-service bench-sweeps clean
+.PHONY: install system-deps demo test test-fast bench bench-engine bench-service bench-sweeps bench-metrics clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Tools the deploy tests run (no Docker engine or Grafana here): Prometheus and promtool check
+# deploy/prometheus and evaluate the dashboards' queries; docker-compose validates the compose file.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
+	  $(SUDO) apt-get install -y -q --no-install-recommends prometheus docker-compose >/dev/null 2>&1 || { \
+	    $(SUDO) apt-get update -q >/dev/null && \
+	    $(SUDO) apt-get install -y -q --no-install-recommends prometheus docker-compose >/dev/null; }; }
+
 demo: install
 	$(BIN)/descent demo
 
-test: install
+test: install system-deps
 	$(BIN)/pytest -q
 
 test-fast: install
@@ -29,7 +38,7 @@ $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
-bench: bench-engine bench-service bench-sweeps
+bench: bench-engine bench-service bench-sweeps bench-metrics
 
 bench-engine: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/engine.py
@@ -39,6 +48,9 @@ bench-service: install
 
 bench-sweeps: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/sweeps.py
+
+bench-metrics: install
+	$(BIN)/python benchmarks/metrics.py
 
 clean:
 	rm -rf $(VENV) .descent .pytest_cache

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_sweep_window: float = Field(default=900.0, ge=0)
     metrics_max_sweeps: int = Field(default=100, ge=0)
+    # A scrape shows the database as read after the previous scrape, unless that reading is older
+    # than this (then it reads the database itself, as every scrape does with 0).
+    metrics_max_age: float = Field(default=30.0, ge=0)
     # Array namespace of this process's engine: a worker for the `gpu` queue runs with "cupy".
     engine_backend: Literal["numpy", "cupy"] = "numpy"
 

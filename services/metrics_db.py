@@ -3,11 +3,18 @@
 A custom collector cannot live inside prometheus-client's multiprocess mode, so the serving
 process registers this one beside the multiprocess collector; only the API serves it, so a
 deployment with many workers still exports each of these series once.
+
+Reading 50 sweeps of 1000 members costs tens of milliseconds, more than a scrape should wait,
+so a scrape answers with the snapshot taken right after the previous scrape and starts the next
+one in the background: the gauges are one scrape interval old, never older than
+``metrics_max_age`` (a scrape after a longer pause reads the database itself; 0 always does).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
@@ -24,6 +31,48 @@ log = logging.getLogger(__name__)
 STATUSES = ("queued", "running", *FINISHED)
 
 
+class _Snapshots:
+    """The latest complete reading, and at most one reading under way (per process)."""
+
+    def __init__(self) -> None:
+        self.latest: tuple[float, list[GaugeMetricFamily]] | None = None
+        self.lock = threading.Lock()
+        self.reading = False
+
+    def get(self, settings: Settings) -> tuple[float, list[GaugeMetricFamily]]:
+        """(age in seconds, families); raises when the database cannot be read synchronously."""
+        latest = self.latest
+        if latest is None or time.monotonic() - latest[0] > settings.metrics_max_age:
+            return 0.0, self.read(settings)
+        with self.lock:
+            start, self.reading = not self.reading, True
+        if start:
+            threading.Thread(target=self._read_quietly, args=(settings,), daemon=True).start()
+        return time.monotonic() - latest[0], latest[1]
+
+    def read(self, settings: Settings) -> list[GaugeMetricFamily]:
+        started = time.monotonic()
+        families = list(_read(settings))
+        self.latest = (started, families)
+        return families
+
+    def _read_quietly(self, settings: Settings) -> None:
+        try:
+            self.read(settings)
+        except Exception as exc:  # noqa: BLE001 (the next scrape retries, or reports the database down)
+            log.warning("metrics: database unreadable: %s", exc)
+        finally:
+            self.reading = False
+
+
+_snapshots = _Snapshots()
+
+
+def forget() -> None:
+    """Drop the latest reading (tests that switch databases call this)."""
+    _snapshots.latest = None
+
+
 class DatabaseCollector(Collector):
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
@@ -31,7 +80,7 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("descent_database_up", "1 when the scrape could read the database")
         try:
-            families = list(self._read())
+            age, families = _snapshots.get(self.settings or get_settings())
         except Exception as exc:  # noqa: BLE001 (a scrape must answer even with the database down)
             log.warning("metrics: database unreadable: %s", exc)
             up.add_metric([], 0)
@@ -39,30 +88,33 @@ class DatabaseCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
+        yield _family("descent_database_gauges_age_seconds", "Age of the database reading these gauges show",
+                      [], {(): age})
         yield from families
 
-    def _read(self) -> Iterator[GaugeMetricFamily]:
-        settings = self.settings or get_settings()
-        with session_scope() as session:
-            now = db_now(session)
-            statuses = gauges.jobs_by_status(session)
-            waiting = gauges.waiting_by_queue(session)
-            workers = gauges.live_workers(session, now, settings.lease_seconds)
-            acted = gauges.scheduler_acted_at(session)
-            sweeps = gauges.watched_sweeps(session, now, settings.metrics_sweep_window, settings.metrics_max_sweeps)
-        yield _family("descent_jobs", "Jobs by status", ["status"],
-                      {(s,): statuses.get(s, 0) for s in STATUSES})
-        queues = sorted(set(QUEUES) | set(waiting) | set(workers))
-        yield _family("descent_queue_jobs", "Jobs waiting for a worker, per queue", ["queue"],
-                      {(q,): waiting.get(q, (0, now))[0] for q in queues})
-        yield _family("descent_queue_oldest_seconds", "Age of the oldest job waiting for a worker", ["queue"],
-                      {(q,): max(0.0, (now - waiting[q][1]).total_seconds()) if q in waiting else 0.0 for q in queues})
-        yield _family("descent_workers", "Live worker processes, per queue they serve", ["queue"],
-                      {(q,): workers.get(q, 0) for q in queues})
-        if acted is not None:
-            yield _family("descent_scheduler_last_action_age_seconds",
-                          "Seconds since the leading scheduler last acted", [], {(): (now - acted).total_seconds()})
-        yield from _sweep_families(sweeps)
+
+def _read(settings: Settings) -> Iterator[GaugeMetricFamily]:
+    """One reading: a handful of grouped queries in one transaction (services/db/gauges.py)."""
+    with session_scope() as session:
+        now = db_now(session)
+        statuses = gauges.jobs_by_status(session)
+        waiting = gauges.waiting_by_queue(session)
+        workers = gauges.live_workers(session, now, settings.lease_seconds)
+        acted = gauges.scheduler_acted_at(session)
+        sweeps = gauges.watched_sweeps(session, now, settings.metrics_sweep_window, settings.metrics_max_sweeps)
+    yield _family("descent_jobs", "Jobs by status", ["status"],
+                  {(s,): statuses.get(s, 0) for s in STATUSES})
+    queues = sorted(set(QUEUES) | set(waiting) | set(workers))
+    yield _family("descent_queue_jobs", "Jobs waiting for a worker, per queue", ["queue"],
+                  {(q,): waiting.get(q, (0, now))[0] for q in queues})
+    yield _family("descent_queue_oldest_seconds", "Age of the oldest job waiting for a worker", ["queue"],
+                  {(q,): max(0.0, (now - waiting[q][1]).total_seconds()) if q in waiting else 0.0 for q in queues})
+    yield _family("descent_workers", "Live worker processes, per queue they serve", ["queue"],
+                  {(q,): workers.get(q, 0) for q in queues})
+    if acted is not None:
+        yield _family("descent_scheduler_last_action_age_seconds",
+                      "Seconds since the leading scheduler last acted", [], {(): (now - acted).total_seconds()})
+    yield from _sweep_families(sweeps)
 
 
 def _sweep_families(sweeps: list[gauges.SweepState]) -> Iterator[GaugeMetricFamily]:

@@ -95,8 +95,9 @@ def database_of_kind(request: pytest.FixtureRequest) -> str:
 def _reset_caches() -> None:
     get_settings.cache_clear()
     reset_engine()
-    from services import doorbell, jobs, queue
+    from services import doorbell, jobs, metrics_db, queue
 
+    metrics_db.forget()
     queue.reset_sender()
     doorbell.forget()
     jobs.forget_datasets()

@@ -139,9 +139,9 @@ def sweeps() -> dict:
         [graph("Jobs by status", [prom("max by (status) (descent_jobs)", "{{status}}")]),
          graph("Sweep members by status", [prom("max by (sweep, status) (descent_sweep_jobs)", "{{sweep}} {{status}}")])],
         [row("Training throughput")],
-        [graph("Training steps/s per queue", [prom("sum by (queue) (rate(descent_training_steps_total[1m]))",
+        [graph("Training steps/s per queue (one per network)", [prom("sum by (queue) (rate(descent_training_steps_total[1m]))",
                                                     "{{queue}}")], unit="ops"),
-         graph("Queue wait (dispatch to start)", quantiles("descent_queue_wait_seconds"), unit="s"),
+         graph("Queue wait (submit to first claim)", quantiles("descent_queue_wait_seconds"), unit="s"),
          graph("Checkpoint write latency", quantiles("descent_checkpoint_write_seconds"), unit="s")],
         [graph("Pack size (members)", quantiles("descent_pack_members") + [prom(
             "sum by (queue) (rate(descent_pack_members_sum[5m])) / sum by (queue) (rate(descent_pack_members_count[5m]))",

@@ -15,6 +15,7 @@ from services.db.scheduling import LEADER
 
 _jobs = Job.__table__
 _UNFINISHED = ("queued", "running")
+_STATUSES = ("queued", "running", "succeeded", "diverged", "failed", "cancelled")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class SweepState:
     steps_planned: int = 0
     best_ssr: float | None = None
     median_ssr: float | None = None
+    scored: int = 0  # members with an SSR, diverged ones left out
 
 
 def jobs_by_status(session: Session) -> dict[str, int]:
@@ -72,36 +74,36 @@ def watched_sweeps(session: Session, now: datetime, window_seconds: float, limit
 
 
 def _fill_counts(session: Session, states: dict[str, SweepState]) -> None:
-    """Counts by status, progress and best SSR in one grouped pass. A finished member has done
-    all it will do: it counts as its planned steps, so a finished sweep is at 100 %."""
-    unfinished = _jobs.c.status.in_(_UNFINISHED)
-    done = case((unfinished, _jobs.c.step), else_=func.coalesce(_jobs.c.max_steps, _jobs.c.step))
+    """Counts by status, progress and best SSR in one pass along the (sweep_id, ...) covering
+    index, grouped by sweep alone (per-status counts are sums, so no sort). A finished member
+    has done all it will do: it counts as its planned steps, so a finished sweep is at 100 %."""
+    status, ssr = _jobs.c.status, _jobs.c.ssr
+    planned = func.coalesce(_jobs.c.max_steps, _jobs.c.step)
+    scored = case((status != "diverged", ssr))
     rows = session.execute(
-        select(_jobs.c.sweep_id, _jobs.c.status, func.count(), func.sum(done),
-               func.sum(func.coalesce(_jobs.c.max_steps, _jobs.c.step)), func.min(_jobs.c.ssr))
-        .where(_jobs.c.sweep_id.in_(list(states))).group_by(_jobs.c.sweep_id, _jobs.c.status)
+        select(_jobs.c.sweep_id, *[func.sum(case((status == s, 1), else_=0)) for s in _STATUSES],
+               func.sum(case((status.in_(_UNFINISHED), _jobs.c.step), else_=planned)), func.sum(planned),
+               func.min(scored), func.count(scored))
+        .where(_jobs.c.sweep_id.in_(list(states))).group_by(_jobs.c.sweep_id)
     )
-    for sweep_id, status, n, steps, planned, best in rows:
+    for sweep_id, *counts, done, planned_steps, best, n_scored in rows:
         state = states[sweep_id]
-        state.counts[status] = n
-        state.steps_done += int(steps or 0)
-        state.steps_planned += int(planned or 0)
-        if best is not None and status != "diverged" and (state.best_ssr is None or best < state.best_ssr):
-            state.best_ssr = float(best)
+        state.counts = {s: int(n) for s, n in zip(_STATUSES, counts) if n}
+        state.steps_done, state.steps_planned = int(done or 0), int(planned_steps or 0)
+        state.best_ssr = None if best is None else float(best)
+        state.scored = int(n_scored)
 
 
 def _fill_medians(session: Session, states: dict[str, SweepState]) -> None:
-    """The median of the members' current SSR (diverged members left out), by window functions
-    that SQLite and PostgreSQL share: the mean of the one or two middle ranks."""
-    ranked = (
-        select(_jobs.c.sweep_id, _jobs.c.ssr,
-               func.row_number().over(partition_by=_jobs.c.sweep_id, order_by=_jobs.c.ssr).label("rank"),
-               func.count().over(partition_by=_jobs.c.sweep_id).label("n"))
-        .where(_jobs.c.sweep_id.in_(list(states)), _jobs.c.ssr.is_not(None), _jobs.c.status != "diverged")
-        .subquery()
-    )
-    middle = or_(ranked.c.rank == (ranked.c.n + 1) // 2, ranked.c.rank == (ranked.c.n + 2) // 2)
-    rows = session.execute(select(ranked.c.sweep_id, func.avg(ranked.c.ssr)).where(middle).group_by(ranked.c.sweep_id))
-    for sweep_id, median in rows:
-        states[sweep_id].median_ssr = None if median is None else float(median)
-
+    """The median of the members' current SSR (diverged members left out): the one or two middle
+    values, read by offset along the (sweep_id, ssr) index, so a scrape walks half of each
+    sweep's index entries and never sorts."""
+    for state in states.values():
+        if not state.scored:
+            continue
+        middle = session.scalars(
+            select(_jobs.c.ssr)
+            .where(_jobs.c.sweep_id == state.id, _jobs.c.ssr.is_not(None), _jobs.c.status != "diverged")
+            .order_by(_jobs.c.ssr).offset((state.scored - 1) // 2).limit(2 - state.scored % 2)
+        ).all()
+        state.median_ssr = float(sum(middle) / len(middle)) if middle else None

@@ -105,6 +105,9 @@ class Job(Base):
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at", "id"),
         Index("ix_jobs_sweep_created", "sweep_id", "created_at", "id"),
+        # The metrics scrape (services/db/gauges.py) reads these columns alone: index-only scans.
+        Index("ix_jobs_sweep_ssr", "sweep_id", "ssr", "status", "step", "max_steps"),
+        Index("ix_jobs_waiting", "status", "device", "rung", "created_at"),
     )
 
 

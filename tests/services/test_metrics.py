@@ -8,6 +8,7 @@ processes in tests/e2e/test_metrics_stack.py.
 from __future__ import annotations
 
 import statistics
+import time
 from datetime import timedelta
 
 import pytest
@@ -26,6 +27,12 @@ from services.metrics_db import sweep_label
 from services.spec import JobCreate
 from services.sweep_spec import SweepCreate
 from services.sweeps import submit_sweep
+
+
+@pytest.fixture(autouse=True)
+def _read_at_every_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests compare a scrape with rows just written: no reading from a scrape ago."""
+    monkeypatch.setenv("DESCENT_METRICS_MAX_AGE", "0")
 
 
 def scrape(text: str | None = None) -> dict[tuple[str, tuple], float]:
@@ -147,3 +154,19 @@ def test_submits_and_finishes_are_counted_once_committed(configured: Settings) -
     assert after[("descent_jobs_submitted_total", ())] - before[("descent_jobs_submitted_total", ())] == 4
     cancelled = ("descent_jobs_finished_total", (("status", "cancelled"),))
     assert after[cancelled] - before[cancelled] == 4
+
+
+def test_a_scrape_shows_the_reading_taken_after_the_previous_one(configured: Settings) -> None:
+    configured.metrics_max_age = 60
+    jobs = ("descent_jobs", (("status", "queued"),))
+    assert scrape()[jobs] == 0  # the first scrape reads the database itself
+    submit_job(JobCreate.model_validate(statquest_job()))
+    stale = scrape()  # answers at once with the first reading, and starts the next one
+    assert stale[jobs] == 0 and stale[("descent_database_gauges_age_seconds", ())] >= 0
+    deadline = time.monotonic() + 10
+    while (fresh := scrape())[jobs] != 1:
+        assert time.monotonic() < deadline, "the background reading never landed"
+        time.sleep(0.05)
+    configured.metrics_max_age = 0
+    submit_job(JobCreate.model_validate(statquest_job()))
+    assert scrape()[jobs] == 2  # with max age 0 every scrape reads the database
