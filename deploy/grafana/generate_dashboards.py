@@ -156,7 +156,8 @@ def sweeps() -> dict:
 
 def service() -> dict:
     latency = "descent_http_request_duration_seconds_bucket[5m]"
-    error_ratio = ('sum(rate(descent_http_requests_total{code=~"5.."}[5m])) '
+    # "or vector(0)": no 5xx at all is a ratio of 0, not an empty panel.
+    error_ratio = ('(sum(rate(descent_http_requests_total{code=~"5.."}[5m])) or vector(0)) '
                    "/ sum(rate(descent_http_requests_total[5m]))")
     rows = [
         [row("API")],

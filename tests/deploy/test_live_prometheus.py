@@ -153,21 +153,20 @@ def query(prometheus: str, expr: str) -> dict:
     return answer["data"]
 
 
-def wait_for_scrapes(prometheus: str, timeout: float = 60) -> None:
-    """Every local target up, and enough samples for rate() over the sweep's counters."""
+def wait_for(prometheus: str, expr: str, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        up = {r["metric"]["job"]: r["value"][1] for r in query(prometheus, "up")["result"]}
-        rated = query(prometheus, "sum(rate(descent_training_steps_total[1m])) > 0")["result"]
-        if up.get("descent-api") == up.get("descent-worker") == up.get("descent-scheduler") == "1" and rated:
-            return
+    while not query(prometheus, expr)["result"]:
+        assert time.monotonic() < deadline, f"{what}: no result for {expr}"
         time.sleep(0.5)
-    pytest.fail(f"targets not scraped in time: {up}")
+
+
+TARGETS_UP = 'count(up{job=~"descent-api|descent-scheduler|descent-worker"} == 1) == 3'
 
 
 def test_every_dashboard_and_alert_query_runs_on_a_live_scrape(stack: Stack, prometheus: str) -> None:
+    wait_for(prometheus, TARGETS_UP, "every local target scraped")  # before the counters move
     sweep_id, job_id = workload(stack.api)
-    wait_for_scrapes(prometheus)
+    wait_for(prometheus, "sum(rate(descent_training_steps_total[1m])) > 0", "the training steps scraped")
     empty = []
     for where, expr in prometheus_queries():
         data = query(prometheus, expr)
