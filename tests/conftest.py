@@ -17,6 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,25 +48,32 @@ def sqlite_url(_sqlite_template: Path, tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+@contextmanager
+def new_pg_database(prefix: str = "descent_test") -> Iterator[str]:
+    """An empty PostgreSQL database, dropped WITH (FORCE) afterwards; skips the test when no
+    server answers at ``PG_ADMIN_URL``."""
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"descent_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
         admin.dispose()
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {str(exc).splitlines()[0]}")
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        upgrade(url)
-        yield url
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         reset_engine()  # a test's pooled connections would block the drop without FORCE
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with new_pg_database() as url:
+        upgrade(url)
+        yield url
 
 
 def empty_tables(url: str) -> None:

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tomllib
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,8 +34,6 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
-from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.config import Settings
@@ -44,7 +41,7 @@ from services.examples import STATQUEST_B3, statquest_job
 from services.metrics_db import sweep_label
 from services.spec import FINISHED
 from services.stack import wait_until_ready
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import new_pg_database
 from tests.e2e.conftest import free_port, kill_leftovers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -350,21 +347,9 @@ class LocalCompose:
 
 @pytest.fixture
 def fresh_database() -> Iterator[str]:
-    """An empty PostgreSQL database (the migrate service makes its schema), dropped afterwards."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"descent_compose_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {str(exc).splitlines()[0]}")
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """An empty PostgreSQL database: the migrate service makes its schema."""
+    with new_pg_database("descent_compose") as url:
+        yield url
 
 
 @pytest.fixture
