@@ -22,6 +22,7 @@ round trip alone.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -168,8 +169,14 @@ def run(kind: str, plan: Plan) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true", help="one JSON list on stdout")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
+    if args.json:
+        rows = [{"database": kind, "sweeps": plan.sweeps, "members": plan.members} | run(kind, plan)
+                for kind in ("sqlite", "postgres")]
+        print(json.dumps(rows))
+        return 0
     print(f"# /metrics scrape with {plan.sweeps} concurrent sweeps x {plan.members} members ({cpu_text()})")
     print(f"{'database':<10} {'median ms':>10} {'worst ms':>10} {'/healthz ms':>12} {'reading ms':>11} "
           f"{'series':>7}  bar <= {BAR_MS:.0f} ms (median)")

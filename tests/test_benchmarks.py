@@ -45,3 +45,13 @@ def test_sweep_benchmark_quick_run_stores_every_point() -> None:
         assert details["history points"] == details["expected points"] > 20, details
         assert details["final checkpoints"] == details["jobs"] == 20
     assert rows["200-member sweep accepted"]["value"] > 0
+
+
+@pytest.mark.slow
+def test_metrics_benchmark_quick_run_scrapes_every_sweep(pg_url: str) -> None:
+    """Every sweep has its ten series (best, median, progress, diverged, six statuses)."""
+    rows = run_json("metrics.py")
+    assert [r["database"] for r in rows] == ["sqlite", "postgres"]
+    for r in rows:
+        assert r["sweep_series"] == 10 * r["sweeps"], r
+        assert 0 < r["median_ms"] <= r["worst_ms"] and r["reading_ms"] > 0, r
