@@ -109,8 +109,9 @@ def run_up(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (cpu queue)")] = 1,
     api_workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port")] = 2,
 ) -> None:
-    """Run the API, the scheduler and workers on this machine until Ctrl-C (SQLite + filesystem
-    broker by default)."""
+    """Run the API, the scheduler and workers on this machine until Ctrl-C or SIGTERM (SQLite +
+    filesystem broker by default). A process that dies is restarted; workers stopped by Ctrl-C
+    checkpoint and release their jobs, which resume at the next start."""
     from services.stack import Stack, StackError, raise_on_sigterm
 
     raise_on_sigterm()
@@ -122,8 +123,8 @@ def run_up(
             typer.echo(f"  home {stack.home}\n  database {_redact(settings.database_url)}"
                        f"\n  broker {_redact(settings.broker_url)}\n  workers {workers}; Ctrl-C stops")
             while True:
-                stack.check_alive()
-                time.sleep(1.0)
+                stack.supervise(lambda line: typer.echo(line, err=True))
+                time.sleep(0.2)
     except KeyboardInterrupt:
         typer.echo("stopped")
     except StackError as exc:

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # A queued job whose message has not started it after this long is published again
     # (broker flushed or restarted, publish failed); a duplicate claims nothing.
     redispatch_seconds: float = Field(default=30.0, gt=0)
+    # PostgreSQL: a statement waits at most db_lock_timeout for a row lock, and a session idle
+    # inside a transaction for db_idle_transaction_timeout is ended by the server (a stopped
+    # worker's open checkpoint transaction then releases its locks; our transactions never idle).
+    db_lock_timeout: float = Field(default=10.0, gt=0)
+    db_idle_transaction_timeout: float = Field(default=30.0, gt=0)
     # Claims that ended with an expired lease before a job is given up as failed.
     max_attempts: int = Field(default=3, ge=1)
     # Packs: members * parameters * points per pack, and members per pack, at most.

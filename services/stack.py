@@ -9,7 +9,13 @@ This module imports neither ``api`` nor ``worker``: it starts them by module nam
 
 Each child runs in its own process group so that Ctrl-C reaches only the supervisor, which then
 stops the children in order (terminate, wait, kill the whole group after a timeout: a prefork
-pool never outlives its parent).
+pool never outlives its parent). Workers answer SIGTERM by checkpointing and releasing their
+jobs, which resume at the next start.
+
+Once the stack is up, a child that dies is restarted (``supervise``), after a backoff that
+doubles while it keeps dying young: the stack keeps serving, and only a signal to the
+supervisor stops it. Before it is up, a child that dies fails the start (a port in use, a bad
+URL), so ``descent up`` and ``descent demo`` say why at once instead of looping.
 """
 
 from __future__ import annotations
@@ -34,11 +40,19 @@ class StackError(RuntimeError):
     """A child exited early or the API never became ready."""
 
 
+RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds, while a child keeps dying young
+STABLE_SECONDS = 60.0  # a child that lived this long starts over at the first delay
+
+
 @dataclass
 class Child:
     name: str
     proc: subprocess.Popen
     log: IO[bytes] | None = None
+    args: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0  # consecutive early deaths (sets the backoff)
+    restart_at: float | None = None  # when a dead child is due to start again
 
 
 @dataclass
@@ -100,12 +114,34 @@ class Stack:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
-        proc = subprocess.Popen(
+        self.children.append(Child(name, self._popen(args, log), log, args))
+
+    def _popen(self, args: list[str], log: IO[bytes] | None) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "services.cli", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT if log else None,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-        self.children.append(Child(name, proc, log))
+
+    def supervise(self, echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+        """Restart every child that died, once its backoff has passed; call it periodically."""
+        now = time.monotonic()
+        for child in self.children:
+            code = child.proc.poll()
+            if code is None:
+                if now - child.started >= STABLE_SECONDS:
+                    child.restarts = 0
+                continue
+            if child.restart_at is None:
+                _kill_group(child.proc)  # a dead worker's pool children go with it
+                delay = RESTART_DELAYS[min(child.restarts, len(RESTART_DELAYS) - 1)]
+                child.restart_at = now + delay
+                echo(f"{time.strftime('%H:%M:%S')} {child.name} exited with code {code}; "
+                     f"restarting in {delay:g} s")
+            elif now >= child.restart_at:
+                child.proc, child.started, child.restart_at = self._popen(child.args, child.log), now, None
+                child.restarts += 1
+                echo(f"{time.strftime('%H:%M:%S')} {child.name} restarted (pid {child.proc.pid})")
 
     def wait_ready(self, timeout: float) -> None:
         wait_until_ready(self.url, timeout, self.check_alive)

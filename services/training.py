@@ -8,6 +8,7 @@ step of history is written exactly once: a resumed job continues at its latest c
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,19 +16,43 @@ from datetime import datetime
 
 import numpy as np
 from sqlalchemy import select
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, retry, retry_if_exception_type, wait_exponential
 
 from services import doorbell, engine, halving, heartbeat, metrics
+from services.config import get_settings
 from services.db import checkpoints as ckpt
 from services.db.arrays import decode, pack_members
 from services.db.models import Dataset, Job, Sweep
 from services.db.repository import as_utc
-from services.db.scheduling import db_now
+from services.db.scheduling import db_now, mark_dispatched
 from services.db.session import session_scope
 from services.errors import DomainError, StorageError
 from services.spec import ExplicitInit, JobCreate, SeedInit
 
 log = logging.getLogger(__name__)
+
+
+def _within_half_a_lease(state: RetryCallState) -> bool:
+    """Stop retrying a database that blinked after half a lease: the last renewal is still
+    valid until then, so an outage that short costs no takeover; a longer one is left to the
+    lease (the scheduler requeues the jobs from their last checkpoint)."""
+    return state.seconds_since_start >= get_settings().lease_seconds / 2
+
+
+# Storage errors (a restart, a failover, a dropped connection) are retried whole, with backoff.
+_storage_retry = retry(retry=retry_if_exception_type(StorageError), stop=_within_half_a_lease,
+                       wait=wait_exponential(multiplier=0.2, max=3), reraise=True)
+
+# A stop request (the worker is shutting down) is checked between slices of a chunk: each slice
+# trains about this long, so a stop checkpoints and releases the jobs within seconds.
+SLICE_SECONDS = 1.0
+_stopping = threading.Event()
+
+
+def request_stop() -> None:
+    """Checkpoint what is trained at the end of the current slice, release the jobs, return.
+    Safe to call from a signal handler."""
+    _stopping.set()
 
 
 @dataclass(frozen=True)
@@ -49,15 +74,16 @@ class Pack:
     x: np.ndarray
     y: np.ndarray
     queue: str = "cpu"  # the metrics' queue label
+    slice: int = 100  # updates per engine call, tuned to about SLICE_SECONDS
 
 
 def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
     """Train whatever of ``job_ids`` this worker can claim. Never raises for a training error:
     the jobs are marked failed instead, so the broker does not redeliver a poison message.
     The scheduler sends packs of one pack key; should a message mix keys, each trains apart."""
-    with session_scope() as session:
-        now = db_now(session)
-        claims = ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=now)
+    if _stopping.is_set():
+        return _hand_back(job_ids)
+    claims, now = _claim(job_ids, hostname, pid)
     if not claims:
         return
     _observe_waits(claims, now, metrics.queue_of(backend))
@@ -68,8 +94,40 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
         with heartbeat.holding(claims):
             for group in groups.values():
                 _train_claimed(group, backend)
+            if _stopping.is_set():
+                _release(claims)
     finally:
+        if _stopping.is_set():
+            heartbeat.leave()  # no longer a free worker in the scheduler's eyes
         doorbell.ring()  # a worker is free: the scheduler may send what waited for one
+
+
+@_storage_retry
+def _claim(job_ids: list[str], hostname: str, pid: int) -> tuple[list[ckpt.Claim], datetime]:
+    """One transaction: a retry after a failed commit claims again (nothing was claimed)."""
+    with session_scope() as session:
+        now = db_now(session)
+        return ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=now), now
+
+
+def _hand_back(job_ids: list[str]) -> None:
+    """A stopping worker that still receives a pack claims nothing: the jobs are marked unsent
+    so the scheduler gives them to another worker now, not after ``redispatch_seconds``."""
+    with session_scope() as session:
+        mark_dispatched(session, job_ids, None)
+    heartbeat.leave()
+    doorbell.ring()
+
+
+def _release(claims: list[ckpt.Claim]) -> None:
+    """Those still running (neither finished nor parked) go back to the queue for another worker."""
+    try:
+        with heartbeat.current().paused(), session_scope() as session:
+            released = ckpt.release_jobs(session, claims)
+    except DomainError:
+        log.exception("could not release %s; their leases will lapse", _ids(claims))
+        return
+    log.info("stopping: released %d job(s) at their last checkpoint", released)
 
 
 def _observe_waits(claims: list[ckpt.Claim], now: datetime, queue: str) -> None:
@@ -87,7 +145,7 @@ def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
     try:
         pack = _load_pack(claims, engine.get_namespace(backend), queue)
         for part in _lockstep(pack) if pack is not None else []:
-            while part is not None:
+            while part is not None and not _stopping.is_set():
                 part = _advance(part)
     except StorageError:
         # The database, not the job, failed (after the chunk write's retries): leave the jobs
@@ -174,13 +232,29 @@ def _advance(pack: Pack) -> Pack | None:
     old = np.asarray(pack.state.to_arrays()["step"]).copy()
     every = halving.chunk_length(old.tolist(), pack.members[0].spec.checkpoint_every,
                                  [m.rule for m in pack.members])
-    started = time.perf_counter()
-    state, history = engine.train(pack.xp, pack.arch, pack.config, pack.state, pack.x, pack.y, every)
-    metrics.PACK_STEP.labels(pack.queue).observe((time.perf_counter() - started) / max(1, every))
+    state, history = _train_slices(pack, every)
     pack.state = state
     arrays = state.to_arrays()
     rows = [history[i, : int(arrays["step"][i]) - int(old[i])] for i in range(len(pack.members))]
     return _commit(pack, arrays, old, rows)
+
+
+def _train_slices(pack: Pack, every: int) -> tuple[engine.TrainState, np.ndarray]:
+    """Up to ``every`` updates, in slices of about SLICE_SECONDS, stopping early on a stop
+    request (slices are bit-identical to one call: the engine's contract)."""
+    state, parts, left, size = pack.state, [], every, min(every, pack.slice)
+    while left > 0:
+        started = time.perf_counter()
+        state, history = engine.train(pack.xp, pack.arch, pack.config, state, pack.x, pack.y, size)
+        per_step = (time.perf_counter() - started) / size
+        metrics.PACK_STEP.labels(pack.queue).observe(per_step)
+        parts.append(history)
+        left -= size
+        pack.slice = max(1, int(SLICE_SECONDS / max(per_step, 1e-9)))
+        size = min(left, pack.slice)
+        if _stopping.is_set():
+            break
+    return state, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
@@ -200,8 +274,7 @@ def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
     return _select(pack, keep)
 
 
-@retry(retry=retry_if_exception_type(StorageError), stop=stop_after_attempt(4),
-       wait=wait_exponential(multiplier=0.2, max=3), reraise=True)
+@_storage_retry
 def _write(pack: Pack, writes: list[ckpt.CheckpointWrite], reasons: np.ndarray, steps: np.ndarray,
            old: np.ndarray) -> tuple[list[ckpt.Outcome], list[int]]:
     """The chunk's transaction, retried whole when the database fails it (a deadlock victim, a
@@ -267,7 +340,7 @@ def _select(pack: Pack, keep: list[int]) -> Pack | None:
     members = [pack.members[i] for i in keep]
     state = pack.state.select(keep)
     config = _config(pack.arch, [m.spec for m in members])
-    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y, pack.queue)
+    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y, pack.queue, pack.slice)
 
 
 def _lockstep(pack: Pack) -> list[Pack]:

@@ -6,18 +6,25 @@ Start it with ``celery -A worker.app worker -Q cpu`` (or ``-Q gpu`` with
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from billiard.process import active_children
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 
-from services import heartbeat, metrics_export
+from services import heartbeat, metrics_export, training
 from services.config import get_settings
 from services.db.session import reset_engine
 from services.queue import make_celery
 
 app = make_celery(get_settings())
 app.conf.imports = ("worker.tasks",)
+log = logging.getLogger(__name__)
+# The pool's parent tells its children to stop training with a real-time signal: billiard
+# claims SIGUSR1/SIGUSR2 and the other classic ones in its children, and no terminal sends this.
+STOP_SIGNAL = signal.SIGRTMIN + 3
 
 
 @worker_process_init.connect
@@ -26,6 +33,20 @@ def _fresh_engine_per_child(**_: object) -> None:
     Each child then announces itself and renews its jobs' leases from its own thread."""
     reset_engine()
     heartbeat.start(_child_name(), get_settings().worker_queues)
+    signal.signal(STOP_SIGNAL, lambda *_: training.request_stop())
+
+
+@worker_shutting_down.connect
+def _stop_training(**_: object) -> None:
+    """SIGTERM (or Ctrl-C) to the worker: Celery waits for running tasks, so each child is told
+    to checkpoint and release its jobs within seconds; another worker resumes them at once
+    instead of after a lease, and no long job holds up a deploy."""
+    for child in active_children():
+        try:
+            os.kill(child.pid, STOP_SIGNAL)
+        except (ProcessLookupError, TypeError):
+            continue
+        log.info("asked pool process %s to checkpoint and release its jobs", child.pid)
 
 
 @worker_init.connect

@@ -118,6 +118,21 @@ def hold_fences(session: Session, claims: Iterable[Claim], now: datetime | None 
     return {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested)) for row in session.execute(stmt)}
 
 
+def release_jobs(session: Session, claims: Sequence[Claim]) -> int:
+    """Give jobs back to the queue at once (a worker told to stop, after its last checkpoint):
+    the scheduler sends them to another worker without waiting for their lease to lapse. Fenced:
+    only claims still ours and still running. Returns how many were released."""
+    if not claims:
+        return 0
+    stmt = (
+        update(_jobs)
+        .where(tuple_(_jobs.c.id, _jobs.c.attempts).in_([(c.job_id, c.attempt) for c in claims]),
+               _jobs.c.status == "running")
+        .values(status="queued", dispatched_at=None, heartbeat_at=None)
+    )
+    return session.execute(stmt).rowcount
+
+
 def park_jobs(session: Session, parked: Sequence[tuple[Claim, int]]) -> None:
     """Members that reached a successive-halving rung wait there, queued but not dispatchable,
     until the scheduler cuts the rung (fenced: only our claims)."""

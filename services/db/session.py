@@ -17,13 +17,18 @@ from services.errors import StorageError
 
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so API and worker processes can write side by side,
-    and Descent issues its own BEGIN (see ``_sqlite_begin``)."""
+    and Descent issues its own BEGIN (see ``_sqlite_begin``). PostgreSQL sessions get a lock
+    timeout and an idle-in-transaction timeout: a paused or partitioned process that holds a
+    transaction open can neither block a takeover on its row locks nor keep them for long."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    settings = get_settings()
+    options = (f"-c lock_timeout={int(settings.db_lock_timeout * 1000)} "
+               f"-c idle_in_transaction_session_timeout={int(settings.db_idle_transaction_timeout * 1000)}")
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": options})
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)

@@ -4,6 +4,8 @@ embedded stack (SQLite + filesystem broker) and on Redis + PostgreSQL, and ``des
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -89,3 +91,45 @@ def test_demo_prints_the_ssr_path_and_b3(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SSR path" in done.stdout and "20.42" in done.stdout
     assert "b3 = 2.61" in done.stdout and "w4 = -2.30" in done.stdout
+
+
+def stack_processes(running: Running, marker: bytes) -> list[int]:
+    """Pids of the stack whose command line holds ``marker`` (b"celery", b"cli api", ...)."""
+    found = []
+    for pid in processes_with_home(running.home):
+        try:
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_descent_up_restarts_a_child_that_dies(start_up: Callable[..., Running]) -> None:
+    """SIGKILL the worker (its pool with it) and the API: the supervisor restarts both, the stack
+    serves again and trains a job; only a signal to `descent up` stops it, leaving nothing."""
+    running = start_up()
+    for marker in (b"-m celery", b"services.cli api"):
+        pids = stack_processes(running, marker)
+        assert pids, marker
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while running.log.read_text().count("restarted (pid") < 2:  # orphaned API processes die first
+        assert time.monotonic() < deadline, running.log.read_text()[-3000:]
+        time.sleep(0.2)
+    while True:
+        try:
+            if httpx.get(f"{running.url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, running.log.read_text()[-3000:]
+        time.sleep(0.2)
+    job, _, named = train_statquest(running)
+    assert job["status"] == "succeeded" and round(named["b3"], 2) == STATQUEST_B3
+    assert "restarting in" in running.log.read_text()
+    assert running.proc.poll() is None, "descent up exited when a child died"
+    running.stop()
+    assert running.proc.returncode == 0
+    assert processes_with_home(running.home) == []

@@ -28,7 +28,7 @@ from services.examples import STATQUEST_B3, STATQUEST_SSR0, STATQUEST_UPDATES, S
 
 from .conftest import (
     Stack, start_scheduler, assert_contiguous, checkpoint_attempts, checkpoint_steps, final_parameters, history_rows,
-    parent_pid, running_stack, seed_job, submit, wait_for,
+    parent_pid, running_stack, seed_job, start_worker, submit, wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -197,3 +197,28 @@ def test_a_killed_scheduler_is_replaced_by_another(stack: Stack, tmp_path: Path)
     assert job.status == "succeeded" and time.monotonic() - killed < 2 + 10
     with session_scope() as session:
         assert int(session.scalar(select(SchedulerLease.holder)).split(":")[1]) != leader_pid
+
+
+def test_sigterm_checkpoints_and_releases_within_seconds(stack: Stack) -> None:
+    """SIGTERM to the worker mid-chunk: its child checkpoints where it is, gives the job back
+    and the worker exits, without waiting for the chunk or the lease; a new worker resumes the
+    job to the same bits as an uninterrupted run. (Runs last: it replaces the module's worker.)"""
+    document = seed_job(max_steps=120_000, checkpoint_every=120_000)
+    running = wait_for(submit(document).id, stack, done=lambda j: j.status == "running")
+    time.sleep(1.5)
+    os.kill(stack.process.pid, signal.SIGTERM)
+    stopped = time.monotonic()
+    stack.process.wait(timeout=15)
+    released = jobs.get_job(running.id)
+    assert time.monotonic() - stopped < 5, "the worker took too long to stop"
+    assert released.status == "queued" and 0 < released.step < 120_000, released
+    assert checkpoint_steps(running.id) == [0, released.step]
+    stack.process = start_worker(stack.env, stack.log.with_name("worker2.log"))
+    stack.log = stack.log.with_name("worker2.log")
+    job = wait_for(running.id, stack, timeout=60)
+    assert (job.status, job.step, job.attempts) == ("succeeded", 120_000, 2)
+    assert checkpoint_attempts(job.id) == {0: 1, released.step: 1, 120_000: 2}
+    assert_contiguous(job.id, 120_000)
+    stored = final_parameters(job.id)
+    for name, value in uninterrupted_parameters(document).items():
+        assert np.array_equal(stored[f"parameters/{name}"], value), name
