@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install system-deps demo test test-fast bench bench-engine bench-service bench-sweeps bench-metrics clean
+.PHONY: install system-deps demo test test-fast chaos bench bench-engine bench-service bench-sweeps bench-metrics clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ demo: install
 test: install system-deps
 	$(BIN)/pytest -q
 
+# The fault matrix: real processes killed, stopped and cut off (docs/design.md, "Faults").
+chaos: install system-deps
+	$(BIN)/pytest -q -m chaos tests/chaos
+
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not chaos"
 
 $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
