@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     max_sweep_members: int = Field(default=10_000, ge=1)
     max_list_limit: int = Field(default=500, ge=1)
     max_history_points: int = Field(default=10_000_000, ge=1)
+    # How long an Idempotency-Key is remembered: a retry after that makes a new resource.
+    idempotency_key_ttl: float = Field(default=86_400.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_embedded_urls(self) -> "Settings":

@@ -12,12 +12,13 @@ from typing import get_args
 
 import numpy as np
 
-from services import doorbell, engine, metrics, packing
+from services import doorbell, engine, idempotency, metrics, packing
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput, NotFound, StorageError
+from services.idempotency import Claim, Created
 from services.spec import (
     FINISHED, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
     LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits, check_matrix,
@@ -33,19 +34,36 @@ def submit_job(spec: JobCreate) -> JobRead:
     """Store the job as queued and ring the scheduler's doorbell; the scheduler, the one
     publisher, packs it with whatever it can share a pack with. Nothing is sent to workers
     here, so a broker that is down loses nothing: the row is the truth."""
+    return submit_job_once(spec, None).value
+
+
+def submit_job_once(spec: JobCreate, idempotency_key: str | None) -> Created[JobRead]:
+    """``submit_job``, once per idempotency key: a retry with the key and an equal spec gets
+    the job as it is now (see ``services.idempotency``)."""
     settings = get_settings()
     check_limits(spec, settings)
     inline = None
     if isinstance(spec.data, InlineData):
         x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
         inline = (content_hash(x, y), x, y)
+    claim = None if idempotency_key is None else Claim.of(idempotency_key, "job", _request(spec, inline))
+    return idempotency.once(claim, lambda: _submit(spec, inline, claim), repository.get_job)
+
+
+def _request(spec: JobCreate, inline: tuple | None) -> dict:
+    """What a key's request hash covers: the spec, its inline data by content hash."""
+    data = {"content_hash": inline[0]} if inline is not None else spec.data.model_dump(mode="json")
+    return spec.model_dump(mode="json", exclude={"data"}) | {"data": data}
+
+
+def _submit(spec: JobCreate, inline: tuple | None, claim: Claim | None) -> JobRead:
     try:
-        job = _insert(spec, inline, use_cache=True)
+        job = _insert(spec, inline, claim, use_cache=True)
     except StorageError:
         _known.clear()  # a cached dataset may be gone (database restored or emptied): look again
-        job = _insert(spec, inline, use_cache=False)
+        job = _insert(spec, inline, claim, use_cache=False)
     metrics.JOBS_SUBMITTED.inc()
-    doorbell.ring(settings)
+    doorbell.ring(get_settings())
     return job
 
 
@@ -55,13 +73,16 @@ _known: OrderedDict[tuple[str, str], DatasetRead] = OrderedDict()
 _KNOWN_MAX = 256
 
 
-def _insert(spec: JobCreate, inline: tuple | None, use_cache: bool) -> JobRead:
+def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, use_cache: bool) -> JobRead:
+    """One transaction: the dataset (unless remembered), the job and the idempotency key."""
     key = (get_settings().database_url, inline[0]) if inline is not None else None
     with session_scope(write=True) as session:
         dataset = _known.get(key) if use_cache and key is not None else None
         if dataset is None:
             dataset = repository.store_dataset(session, *inline) if inline else referenced_dataset(session, spec)
         job = repository.insert_job(session, **job_row(spec, dataset))
+        if claim is not None:
+            claim.store(session, job.id)
     if key is not None:
         _known[key] = dataset
         _known.move_to_end(key)

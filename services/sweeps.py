@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services import doorbell, metrics, sweep_spec
+from services import doorbell, idempotency, metrics, sweep_spec
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
@@ -14,6 +14,7 @@ from services.db.repository import as_utc
 from services.db import sweeps as store
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput
+from services.idempotency import Claim, Created
 from services.jobs import (
     DEFAULT_LIST_LIMIT, check_against_dataset, decode_cursor, encode_cursor, job_row, referenced_dataset,
 )
@@ -24,6 +25,12 @@ from services.sweep_spec import Member, SweepCreate, SweepPage, SweepRead
 def submit_sweep(body: SweepCreate) -> SweepRead:
     """Nothing is stored unless every member is a valid job within the limits; then the sweep
     and all its members are one transaction, and the scheduler's doorbell rings once."""
+    return submit_sweep_once(body, None).value
+
+
+def submit_sweep_once(body: SweepCreate, idempotency_key: str | None) -> Created[SweepRead]:
+    """``submit_sweep``, once per idempotency key: a retry with the key and an equal body gets
+    the sweep as it is now (see ``services.idempotency``)."""
     settings = get_settings()
     members = sweep_spec.expand(body, settings.max_sweep_members)
     specs = sweep_spec.validate_members(body, members)
@@ -32,15 +39,22 @@ def submit_sweep(body: SweepCreate) -> SweepRead:
             check_limits(spec, settings)
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
+    claim = None if idempotency_key is None else Claim.of(idempotency_key, "sweep", body.model_dump(mode="json"))
+    return idempotency.once(claim, lambda: _store(body, members, specs, claim), _read)
+
+
+def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], claim: Claim | None) -> SweepRead:
     with session_scope(write=True) as session:
         sweep = store.insert_sweep(
             session, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
             paths=sweep_spec.varied_paths(body), members=len(members),
             planned_steps=sum(spec.stop.max_steps for spec in specs))
         store.insert_members(session, _member_rows(session, body, members, specs, sweep.id))
+        if claim is not None:
+            claim.store(session, sweep.id)
         read = _read(session, sweep.id)
     metrics.JOBS_SUBMITTED.inc(len(members))
-    doorbell.ring(settings)
+    doorbell.ring(get_settings())
     return read
 
 

@@ -29,7 +29,8 @@ from services.db.migrate import upgrade
 from services.db.session import reset_engine
 
 PG_ADMIN_URL = os.environ.get("DESCENT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = ("checkpoints", "history_chunks", "jobs", "datasets", "sweeps", "scheduler_leases", "workers")
+TABLES = ("checkpoints", "history_chunks", "jobs", "datasets", "sweeps", "scheduler_leases", "workers",
+          "idempotency_keys")
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
+from api import idempotency
 from api.deps import DatasetBody
+from api.idempotency import IdempotencyKey
 from services import datasets
 from services.spec import DatasetCreate, DatasetRead
 
@@ -28,13 +30,14 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-@router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_BODY_DOC)
-def create_dataset(body: DatasetBody) -> DatasetRead:
+@router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_BODY_DOC,
+             responses=idempotency.responses(DatasetRead))
+def create_dataset(body: DatasetBody, response: Response, idempotency_key: IdempotencyKey = None) -> DatasetRead:
     """Store x/y once per content; the same data posted again returns the same dataset.
 
     CSV: a header row; columns ``x``/``x1``, ``x2``... are inputs, ``y``/``y1``... outputs.
     """
-    return datasets.create_dataset(body.x, body.y)
+    return idempotency.answer(response, datasets.create_dataset_once(body.x, body.y, idempotency_key))
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "No such dataset"}})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
+from api import idempotency
+from api.idempotency import IdempotencyKey
 from services import jobs
 from services.spec import (
     HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
@@ -18,10 +20,10 @@ _NOT_FOUND = {404: {"description": "No job with this id"}}
 BIG = 2**53  # steps are int64 in the engine and the database; larger numbers are nonsense
 
 
-@router.post("", status_code=201, response_model=JobRead)
-def create_job(spec: JobCreate) -> JobRead:
+@router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
+def create_job(spec: JobCreate, response: Response, idempotency_key: IdempotencyKey = None) -> JobRead:
     """Validate, store and queue a training job; it starts as ``queued``."""
-    return jobs.submit_job(spec)
+    return idempotency.answer(response, jobs.submit_job_once(spec, idempotency_key))
 
 
 @router.get("", response_model=JobPage)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
+from api import idempotency
+from api.idempotency import IdempotencyKey
 from services import sweeps
 from services.sweep_spec import SweepCreate, SweepPage, SweepRead
 
@@ -15,11 +17,11 @@ SweepId = Annotated[str, Path(min_length=1, max_length=64, description="The swee
 _NOT_FOUND = {404: {"description": "No sweep with this id"}}
 
 
-@router.post("", status_code=201, response_model=SweepRead)
-def create_sweep(body: SweepCreate) -> SweepRead:
+@router.post("", status_code=201, response_model=SweepRead, responses=idempotency.responses(SweepRead))
+def create_sweep(body: SweepCreate, response: Response, idempotency_key: IdempotencyKey = None) -> SweepRead:
     """Expand grid x random draws into member jobs; all are validated before any is stored.
     Members are jobs: list them with ``GET /v1/jobs?sweep_id=``."""
-    return sweeps.submit_sweep(body)
+    return idempotency.answer(response, sweeps.submit_sweep_once(body, idempotency_key))
 
 
 @router.get("", response_model=SweepPage)

@@ -177,3 +177,19 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` on a create: a hash of the request it came with and the
+    resource that request made, written in the resource's own transaction. Rows older than the
+    key lifetime count as absent and are overwritten by the next use of the key.
+
+    Keys are global for now; per-tenant keys will add a ``tenant_id`` column to the primary key
+    (``services/db/idempotency.py`` is the one place that reads and writes these rows)."""
+
+    __tablename__ = "idempotency_keys"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(16))  # "job" | "sweep" | "dataset"
+    resource_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -22,8 +22,8 @@ from services.db.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "history_chunks",
-          "sweeps", "scheduler_leases", "workers"}
-HEAD = "0004_job_max_steps"
+          "sweeps", "scheduler_leases", "workers", "idempotency_keys"}
+HEAD = "0005_idempotency_keys"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:

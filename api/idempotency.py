@@ -1,0 +1,51 @@
+"""The ``Idempotency-Key`` header of the create endpoints: its parsing, its OpenAPI answers, and
+the answer to a replay (200 and ``Idempotent-Replayed: true`` instead of 201)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Header, Response
+from pydantic import AfterValidator
+
+from services.errors import InvalidInput
+from services.idempotency import HEADER, Created
+
+T = TypeVar("T")
+MAX_LENGTH = 255
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+
+
+def _valid_key(value: str | None) -> str | None:
+    if value is not None and not (len(value) <= MAX_LENGTH and _PRINTABLE.fullmatch(value)):
+        raise InvalidInput((), f"must be 1 to {MAX_LENGTH} printable ASCII characters")
+    return value
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    # Lower case like every header FastAPI names: a 422 locates it as ["header", "idempotency-key"].
+    Header(alias=HEADER.lower(), description=(
+        f"Any 1 to {MAX_LENGTH} printable ASCII characters, new for each new request. A retry with the "
+        f"same key and request gets the first answer's resource as it is now (200), for "
+        f"DESCENT_IDEMPOTENCY_KEY_TTL seconds (24 h); the same key with another request is refused (409).")),
+    AfterValidator(_valid_key),
+]
+
+
+def responses(model: type) -> dict[int | str, dict[str, Any]]:
+    """The create's extra answers in OpenAPI."""
+    return {
+        200: {"model": model, "description": f"A retry with the same {HEADER}: the resource it made, as it is now",
+              "headers": {"Idempotent-Replayed": {"description": "Always `true`", "schema": {"type": "string"}}}},
+        409: {"description": f"This {HEADER} was used for another request"},
+    }
+
+
+def answer(response: Response, created: Created[T]) -> T:
+    """The resource; a replay turns the 201 into 200 and says so in a header."""
+    if created.replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return created.value
