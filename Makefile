@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install system-deps demo test test-fast chaos bench bench-engine bench-service bench-sweeps bench-metrics clean
+.PHONY: install system-deps demo test test-fast chaos bench bench-engine bench-service bench-sweeps bench-metrics bench-chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ $(VENV)/.installed-bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
-bench: bench-engine bench-service bench-sweeps bench-metrics
+bench: bench-engine bench-service bench-sweeps bench-metrics bench-chaos
 
 bench-engine: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/engine.py
@@ -55,6 +55,9 @@ bench-sweeps: $(VENV)/.installed-bench
 
 bench-metrics: install
 	$(BIN)/python benchmarks/metrics.py
+
+bench-chaos: install
+	$(BIN)/python benchmarks/chaos_load.py --stack both
 
 clean:
 	rm -rf $(VENV) .descent .pytest_cache
