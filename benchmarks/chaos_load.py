@@ -232,18 +232,23 @@ def _equal(stored: dict | None, expected: dict[str, np.ndarray]) -> bool:
 
 
 def reference(plan: Plan, bodies: list[dict]) -> dict[str, dict[str, np.ndarray]]:
-    """Each spec trained alone by the engine in this process, without faults."""
+    """The specs trained by the engine in this process without faults, as one pack (a member's
+    numbers do not depend on its pack mates: the fault matrix checks that bit for bit)."""
     first = bodies[0]
-    arch = descent_engine.Architecture(tuple(first["architecture"]["layers"]), first["architecture"]["activation"])
+    arch = descent_engine.Architecture(tuple(first["architecture"]["layers"]), first["architecture"]["activation"],
+                                       first["architecture"]["output_activation"])
+    n = len(bodies)
+    config = descent_engine.PackConfig(
+        learning_rate=np.array([b["learning_rate"] for b in bodies], dtype=np.float64),
+        trainable={name: np.ones(n, dtype=bool) for name in arch.parameter_shapes()},
+        max_steps=np.full(n, plan.steps, dtype=np.int64), min_step_size=np.zeros(n),
+        target_ssr=np.full(n, -np.inf), momentum=None, batch_size=None, batch_seed=0)
+    starts = [descent_engine.init_parameters(arch, b["init"]["seed"]) for b in bodies]
+    stacked = {name: np.stack([start[name] for start in starts]) for name in starts[0]}
     x, y = np.array(first["data"]["x"]), np.array(first["data"]["y"])
-    found = {}
-    for body in bodies:
-        config = descent_engine.PackConfig.single(body["learning_rate"], max_steps=plan.steps)
-        start = {k: v[None] for k, v in descent_engine.init_parameters(arch, body["init"]["seed"]).items()}
-        state = descent_engine.init_state(np, arch, config, start, x, y)
-        state, _ = descent_engine.train(np, arch, config, state, x, y, plan.steps)
-        found[body["name"]] = {k: np.asarray(v[0]) for k, v in state.parameters.items()}
-    return found
+    state = descent_engine.init_state(np, arch, config, stacked, x, y)
+    state, _ = descent_engine.train(np, arch, config, state, x, y, plan.steps)
+    return {b["name"]: {k: np.asarray(v[i]) for k, v in state.parameters.items()} for i, b in enumerate(bodies)}
 
 
 # ----------------------------------------------------------------------------- run

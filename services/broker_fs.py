@@ -38,9 +38,24 @@ class Channel(filesystem.Channel):
     def _get(self, queue: str) -> dict:
         while True:
             try:
-                return super()._get(queue)
+                payload = super()._get(queue)
             except ValueError:  # JSONDecodeError: the file is gone already; take the next one
                 log.error("skipped an unreadable message in queue %s of the embedded broker", queue)
+                continue
+            if _is_message(payload):
+                return payload
+            log.error("skipped a file that is not a message in queue %s of the embedded broker", queue)
+
+
+def _is_message(payload: object) -> bool:
+    """What kombu's virtual ``Message`` reads without checking: a JSON object whose properties
+    carry a delivery tag and whose headers (if any) are an object."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+        return False
+    headers = payload.get("headers")
+    properties = payload["properties"]
+    return ("delivery_tag" in properties and isinstance(properties.get("delivery_info", {}), dict)
+            and (headers is None or isinstance(headers, dict)))
 
 
 class Transport(filesystem.Transport):

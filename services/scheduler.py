@@ -57,6 +57,7 @@ def run_pass(holder: str, settings: Settings | None = None,
             now = store.db_now(session)
             if not store.hold_leader(session, holder, settings.scheduler_lease_seconds, now):
                 return report
+            store.end_stuck_sessions(session, settings.lease_seconds)
             report.requeued, report.failed, report.cancelled = store.requeue_expired(
                 session, now, settings.lease_seconds, settings.max_attempts)
             store.forget_dead_workers(session, now, 10 * settings.lease_seconds)

@@ -16,7 +16,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from services import heartbeat, metrics_export, training
 from services.config import get_settings
-from services.db.session import reset_engine
+from services.db.session import WORKER_APPLICATION, reset_engine, set_application_name
 from services.queue import make_celery
 
 app = make_celery(get_settings())
@@ -31,6 +31,7 @@ STOP_SIGNAL = signal.SIGRTMIN + 3
 def _fresh_engine_per_child(**_: object) -> None:
     """A pool inherited through fork would share sockets with the parent (hangs, corruption).
     Each child then announces itself and renews its jobs' leases from its own thread."""
+    set_application_name(f"{WORKER_APPLICATION}:{os.getpid()}")
     reset_engine()
     heartbeat.start(_child_name(), get_settings().worker_queues)
     signal.signal(STOP_SIGNAL, lambda *_: training.request_stop())

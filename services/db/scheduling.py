@@ -11,7 +11,7 @@ from sqlalchemy import String, and_, func, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from services.db.models import Job, SchedulerLease, Sweep, Worker, utcnow
-from services.db.session import dialect_insert
+from services.db.session import WORKER_APPLICATION, dialect_insert
 from services.halving import Parked
 from services.packing import QueuedJob
 
@@ -53,8 +53,14 @@ def release_leader(session: Session, holder: str) -> None:
 def requeue_expired(session: Session, now: datetime, lease_seconds: float,
                     max_attempts: int) -> tuple[int, int, int]:
     """Running jobs whose lease lapsed go back to the queue, or fail after ``max_attempts`` lost
-    leases. Returns (requeued, failed, cancelled). The status change alone fences the old worker."""
-    expired = and_(_jobs.c.status == "running", _jobs.c.heartbeat_at < now - timedelta(seconds=lease_seconds))
+    leases. Returns (requeued, failed, cancelled). The status change alone fences the old worker.
+    Rows another transaction still locks are skipped (PostgreSQL): a stuck holder never stalls
+    the pass, and the next pass takes them once ``end_stuck_sessions`` has freed them."""
+    lapsed = and_(_jobs.c.status == "running", _jobs.c.heartbeat_at < now - timedelta(seconds=lease_seconds))
+    ids = list(session.scalars(select(_jobs.c.id).where(lapsed).with_for_update(skip_locked=True)))
+    if not ids:
+        return 0, 0, 0
+    expired = and_(_jobs.c.id.in_(ids), lapsed)
     cancelled = session.execute(  # a cancel was asked for: it ends here, at its last checkpoint
         update(_jobs).where(expired, _jobs.c.cancel_requested).values(status="cancelled", finished_at=now)
     ).rowcount
@@ -69,6 +75,22 @@ def requeue_expired(session: Session, now: datetime, lease_seconds: float,
         .values(status="queued", lost_leases=_jobs.c.lost_leases + 1, dispatched_at=None, heartbeat_at=None)
     ).rowcount
     return requeued, failed, cancelled
+
+
+def end_stuck_sessions(session: Session, seconds: float) -> int:
+    """End worker sessions whose transaction has been open longer than ``seconds`` (a lease):
+    ours last a chunk write, so such a session belongs to a paused or cut-off worker, and its
+    row locks would keep its jobs from being taken over. PostgreSQL's idle-in-transaction timeout
+    misses a client paused inside a pipelined ``executemany`` (the server waits on the client
+    then, in neither the idle nor the statement state). The worker's writes are fenced anyway:
+    once its jobs are requeued it writes nothing. Returns how many sessions were ended."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    return len(session.execute(text(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE :name AND pid <> pg_backend_pid() "
+        "AND xact_start < clock_timestamp() - make_interval(secs => :seconds)"
+    ), {"name": f"{WORKER_APPLICATION}:%", "seconds": seconds}).all())
 
 
 def dispatchable(session: Session, now: datetime, redispatch_seconds: float, limit: int,

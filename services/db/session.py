@@ -15,6 +15,17 @@ from services.config import get_settings
 from services.errors import StorageError
 
 
+# PostgreSQL's application_name of a process's sessions (a worker's: "descent-worker:<pid>"):
+# the scheduler ends stuck worker sessions, an operator sees who holds what.
+WORKER_APPLICATION = "descent-worker"
+_application = {"name": "descent"}
+
+
+def set_application_name(name: str) -> None:
+    """Name this process's PostgreSQL sessions from now on (call before ``reset_engine``)."""
+    _application["name"] = name
+
+
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so API and worker processes can write side by side,
     and Descent issues its own BEGIN (see ``_sqlite_begin``). PostgreSQL sessions get a lock
@@ -28,7 +39,8 @@ def make_engine(url: str) -> Engine:
     settings = get_settings()
     options = (f"-c lock_timeout={int(settings.db_lock_timeout * 1000)} "
                f"-c idle_in_transaction_session_timeout={int(settings.db_idle_transaction_timeout * 1000)}")
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": options})
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                         connect_args={"options": options, "application_name": _application["name"]})
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
