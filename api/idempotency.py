@@ -4,15 +4,14 @@ the answer to a replay (200 and ``Idempotent-Replayed: true`` instead of 201).""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import Header, Response
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 
 from services.errors import InvalidInput
 from services.idempotency import HEADER, Created
 
-T = TypeVar("T")
 MAX_LENGTH = 255
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 
@@ -43,9 +42,10 @@ def responses(model: type) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def answer(response: Response, created: Created[T]) -> T:
-    """The resource; a replay turns the 201 into 200 and says so in a header."""
-    if created.replayed:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return created.value
+def answer(created: Created[BaseModel]) -> Response:
+    """The created resource as JSON: 201, or 200 with ``Idempotent-Replayed: true`` for a
+    replay. Serialized here, once: the model was validated when it was built, and FastAPI's
+    second validation of a returned model was a third of a submit's time in the API."""
+    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
+    return Response(created.value.model_dump_json(), status_code=200 if created.replayed else 201,
+                    media_type="application/json", headers=headers)

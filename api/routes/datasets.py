@@ -32,12 +32,12 @@ _BODY_DOC: dict[str, Any] = {
 
 @router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_BODY_DOC,
              responses=idempotency.responses(DatasetRead))
-def create_dataset(body: DatasetBody, response: Response, idempotency_key: IdempotencyKey = None) -> DatasetRead:
+def create_dataset(body: DatasetBody, idempotency_key: IdempotencyKey = None) -> Response:
     """Store x/y once per content; the same data posted again returns the same dataset.
 
     CSV: a header row; columns ``x``/``x1``, ``x2``... are inputs, ``y``/``y1``... outputs.
     """
-    return idempotency.answer(response, datasets.create_dataset_once(body.x, body.y, idempotency_key))
+    return idempotency.answer(datasets.create_dataset_once(body.x, body.y, idempotency_key))
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "No such dataset"}})

@@ -21,9 +21,9 @@ BIG = 2**53  # steps are int64 in the engine and the database; larger numbers ar
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
-def create_job(spec: JobCreate, response: Response, idempotency_key: IdempotencyKey = None) -> JobRead:
+def create_job(spec: JobCreate, idempotency_key: IdempotencyKey = None) -> Response:
     """Validate, store and queue a training job; it starts as ``queued``."""
-    return idempotency.answer(response, jobs.submit_job_once(spec, idempotency_key))
+    return idempotency.answer(jobs.submit_job_once(spec, idempotency_key))
 
 
 @router.get("", response_model=JobPage)

@@ -18,10 +18,10 @@ _NOT_FOUND = {404: {"description": "No sweep with this id"}}
 
 
 @router.post("", status_code=201, response_model=SweepRead, responses=idempotency.responses(SweepRead))
-def create_sweep(body: SweepCreate, response: Response, idempotency_key: IdempotencyKey = None) -> SweepRead:
+def create_sweep(body: SweepCreate, idempotency_key: IdempotencyKey = None) -> Response:
     """Expand grid x random draws into member jobs; all are validated before any is stored.
     Members are jobs: list them with ``GET /v1/jobs?sweep_id=``."""
-    return idempotency.answer(response, sweeps.submit_sweep_once(body, idempotency_key))
+    return idempotency.answer(sweeps.submit_sweep_once(body, idempotency_key))
 
 
 @router.get("", response_model=SweepPage)
