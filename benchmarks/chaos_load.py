@@ -24,14 +24,11 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -40,15 +37,12 @@ from sqlalchemy import Engine, text
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.service import bench_database, environment, free_port  # noqa: E402
-from benchmarks.sweeps import cpu_text  # noqa: E402
+from benchmarks.sweeps import cpu_text, running_stack, wait_all_finished  # noqa: E402
 from services import engine as descent_engine  # noqa: E402
 from services.db.arrays import unpack  # noqa: E402
-from services.db.session import make_engine  # noqa: E402
 from services.examples import statquest_job  # noqa: E402
-from services.stack import Stack  # noqa: E402
+from services.stack import Stack  # noqa: E402 (the chaos thread's type)
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
 # Short leases so recoveries take seconds; max_attempts (the poison-job guard, tested in the
 # fault matrix) out of the way, since random kills may hit one pack several times.
 FAST_RECOVERY = {"DESCENT_LEASE_SECONDS": "5", "DESCENT_HEARTBEAT_SECONDS": "1",
@@ -76,30 +70,6 @@ def job(i: int, plan: Plan) -> dict:
                               "learning_rate": 0.01 + 0.0001 * (i % 500),
                               "stop": {"max_steps": plan.steps, "min_step_size": 0.0},
                               "checkpoint_every": plan.checkpoint_every}
-
-
-@contextmanager
-def stack_for(kind: str) -> Iterator[tuple[Stack, Engine]]:
-    home = Path(tempfile.mkdtemp(prefix=f"descent-chaos-{kind}-"))
-    with (bench_database() if kind == "postgres" else _none()) as pg_url:
-        env = FAST_RECOVERY | {"DESCENT_DATABASE_URL": pg_url or f"sqlite:///{home / 'descent.db'}",
-                               "DESCENT_BROKER_URL": REDIS_URL if pg_url else "filesystem://"}
-        if pg_url:
-            import redis
-
-            redis.Redis.from_url(REDIS_URL).flushdb()
-        with environment(env), Stack(home, port=free_port(), workers=4, api_workers=2,
-                                     log_dir=home / "logs") as stack:
-            database = make_engine(env["DESCENT_DATABASE_URL"])
-            try:
-                yield stack, database
-            finally:
-                database.dispose()
-
-
-@contextmanager
-def _none() -> Iterator[None]:
-    yield None
 
 
 # ----------------------------------------------------------------------------- load
@@ -192,18 +162,6 @@ class Chaos(threading.Thread):
 # ----------------------------------------------------------------------------- checks
 
 
-def wait_finished(stack: Stack, database: Engine, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with database.connect() as conn:
-            left = conn.execute(text("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")).scalar()
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{left} jobs unfinished after {timeout:.0f} s; logs in {stack.log_dir}")
-        time.sleep(0.2)
-
-
 def verify(database: Engine, plan: Plan, bodies: list[dict]) -> dict[str, int]:
     """Lost, duplicated-step and parameter-mismatch counts against the engine's own run."""
     with database.connect() as conn:
@@ -260,13 +218,13 @@ def reference(plan: Plan, bodies: list[dict]) -> dict[str, dict[str, np.ndarray]
 
 def run(kind: str, plan: Plan) -> dict:
     bodies = [job(i, plan) for i in range(plan.burst + plan.stream)]
-    with stack_for(kind) as (stack, database):
+    with running_stack(kind, workers=4, settings=FAST_RECOVERY) as (stack, database):
         chaos = Chaos(stack, database, plan.kill_every_s)
         chaos.start()
         started = time.perf_counter()
         burst = post_all(stack.url, bodies[:plan.burst], plan.clients, None)
         stream = post_all(stack.url, bodies[plan.burst:], plan.clients, plan.stream_per_s)
-        wait_finished(stack, database, plan.timeout_s)
+        wait_all_finished(stack, database, plan.timeout_s)
         chaos.done.set()
         chaos.join()
         seconds = time.perf_counter() - started

@@ -39,7 +39,7 @@ from sqlalchemy import bindparam, select, update
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.service import bench_database, environment  # noqa: E402
+from benchmarks.service import bench_database, environment, free_port  # noqa: E402
 from benchmarks.sweeps import cpu_text  # noqa: E402
 from services.stack import wait_until_ready  # noqa: E402
 
@@ -118,8 +118,6 @@ def measure(plan: Plan, database_url: str, home: Path) -> dict[str, float]:
 
 
 def _scrapes(plan: Plan, database_url: str, home: Path, max_age: str, pause: float) -> dict[str, float]:
-    from tests.e2e.conftest import free_port
-
     port = free_port()
     env = {**os.environ, "DESCENT_DATABASE_URL": database_url, "DESCENT_HOME": str(home),
            "DESCENT_METRICS_MAX_AGE": max_age}

@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a file: make `services` and `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import engine as engine_bench  # noqa: E402
-from benchmarks.service import bench_database, environment  # noqa: E402
+from benchmarks.service import bench_database, environment, free_port  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
 from services.examples import statquest_job  # noqa: E402
 from services.stack import Stack  # noqa: E402
@@ -127,17 +127,19 @@ def torch_seconds(plan: Plan) -> tuple[float | None, str]:
 
 
 @contextmanager
-def running_stack(kind: str) -> Iterator[tuple[Stack, Engine]]:
-    """``descent up``'s supervisor with 2 workers, on SQLite + files or PostgreSQL + Redis."""
+def running_stack(kind: str, workers: int = 2, settings: dict[str, str] | None = None) -> Iterator[tuple[Stack, Engine]]:
+    """``descent up``'s supervisor with ``workers`` workers and 2 API processes, on SQLite +
+    files or PostgreSQL + Redis; ``settings``: more DESCENT_* variables for the stack."""
     home = Path(tempfile.mkdtemp(prefix=f"descent-bench-{kind}-"))
     with (bench_database() if kind == "postgres" else _nothing()) as pg_url:
-        env = {"DESCENT_DATABASE_URL": pg_url or f"sqlite:///{home / 'descent.db'}",
-               "DESCENT_BROKER_URL": REDIS_URL if pg_url else "filesystem://"}
+        env = (settings or {}) | {"DESCENT_DATABASE_URL": pg_url or f"sqlite:///{home / 'descent.db'}",
+                                  "DESCENT_BROKER_URL": REDIS_URL if pg_url else "filesystem://"}
         if pg_url:
             import redis
 
             redis.Redis.from_url(REDIS_URL).flushdb()
-        with environment(env), Stack(home, port=_free_port(), workers=2, api_workers=2, log_dir=home / "logs") as stack:
+        with environment(env), Stack(home, port=free_port(), workers=workers, api_workers=2,
+                                     log_dir=home / "logs") as stack:
             engine = make_engine(env["DESCENT_DATABASE_URL"])
             try:
                 yield stack, engine
@@ -148,14 +150,6 @@ def running_stack(kind: str) -> Iterator[tuple[Stack, Engine]]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unfinished(engine: Engine) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -298,7 +297,10 @@ def _count_chunk(queue: str, seconds: float, writes: list[ckpt.CheckpointWrite],
     metrics.CHECKPOINT_WRITE.labels(queue).observe(seconds)
     steps = sum(w.step - max(w.first_step - 1, 0) for w in writes if w.claim.job_id in held)
     metrics.TRAINING_STEPS.labels(queue).inc(steps)
-    metrics.count_finished(Counter(o.status for o in outcomes))
+    finished: dict[str, int] = {}
+    for outcome in outcomes:
+        finished[outcome.status] = finished.get(outcome.status, 0) + 1
+    metrics.count_finished(finished)
 
 
 def _at_rungs(members: list[Member], keep: list[int], steps: np.ndarray,

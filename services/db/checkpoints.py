@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Float, and_, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Float, and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from services.db import pg_arrays
@@ -100,6 +100,12 @@ def load_latest(session: Session, job_ids: Sequence[str]) -> dict[str, dict[str,
     return {row.job_id: unpack(row.manifest, row.data) for row in rows}
 
 
+def _still_ours(claims: Sequence[Claim]) -> ColumnElement[bool]:
+    """The fence: rows still running under the attempt each claim was given."""
+    return and_(tuple_(_jobs.c.id, _jobs.c.attempts).in_([(c.job_id, c.attempt) for c in claims]),
+                _jobs.c.status == "running")
+
+
 def hold_fences(session: Session, claims: Iterable[Claim], now: datetime | None = None) -> dict[str, Claim]:
     """Renew the lease of every claim still ours and lock those rows for this transaction.
 
@@ -109,9 +115,7 @@ def hold_fences(session: Session, claims: Iterable[Claim], now: datetime | None 
     if not claims:
         return {}
     stmt = (
-        update(_jobs)
-        .where(tuple_(_jobs.c.id, _jobs.c.attempts).in_([(c.job_id, c.attempt) for c in claims]),
-               _jobs.c.status == "running")
+        update(_jobs).where(_still_ours(claims))
         .values(heartbeat_at=now or utcnow())
         .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested)
     )
@@ -124,12 +128,7 @@ def release_jobs(session: Session, claims: Sequence[Claim]) -> int:
     only claims still ours and still running. Returns how many were released."""
     if not claims:
         return 0
-    stmt = (
-        update(_jobs)
-        .where(tuple_(_jobs.c.id, _jobs.c.attempts).in_([(c.job_id, c.attempt) for c in claims]),
-               _jobs.c.status == "running")
-        .values(status="queued", dispatched_at=None, heartbeat_at=None)
-    )
+    stmt = update(_jobs).where(_still_ours(claims)).values(status="queued", dispatched_at=None, heartbeat_at=None)
     return session.execute(stmt).rowcount
 
 
@@ -240,10 +239,6 @@ def fail_jobs(session: Session, claims: Sequence[Claim], error: str, now: dateti
     """Mark jobs failed with the error text (only those still ours); returns how many."""
     if not claims:
         return 0
-    stmt = (
-        update(_jobs)
-        .where(tuple_(_jobs.c.id, _jobs.c.attempts).in_([(c.job_id, c.attempt) for c in claims]),
-               _jobs.c.status == "running")
-        .values(status="failed", error=error[:10_000], finished_at=now or utcnow())
-    )
+    stmt = update(_jobs).where(_still_ours(claims)).values(status="failed", error=error[:10_000],
+                                                            finished_at=now or utcnow())
     return session.execute(stmt).rowcount

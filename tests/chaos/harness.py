@@ -37,15 +37,17 @@ from tests.e2e.conftest import free_port, kill_leftovers
 from tests.worker.conftest import ROOT, parent_pid, start_scheduler, start_worker
 
 
-def pool_pids(parent: int) -> list[int]:
-    """The processes whose parent is ``parent`` (a worker's pool children)."""
-    found = []
+def children(pid: int) -> dict[int, str]:
+    """The direct children of ``pid`` (a worker's pool, a supervisor's processes) and their
+    command lines."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if parent_pid(int(entry.name)) == parent:
-                    found.append(int(entry.name))
-            except (OSError, AssertionError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == pid:
+                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError, ValueError):
                 continue
     return found
 
@@ -220,7 +222,7 @@ class ChaosStack:
         holds the database's write lock longer than a short wait (the others' transactions take
         milliseconds, so it is the stopped worker)."""
         if self.kind == "production":
-            names = [f"{WORKER_APPLICATION}:{pid}" for pid in pool_pids(worker.pid)]
+            names = [f"{WORKER_APPLICATION}:{pid}" for pid in children(worker.pid)]
             query = text("SELECT a.state FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
                          "WHERE a.application_name = ANY(:names) AND a.datname = current_database() "
                          "AND l.relation = 'jobs'::regclass AND l.mode = 'RowExclusiveLock' AND l.granted")

@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,23 +14,9 @@ from tests.e2e.conftest import Running, start_up  # noqa: F401 (the fixture)
 from tests.worker.conftest import environment
 
 from .checks import assert_nothing_lost
-from .harness import FAST, chaos_job, eventually
+from .harness import FAST, chaos_job, children, eventually
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
-
-
-def children(pid: int) -> dict[int, str]:
-    """The direct children of ``pid`` and their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == pid:
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 def child(pid: int, marker: str) -> int:
