@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from api.errors import clean_errors, invalid_input_error
 from services.config import Settings
-from services.datasets import parse_csv
+from services.csv_data import parse_csv
 from services.errors import InvalidInput
 from services.spec import DatasetCreate
 
@@ -32,7 +32,7 @@ CSV_TYPES = ("text/csv", "application/csv")
 async def dataset_body(request: Request) -> DatasetCreate:
     """One endpoint takes JSON, a CSV body, or a multipart upload (field ``file``).
 
-    Parsing a CSV into matrices is pure (``services.datasets.parse_csv``); storing it is the
+    Parsing a CSV into matrices is pure (``services.csv_data.parse_csv``); storing it is the
     handler's one use case call.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

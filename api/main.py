@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import RequestMetrics
-from api.routes import datasets, health, jobs, metrics, sweeps
+from api.routes import datasets, health, jobs, metrics, page, plots, sweeps
 from services.config import Settings, get_settings
 from services.metrics_export import process_exited
 
@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(datasets.router, prefix="/v1")
     app.include_router(sweeps.router, prefix="/v1")
+    app.include_router(plots.router, prefix="/v1")
+    app.include_router(page.router)
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services import datasets
+from services import csv_data, datasets
 from services.db import repository
 from services.db.session import session_scope
 from services.errors import InvalidInput, NotFound
@@ -53,8 +53,8 @@ def test_point_limit(configured) -> None:
 
 def test_parse_csv_orders_columns_by_number() -> None:
     text = "\ufeffy, x2 ,X1\n\n1,2,3\n4,5,6\n\n"
-    assert datasets.parse_csv(text) == ([[3.0, 2.0], [6.0, 5.0]], [[1.0], [4.0]])
-    assert datasets.parse_csv("x,y\n0,0\n0.5,1e0\n") == ([[0.0], [0.5]], [[0.0], [1.0]])
+    assert csv_data.parse_csv(text) == ([[3.0, 2.0], [6.0, 5.0]], [[1.0], [4.0]])
+    assert csv_data.parse_csv("x,y\n0,0\n0.5,1e0\n") == ([[0.0], [0.5]], [[0.0], [1.0]])
 
 
 @pytest.mark.parametrize(("text", "loc"), [
@@ -70,5 +70,5 @@ def test_parse_csv_orders_columns_by_number() -> None:
 ])
 def test_parse_csv_names_the_bad_place(text: str, loc: tuple) -> None:
     with pytest.raises(InvalidInput) as error:
-        datasets.parse_csv(text)
+        csv_data.parse_csv(text)
     assert error.value.loc == loc
