@@ -52,7 +52,7 @@ if __package__ in (None, ""):  # run as a file: make `services` importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.db import repository  # noqa: E402 (after the path fix above)
-from services.db.models import Job  # noqa: E402
+from services.db.models import DEFAULT_TENANT, Job  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
 from services.stack import Stack  # noqa: E402
 
@@ -135,9 +135,9 @@ def seed_jobs(engine: Engine, n: int) -> list[str]:
     y = np.array([[0.0], [1.0], [0.0]])
     spec = {"architecture": {"layers": [1, 2, 1]}, "learning_rate": 0.1}
     with Session(engine) as session, session.begin():
-        dataset = repository.store_dataset(session, f"bench-{uuid.uuid4().hex}", x, y)
+        dataset = repository.store_dataset(session, f"bench-{uuid.uuid4().hex}", x, y, tenant=DEFAULT_TENANT)
         spec["data"] = {"dataset_id": dataset.id}
-        return [repository.insert_job(session, name=f"ingest-{i}", spec=spec, dataset_id=dataset.id,
+        return [repository.insert_job(session, tenant_id=DEFAULT_TENANT, name=f"ingest-{i}", spec=spec, dataset_id=dataset.id,
                                       device="cpu").id for i in range(n)]
 
 

@@ -71,11 +71,26 @@ class Settings(BaseSettings):
     max_layer_width: int = Field(default=4096, ge=1)
     max_parameters: int = Field(default=2_000_000, ge=1)
     max_steps: int = Field(default=1_000_000, ge=1)
+    # Updates between two checkpoints: a worker holds a chunk's SSR history (steps x pack members)
+    # in memory until it checkpoints.
+    max_checkpoint_every: int = Field(default=10_000, ge=1)
     max_sweep_members: int = Field(default=10_000, ge=1)
     max_list_limit: int = Field(default=500, ge=1)
     max_history_points: int = Field(default=10_000_000, ge=1)
     # How long an Idempotency-Key is remembered: a retry after that makes a new resource.
     idempotency_key_ttl: float = Field(default=86_400.0, gt=0)
+
+    # Auth (api/auth.py): `Authorization: Bearer <key>`. api_keys is "tenant:key,tenant:key" or
+    # "key,key" (each key its own tenant); empty turns auth off (one tenant, "default"), which
+    # `descent up` allows only on 127.0.0.1. metrics_key opens /metrics (operators, Prometheus);
+    # tenants' keys do not.
+    api_keys: str = Field(default="", repr=False)
+    metrics_key: str = Field(default="", repr=False)
+    # Per-tenant limits: jobs waiting (429 at submit), jobs the scheduler lets run at once, and
+    # the estimated cost of one job or sweep (parameters x points x steps, summed over members).
+    tenant_max_queued: int = Field(default=100_000, ge=1)
+    tenant_max_running: int = Field(default=50_000, ge=1)
+    tenant_max_cost: float = Field(default=1e13, gt=0)
 
     @model_validator(mode="after")
     def _fill_embedded_urls(self) -> "Settings":

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from services import idempotency
 from services.config import get_settings
 from services.db import repository
+from services.db.models import DEFAULT_TENANT
 from services.db.session import session_scope
 from services.errors import InvalidInput, NotFound
 from services.idempotency import Claim, Created
@@ -17,38 +18,40 @@ from services.spec import DatasetRead, Matrix, check_matrix
 
 
 
-def create_dataset(x: Matrix, y: Matrix) -> DatasetRead:
-    """Idempotent: the same data uploaded twice (or inlined in many jobs) is one row."""
-    return create_dataset_once(x, y, None).value
+def create_dataset(x: Matrix, y: Matrix, *, tenant: str = DEFAULT_TENANT) -> DatasetRead:
+    """Idempotent: the same data uploaded twice (or inlined in many jobs) by one tenant is one row."""
+    return create_dataset_once(x, y, None, tenant=tenant).value
 
 
-def create_dataset_once(x: Matrix, y: Matrix, idempotency_key: str | None) -> Created[DatasetRead]:
+def create_dataset_once(x: Matrix, y: Matrix, idempotency_key: str | None, *,
+                        tenant: str = DEFAULT_TENANT) -> Created[DatasetRead]:
     """``create_dataset``, once per idempotency key: the same data is one dataset anyway, but a
     key used for other data is a Conflict, and a retry is told it is one (``replayed``)."""
     x_array, y_array = to_arrays(x, y)
     digest = content_hash(x_array, y_array)
-    claim = None if idempotency_key is None else Claim.of(idempotency_key, "dataset", {"content_hash": digest})
-    return idempotency.once(claim, lambda: _store(digest, x_array, y_array, claim), _read)
+    claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "dataset", {"content_hash": digest})
+    return idempotency.once(claim, lambda: _store(digest, x_array, y_array, claim, tenant),
+                            lambda session, dataset_id: _read(session, dataset_id, tenant))
 
 
-def _store(digest: str, x: np.ndarray, y: np.ndarray, claim: Claim | None) -> DatasetRead:
+def _store(digest: str, x: np.ndarray, y: np.ndarray, claim: Claim | None, tenant: str) -> DatasetRead:
     with session_scope() as session:
-        dataset = repository.store_dataset(session, digest, x, y)
+        dataset = repository.store_dataset(session, digest, x, y, tenant=tenant)
         if claim is not None:
             claim.store(session, dataset.id)
         return dataset
 
 
-def _read(session: Session, dataset_id: str) -> DatasetRead:
-    dataset = repository.find_dataset(session, dataset_id)
+def _read(session: Session, dataset_id: str, tenant: str) -> DatasetRead:
+    dataset = repository.find_dataset(session, dataset_id, tenant=tenant)
     if dataset is None:
         raise NotFound("dataset", dataset_id)
     return dataset
 
 
-def get_dataset(dataset_id: str) -> DatasetRead:
+def get_dataset(dataset_id: str, *, tenant: str = DEFAULT_TENANT) -> DatasetRead:
     with session_scope() as session:
-        return _read(session, dataset_id)
+        return _read(session, dataset_id, tenant)
 
 
 def to_arrays(x: Matrix, y: Matrix, loc: tuple[str | int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:

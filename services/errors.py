@@ -28,5 +28,29 @@ class InvalidInput(DomainError, ValueError):
         self.loc, self.message = loc, message
 
 
+class Unauthorized(DomainError):
+    """No credentials, or credentials that name no one (HTTP 401 with ``WWW-Authenticate``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TooMany(DomainError):
+    """A quota or rate is exhausted; the client may try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message, self.retry_after = message, max(1, int(retry_after))
+
+
 class StorageError(DomainError):
     """The database failed; raised instead of driver errors so callers need not know the driver."""
+
+
+class Forbidden(DomainError):
+    """A known key that may not do this (a tenant's key on the operators' ``/metrics``): 403."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -47,23 +47,24 @@ class KeyTaken(Exception):
 
 @dataclass(frozen=True)
 class Claim:
-    """A key, the resource kind it creates and the hash of its request."""
+    """A tenant's key, the resource kind it creates and the hash of its request."""
 
+    tenant: str
     key: str
     resource: Resource
     request_hash: str
 
     @classmethod
-    def of(cls, key: str, resource: Resource, document: object) -> Claim:
+    def of(cls, tenant: str, key: str, resource: Resource, document: object) -> Claim:
         """``document``: the parsed, validated request as JSON-able values; the operation
         (create this kind of resource) is hashed with it, so one key on two endpoints differs."""
         body = json.dumps(document, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(f"create {resource}\n{body}".encode()).hexdigest()
-        return cls(key, resource, digest)
+        return cls(tenant, key, resource, digest)
 
     def store(self, session: Session, resource_id: str) -> None:
         """Call in the resource's transaction, after its insert."""
-        if not store.store_key(session, self.key, self.request_hash, self.resource, resource_id, _expiry()):
+        if not store.store_key(session, self.tenant, self.key, self.request_hash, self.resource, resource_id, _expiry()):
             raise KeyTaken(self.key)
 
 
@@ -85,7 +86,7 @@ def once(claim: Claim | None, create: Callable[[], T], read: Callable[[Session, 
 
 def _replay(claim: Claim, read: Callable[[Session, str], T]) -> Created[T] | None:
     with session_scope() as session:
-        stored = store.find_key(session, claim.key, fresh_since=_expiry())
+        stored = store.find_key(session, claim.tenant, claim.key, fresh_since=_expiry())
         if stored is None:
             return None
         if (stored.resource, stored.request_hash) != (claim.resource, claim.request_hash):

@@ -12,10 +12,11 @@ from typing import get_args
 
 import numpy as np
 
-from services import doorbell, engine, idempotency, metrics, packing
+from services import doorbell, engine, idempotency, metrics, packing, quotas
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
+from services.db.models import DEFAULT_TENANT
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput, NotFound, StorageError
 from services.idempotency import Claim, Created
@@ -30,14 +31,14 @@ log = logging.getLogger(__name__)
 DEFAULT_LIST_LIMIT = 50
 
 
-def submit_job(spec: JobCreate) -> JobRead:
+def submit_job(spec: JobCreate, *, tenant: str = DEFAULT_TENANT) -> JobRead:
     """Store the job as queued and ring the scheduler's doorbell; the scheduler, the one
     publisher, packs it with whatever it can share a pack with. Nothing is sent to workers
     here, so a broker that is down loses nothing: the row is the truth."""
-    return submit_job_once(spec, None).value
+    return submit_job_once(spec, None, tenant=tenant).value
 
 
-def submit_job_once(spec: JobCreate, idempotency_key: str | None) -> Created[JobRead]:
+def submit_job_once(spec: JobCreate, idempotency_key: str | None, *, tenant: str = DEFAULT_TENANT) -> Created[JobRead]:
     """``submit_job``, once per idempotency key: a retry with the key and an equal spec gets
     the job as it is now (see ``services.idempotency``)."""
     settings = get_settings()
@@ -46,8 +47,9 @@ def submit_job_once(spec: JobCreate, idempotency_key: str | None) -> Created[Job
     if isinstance(spec.data, InlineData):
         x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
         inline = (content_hash(x, y), x, y)
-    claim = None if idempotency_key is None else Claim.of(idempotency_key, "job", _request(spec, inline))
-    return idempotency.once(claim, lambda: _submit(spec, inline, claim), repository.get_job)
+    claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "job", _request(spec, inline))
+    return idempotency.once(claim, lambda: _submit(spec, inline, claim, tenant),
+                            lambda session, job_id: repository.get_job(session, job_id, tenant=tenant))
 
 
 def _request(spec: JobCreate, inline: tuple | None) -> dict:
@@ -56,31 +58,34 @@ def _request(spec: JobCreate, inline: tuple | None) -> dict:
     return spec.model_dump(mode="json", exclude={"data"}) | {"data": data}
 
 
-def _submit(spec: JobCreate, inline: tuple | None, claim: Claim | None) -> JobRead:
+def _submit(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: str) -> JobRead:
     try:
-        job = _insert(spec, inline, claim, use_cache=True)
+        job = _insert(spec, inline, claim, tenant, use_cache=True)
     except StorageError:
         _known.clear()  # a cached dataset may be gone (database restored or emptied): look again
-        job = _insert(spec, inline, claim, use_cache=False)
+        job = _insert(spec, inline, claim, tenant, use_cache=False)
     metrics.JOBS_SUBMITTED.inc()
     doorbell.ring(get_settings())
     return job
 
 
-# Datasets are immutable and never deleted: a process remembers the ones it has seen by content
-# hash, so a client resubmitting the same data costs one INSERT, not a lookup and an upsert.
-_known: OrderedDict[tuple[str, str], DatasetRead] = OrderedDict()
+# Datasets are immutable and never deleted: a process remembers the ones it has seen by tenant
+# and content hash, so a client resubmitting the same data costs one INSERT, not an upsert.
+_known: OrderedDict[tuple[str, str, str], DatasetRead] = OrderedDict()
 _KNOWN_MAX = 256
 
 
-def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, use_cache: bool) -> JobRead:
+def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: str, use_cache: bool) -> JobRead:
     """One transaction: the dataset (unless remembered), the job and the idempotency key."""
-    key = (get_settings().database_url, inline[0]) if inline is not None else None
+    key = (get_settings().database_url, tenant, inline[0]) if inline is not None else None
     with session_scope(write=True) as session:
+        quotas.check_queued(session, tenant, 1)
         dataset = _known.get(key) if use_cache and key is not None else None
         if dataset is None:
-            dataset = repository.store_dataset(session, *inline) if inline else referenced_dataset(session, spec)
-        job = repository.insert_job(session, **job_row(spec, dataset))
+            dataset = (repository.store_dataset(session, *inline, tenant=tenant) if inline
+                       else referenced_dataset(session, spec, tenant))
+        quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
+        job = repository.insert_job(session, **job_row(spec, dataset, tenant))
         if claim is not None:
             claim.store(session, job.id)
     if key is not None:
@@ -96,20 +101,20 @@ def forget_datasets() -> None:
     _known.clear()
 
 
-def job_row(spec: JobCreate, dataset: DatasetRead, sweep_id: str | None = None,
+def job_row(spec: JobCreate, dataset: DatasetRead, tenant: str, sweep_id: str | None = None,
             values: dict | None = None) -> dict:
     """The columns of a new job: its stored spec and what the scheduler packs it by."""
     document = stored_spec(spec, dataset.id)
     return dict(
-        name=spec.name, spec=document, dataset_id=dataset.id, device=spec.device, sweep_id=sweep_id,
+        tenant_id=tenant, name=spec.name, spec=document, dataset_id=dataset.id, device=spec.device, sweep_id=sweep_id,
         pack_key=packing.pack_key(document, dataset.id), sweep_values=values,
         cost=packing.member_cost(spec.architecture.layers, dataset.n_points), max_steps=spec.stop.max_steps,
     )
 
 
-def referenced_dataset(session: Session, spec: JobCreate) -> DatasetRead:
-    """The stored dataset a spec names, checked against the spec (shape, limits)."""
-    dataset = repository.find_dataset(session, spec.data.dataset_id)
+def referenced_dataset(session: Session, spec: JobCreate, tenant: str) -> DatasetRead:
+    """The tenant's stored dataset a spec names, checked against the spec (shape, limits)."""
+    dataset = repository.find_dataset(session, spec.data.dataset_id, tenant=tenant)
     if dataset is None:
         raise InvalidInput(("data", "dataset_id"), f"unknown dataset {spec.data.dataset_id!r}")
     check_against_dataset(spec, dataset)
@@ -129,14 +134,14 @@ def stored_spec(spec: JobCreate, dataset_id: str) -> dict:
     return document
 
 
-def get_job(job_id: str) -> JobRead:
+def get_job(job_id: str, *, tenant: str = DEFAULT_TENANT) -> JobRead:
     with session_scope() as session:
-        return repository.get_job(session, job_id)
+        return repository.get_job(session, job_id, tenant=tenant)
 
 
 def list_jobs(
     status: str | None = None, sweep_id: str | None = None, limit: int | None = None,
-    cursor: str | None = None,
+    cursor: str | None = None, *, tenant: str = DEFAULT_TENANT,
 ) -> JobPage:
     """Newest first. ``next_cursor`` is None on the last page."""
     limit = DEFAULT_LIST_LIMIT if limit is None else limit
@@ -147,7 +152,8 @@ def list_jobs(
         raise InvalidInput(("status",), f"must be one of {', '.join(get_args(JobStatus))}")
     after = decode_cursor(cursor) if cursor else None
     with session_scope() as session:
-        items = repository.list_jobs(session, limit=limit + 1, status=status, sweep_id=sweep_id, after=after)
+        items = repository.list_jobs(session, tenant=tenant, limit=limit + 1, status=status, sweep_id=sweep_id,
+                                     after=after)
     more = len(items) > limit
     items = items[:limit]
     return JobPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
@@ -172,31 +178,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return repository.as_utc(created_at), job_id
 
 
-def cancel_job(job_id: str) -> JobRead:
+def cancel_job(job_id: str, *, tenant: str = DEFAULT_TENANT) -> JobRead:
     """Conditional updates, so a cancel racing a worker's claim is decided by the database:
     queued -> cancelled now; running -> cancel requested (the worker stops at its next
     checkpoint); finished -> Conflict."""
     with session_scope() as session:
-        job, ended = _cancel(session, job_id)
+        job, ended = _cancel(session, job_id, tenant)
     if ended:
         metrics.count_finished({"cancelled": 1})
     return job
 
 
-def _cancel(session: Session, job_id: str) -> tuple[JobRead, bool]:
+def _cancel(session: Session, job_id: str, tenant: str) -> tuple[JobRead, bool]:
     """(the job, whether it ended now). The loop covers a claim landing between the two updates."""
     for _ in range(3):
-        if repository.cancel_if_queued(session, job_id):
-            return repository.get_job(session, job_id), True
-        if repository.request_cancel_if_running(session, job_id):
-            return repository.get_job(session, job_id), False
-        job = repository.get_job(session, job_id)
+        if repository.cancel_if_queued(session, job_id, tenant=tenant):
+            return repository.get_job(session, job_id, tenant=tenant), True
+        if repository.request_cancel_if_running(session, job_id, tenant=tenant):
+            return repository.get_job(session, job_id, tenant=tenant), False
+        job = repository.get_job(session, job_id, tenant=tenant)
         if job.status in FINISHED:
             raise Conflict(f"job {job_id} is already {job.status}")
     raise Conflict(f"job {job_id} changed state during the cancel; try again")
 
 
-def get_history(job_id: str, every: int | None = None, max_points: int | None = None) -> HistoryRead:
+def get_history(job_id: str, every: int | None = None, max_points: int | None = None, *,
+                tenant: str = DEFAULT_TENANT) -> HistoryRead:
     """SSR at steps 0..step, thinned to steps 0, k, 2k, ... plus always the last one."""
     limit = get_settings().max_history_points
     if every is not None and max_points is not None:
@@ -206,7 +213,7 @@ def get_history(job_id: str, every: int | None = None, max_points: int | None = 
     if max_points is not None and not 1 <= max_points <= limit:
         raise InvalidInput(("max_points",), f"must be between 1 and {limit}")
     with session_scope() as session:
-        job = repository.get_job(session, job_id)
+        job = repository.get_job(session, job_id, tenant=tenant)
         steps, ssr = repository.read_history(session, job_id, job.step)
     keep = thin(steps, every) if every is not None else thin_to(steps, max_points or limit)
     if len(keep) > limit:
@@ -241,9 +248,9 @@ def thinning_step(n: int, max_points: int) -> int:
     return every
 
 
-def get_parameters(job_id: str, step: int | None = None) -> ParametersRead:
+def get_parameters(job_id: str, step: int | None = None, *, tenant: str = DEFAULT_TENANT) -> ParametersRead:
     with session_scope() as session:
-        spec = repository.get_job_spec(session, job_id)
+        spec = repository.get_job_spec(session, job_id, tenant=tenant)
         found = repository.load_checkpoint_arrays(session, job_id, step)
     if found is None:
         raise NotFound("checkpoint", f"{job_id} (none yet)" if step is None else f"{job_id} at step {step}")
@@ -258,10 +265,10 @@ def get_parameters(job_id: str, step: int | None = None) -> ParametersRead:
     return ParametersRead(step=at, layers=layers)
 
 
-def predict(job_id: str, x: Matrix) -> PredictRead:
+def predict(job_id: str, x: Matrix, *, tenant: str = DEFAULT_TENANT) -> PredictRead:
     """Outputs of the latest checkpoint's network, computed with NumPy in this process."""
     with session_scope() as session:
-        spec = JobCreate.model_validate(repository.get_job_spec(session, job_id))
+        spec = JobCreate.model_validate(repository.get_job_spec(session, job_id, tenant=tenant))
         found = repository.load_checkpoint_arrays(session, job_id)
     if found is None:
         raise NotFound("checkpoint", f"{job_id} (none yet)")

@@ -22,6 +22,20 @@ class QueuedJob:
     pack_key: str
     device: str
     cost: float
+    tenant: str = "default"
+
+
+def within_tenant_limit(jobs: Sequence[QueuedJob], in_flight: dict[str, int], limit: int) -> list[QueuedJob]:
+    """The jobs (oldest first, as given) that keep each tenant at most ``limit`` jobs running or
+    on their way to a worker: one tenant's huge backlog never takes every worker from the rest."""
+    room = {tenant: limit - n for tenant, n in in_flight.items()}
+    kept = []
+    for job in jobs:
+        left = room.get(job.tenant, limit)
+        if left > 0:
+            kept.append(job)
+        room[job.tenant] = left - 1
+    return kept
 
 
 @dataclass(frozen=True)

@@ -103,14 +103,18 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> l
         now = store.db_now(session)
         queues = store.waiting_queues(session)
         free = store.free_slots(session, now, settings.lease_seconds, settings.redispatch_seconds) if queues else {}
+        in_flight = store.in_flight_by_tenant(session, now, settings.redispatch_seconds) if queues else {}
         for device in queues:
             slots = free.get(device)
             if slots is not None and slots <= 0:
                 continue
             queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch,
                                         device, stale_too=slots is not None)
+            queued = packing.within_tenant_limit(queued, in_flight, settings.tenant_max_running)
             cut = packing.plan_packs(queued, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members)
-            plans += cut if slots is None else cut[:slots]
+            cut = cut if slots is None else cut[:slots]
+            _count_in_flight(in_flight, queued, cut)
+            plans += cut
     for plan in plans:
         # Stamped before the publish: the claim that follows the message never races the stamp
         # for the same rows. A failed publish clears it, and a crash in between costs one
@@ -127,6 +131,14 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> l
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
     return plans
+
+
+def _count_in_flight(in_flight: dict[str, int], queued: list[packing.QueuedJob], plans: list[packing.PackPlan]) -> None:
+    """Add the planned jobs to their tenants' counts, for the next queue's limit."""
+    planned = {job_id for plan in plans for job_id in plan.job_ids}
+    for job in queued:
+        if job.id in planned:
+            in_flight[job.tenant] = in_flight.get(job.tenant, 0) + 1
 
 
 def _publish(job_ids: list[str], device: str) -> None:

@@ -33,11 +33,36 @@ from typing import IO
 import httpx
 
 from services import metrics_dir
-from services.config import get_settings
+from services.config import Settings, get_settings
+from services.keys import KeyRing
 
 
 class StackError(RuntimeError):
     """A child exited early or the API never became ready."""
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_binding(host: str, settings: Settings) -> None:
+    """Without keys anyone who reaches the port could train and read everything: then the stack
+    serves this machine only. A bad DESCENT_API_KEYS stops the start here, not in the API."""
+    try:
+        ring = KeyRing.from_settings(settings)
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+    if not ring.enabled and host not in LOOPBACK:
+        raise StackError(f"auth is off (DESCENT_API_KEYS is empty), so the API serves 127.0.0.1 only; "
+                         f"set DESCENT_API_KEYS to listen on {host}")
+
+
+def auth_note(settings: Settings) -> str:
+    """One line for the start banner: whether a key is needed."""
+    ring = KeyRing.from_settings(settings)
+    if not ring.enabled:
+        return "auth off (no DESCENT_API_KEYS): anyone on this machine can use the API"
+    tenants = len({tenant for _, tenant in ring.entries})
+    return f"auth on: {len(ring.entries)} key(s) for {tenants} tenant(s); send Authorization: Bearer <key>"
 
 
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds, while a child keeps dying young
@@ -90,6 +115,7 @@ class Stack:
         os.environ["DESCENT_HOME"] = str(self.home)
         get_settings.cache_clear()
         settings = get_settings()
+        check_binding(self.host, settings)
         self.home.mkdir(parents=True, exist_ok=True)
         if settings.broker_url.startswith("filesystem://"):
             settings.broker_folder.mkdir(parents=True, exist_ok=True)

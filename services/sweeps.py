@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services import doorbell, idempotency, metrics, sweep_spec
+from services import doorbell, idempotency, metrics, quotas, sweep_spec
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
 from services.db.repository import as_utc
 from services.db import sweeps as store
+from services.db.models import DEFAULT_TENANT
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput
 from services.idempotency import Claim, Created
@@ -22,13 +23,14 @@ from services.spec import DatasetRead, InlineData, JobCreate, check_limits
 from services.sweep_spec import Member, SweepCreate, SweepPage, SweepRead
 
 
-def submit_sweep(body: SweepCreate) -> SweepRead:
+def submit_sweep(body: SweepCreate, *, tenant: str = DEFAULT_TENANT) -> SweepRead:
     """Nothing is stored unless every member is a valid job within the limits; then the sweep
     and all its members are one transaction, and the scheduler's doorbell rings once."""
-    return submit_sweep_once(body, None).value
+    return submit_sweep_once(body, None, tenant=tenant).value
 
 
-def submit_sweep_once(body: SweepCreate, idempotency_key: str | None) -> Created[SweepRead]:
+def submit_sweep_once(body: SweepCreate, idempotency_key: str | None, *,
+                      tenant: str = DEFAULT_TENANT) -> Created[SweepRead]:
     """``submit_sweep``, once per idempotency key: a retry with the key and an equal body gets
     the sweep as it is now (see ``services.idempotency``)."""
     settings = get_settings()
@@ -39,58 +41,69 @@ def submit_sweep_once(body: SweepCreate, idempotency_key: str | None) -> Created
             check_limits(spec, settings)
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
-    claim = None if idempotency_key is None else Claim.of(idempotency_key, "sweep", body.model_dump(mode="json"))
-    return idempotency.once(claim, lambda: _store(body, members, specs, claim), _read)
+    claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "sweep", body.model_dump(mode="json"))
+    return idempotency.once(claim, lambda: _store(body, members, specs, claim, tenant),
+                            lambda session, sweep_id: _read(session, sweep_id, tenant))
 
 
-def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], claim: Claim | None) -> SweepRead:
+def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], claim: Claim | None,
+           tenant: str) -> SweepRead:
     with session_scope(write=True) as session:
+        quotas.check_queued(session, tenant, len(members))
         sweep = store.insert_sweep(
-            session, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
+            session, tenant=tenant, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
             paths=sweep_spec.varied_paths(body), members=len(members),
             planned_steps=sum(spec.stop.max_steps for spec in specs))
-        store.insert_members(session, _member_rows(session, body, members, specs, sweep.id))
+        rows = _member_rows(session, body, members, specs, sweep.id, tenant)
+        quotas.check_cost(get_settings(), rows_cost(specs, rows), ("base", "stop", "max_steps"))
+        store.insert_members(session, [row for row, _ in rows])
         if claim is not None:
             claim.store(session, sweep.id)
-        read = _read(session, sweep.id)
+        read = _read(session, sweep.id, tenant)
     metrics.JOBS_SUBMITTED.inc(len(members))
     doorbell.ring(get_settings())
     return read
 
 
+def rows_cost(specs: list[JobCreate], rows: list[tuple[dict, int]]) -> list[tuple[JobCreate, int]]:
+    return [(spec, points) for spec, (_, points) in zip(specs, rows)]
+
+
 def _member_rows(session: Session, body: SweepCreate, members: list[Member], specs: list[JobCreate],
-                 sweep_id: str) -> list[dict]:
-    """Members share the base's data object unless they vary it: each distinct one is hashed
-    and stored (or looked up) once."""
+                 sweep_id: str, tenant: str) -> list[tuple[dict, int]]:
+    """(job row, data points) of each member. Members share the base's data object unless they
+    vary it: each distinct one is hashed and stored (or looked up) once."""
     datasets: dict[int, DatasetRead] = {}
     rows = []
     for member, spec in zip(members, specs):
         key = id(member.document.get("data"))
         try:
             if key not in datasets:
-                datasets[key] = _dataset(session, spec)
+                datasets[key] = _dataset(session, spec, tenant)
             elif not isinstance(spec.data, InlineData):
                 check_against_dataset(spec, datasets[key])  # each member, against the shared data
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
-        rows.append(repository.new_job_values(**job_row(spec, datasets[key], sweep_id, member.values)))
+        dataset = datasets[key]
+        rows.append((repository.new_job_values(**job_row(spec, dataset, tenant, sweep_id, member.values)),
+                     dataset.n_points))
     return rows
 
 
-def _dataset(session: Session, spec: JobCreate) -> DatasetRead:
+def _dataset(session: Session, spec: JobCreate, tenant: str) -> DatasetRead:
     if isinstance(spec.data, InlineData):
         x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
-        return repository.store_dataset(session, content_hash(x, y), x, y)
-    return referenced_dataset(session, spec)
+        return repository.store_dataset(session, content_hash(x, y), x, y, tenant=tenant)
+    return referenced_dataset(session, spec, tenant)
 
 
-def get_sweep(sweep_id: str) -> SweepRead:
+def get_sweep(sweep_id: str, *, tenant: str = DEFAULT_TENANT) -> SweepRead:
     with session_scope() as session:
-        return _read(session, sweep_id)
+        return _read(session, sweep_id, tenant)
 
 
-def _read(session: Session, sweep_id: str, board: bool = True) -> SweepRead:
-    row = store.get_sweep_row(session, sweep_id)
+def _read(session: Session, sweep_id: str, tenant: str, board: bool = True) -> SweepRead:
+    row = store.get_sweep_row(session, sweep_id, tenant=tenant)
     counts, reasons, steps = store.member_counts(session, sweep_id)
     leaders = store.leaderboard(session, sweep_id, 10 if board else 1)
     early = row.spec.get("early_stopping")
@@ -114,7 +127,7 @@ def sweep_status(cancelled: bool, counts: dict[str, int], steps_done: int) -> st
     return "running" if started else "queued"
 
 
-def list_sweeps(limit: int | None = None, cursor: str | None = None) -> SweepPage:
+def list_sweeps(limit: int | None = None, cursor: str | None = None, *, tenant: str = DEFAULT_TENANT) -> SweepPage:
     """Newest first, paged like jobs; items carry counts and the best member, no leaderboard."""
     limit = DEFAULT_LIST_LIMIT if limit is None else limit
     maximum = get_settings().max_list_limit
@@ -122,19 +135,19 @@ def list_sweeps(limit: int | None = None, cursor: str | None = None) -> SweepPag
         raise InvalidInput(("limit",), f"must be between 1 and {maximum}")
     after = decode_cursor(cursor) if cursor else None
     with session_scope() as session:
-        rows = store.list_sweep_rows(session, limit + 1, after)
-        items = [_read(session, row.id, board=False) for row in rows[:limit]]
+        rows = store.list_sweep_rows(session, limit + 1, after, tenant=tenant)
+        items = [_read(session, row.id, tenant, board=False) for row in rows[:limit]]
     more = len(rows) > limit
     return SweepPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
 
 
-def cancel_sweep(sweep_id: str) -> SweepRead:
+def cancel_sweep(sweep_id: str, *, tenant: str = DEFAULT_TENANT) -> SweepRead:
     """Every unfinished member is cancelled (running ones at their next checkpoint)."""
     with session_scope(write=True) as session:
-        current = _read(session, sweep_id, board=False)
+        current = _read(session, sweep_id, tenant, board=False)
         if current.status == "finished":
             raise Conflict(f"sweep {sweep_id} is already finished")
         ended = store.cancel_members(session, sweep_id)
-        after = _read(session, sweep_id)
+        after = _read(session, sweep_id, tenant)
     metrics.count_finished({"cancelled": ended})
     return after

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 
 from api import idempotency
+from api.auth import Tenant
 from api.deps import DatasetBody
 from api.idempotency import IdempotencyKey
 from services import datasets
@@ -32,14 +33,14 @@ _BODY_DOC: dict[str, Any] = {
 
 @router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_BODY_DOC,
              responses=idempotency.responses(DatasetRead))
-def create_dataset(body: DatasetBody, idempotency_key: IdempotencyKey = None) -> Response:
+def create_dataset(tenant: Tenant, body: DatasetBody, idempotency_key: IdempotencyKey = None) -> Response:
     """Store x/y once per content; the same data posted again returns the same dataset.
 
     CSV: a header row; columns ``x``/``x1``, ``x2``... are inputs, ``y``/``y1``... outputs.
     """
-    return idempotency.answer(datasets.create_dataset_once(body.x, body.y, idempotency_key))
+    return idempotency.answer(datasets.create_dataset_once(body.x, body.y, idempotency_key, tenant=tenant))
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "No such dataset"}})
-def read_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=64)]) -> DatasetRead:
-    return datasets.get_dataset(dataset_id)
+def read_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=64)], tenant: Tenant) -> DatasetRead:
+    return datasets.get_dataset(dataset_id, tenant=tenant)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from api import idempotency
+from api.auth import Tenant
 from api.idempotency import IdempotencyKey
 from services import jobs
 from services.spec import (
@@ -21,52 +22,55 @@ BIG = 2**53  # steps are int64 in the engine and the database; larger numbers ar
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
-def create_job(spec: JobCreate, idempotency_key: IdempotencyKey = None) -> Response:
+def create_job(spec: JobCreate, tenant: Tenant, idempotency_key: IdempotencyKey = None) -> Response:
     """Validate, store and queue a training job; it starts as ``queued``."""
-    return idempotency.answer(jobs.submit_job_once(spec, idempotency_key))
+    return idempotency.answer(jobs.submit_job_once(spec, idempotency_key, tenant=tenant))
 
 
 @router.get("", response_model=JobPage)
 def list_jobs(
+    tenant: Tenant,
     limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum")] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     sweep_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> JobPage:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    return jobs.list_jobs(status=status, sweep_id=sweep_id, limit=limit, cursor=cursor)
+    return jobs.list_jobs(status=status, sweep_id=sweep_id, limit=limit, cursor=cursor, tenant=tenant)
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=_NOT_FOUND)
-def read_job(job_id: JobId) -> JobRead:
-    return jobs.get_job(job_id)
+def read_job(job_id: JobId, tenant: Tenant) -> JobRead:
+    return jobs.get_job(job_id, tenant=tenant)
 
 
 @router.get("/{job_id}/history", response_model=HistoryRead, responses=_NOT_FOUND)
 def read_history(
     job_id: JobId,
+    tenant: Tenant,
     every: Annotated[int | None, Query(ge=1, le=BIG, description="Keep every n-th step")] = None,
     max_points: Annotated[int | None, Query(ge=2, description="Thin to at most this many")] = None,
 ) -> HistoryRead:
     """SSR at every step from 0 to the current one, optionally thinned."""
-    return jobs.get_history(job_id, every=every, max_points=max_points)
+    return jobs.get_history(job_id, every=every, max_points=max_points, tenant=tenant)
 
 
 @router.get("/{job_id}/parameters", response_model=ParametersRead, responses=_NOT_FOUND)
 def read_parameters(
     job_id: JobId,
+    tenant: Tenant,
     step: Annotated[int | None, Query(ge=0, le=BIG, description="A checkpointed step; latest if absent")] = None,
 ) -> ParametersRead:
-    return jobs.get_parameters(job_id, step=step)
+    return jobs.get_parameters(job_id, step=step, tenant=tenant)
 
 
 @router.post("/{job_id}/predict", response_model=PredictRead, responses=_NOT_FOUND)
-def predict_job(job_id: JobId, body: PredictRequest) -> PredictRead:
+def predict_job(job_id: JobId, body: PredictRequest, tenant: Tenant) -> PredictRead:
     """Run the network of the latest checkpoint on ``x``."""
-    return jobs.predict(job_id, body.x)
+    return jobs.predict(job_id, body.x, tenant=tenant)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses={**_NOT_FOUND, 409: {"description": "Job already finished"}})
-def cancel_job(job_id: JobId) -> JobRead:
+def cancel_job(job_id: JobId, tenant: Tenant) -> JobRead:
     """Queued jobs stop at once; running ones at their next checkpoint."""
-    return jobs.cancel_job(job_id)
+    return jobs.cancel_job(job_id, tenant=tenant)

@@ -1,8 +1,8 @@
 """Storage of idempotency keys: look one up, and store one in the caller's transaction (the one
 that inserts the resource), so a key never exists without its resource nor the other way round.
 
-Keys are global for now. Per-tenant keys add the tenant to both functions' ``where``/``values``
-and to the primary key; nothing else reads the table.
+Keys are per tenant (primary key tenant + key): one tenant's key never answers another's
+request, nor tells it that the key is in use; nothing else reads the table.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _REPLACED = ("request_hash", "resource", "resource_id", "created_at")
 
 @dataclass(frozen=True)
 class StoredKey:
+    tenant: str
     key: str
     request_hash: str
     resource: str
@@ -30,17 +31,17 @@ class StoredKey:
     created_at: datetime
 
 
-def find_key(session: Session, key: str, fresh_since: datetime) -> StoredKey | None:
+def find_key(session: Session, tenant: str, key: str, fresh_since: datetime) -> StoredKey | None:
     """The key's row, unless it is older than ``fresh_since`` (then it counts as absent)."""
     row = session.execute(
-        select(_keys).where(_keys.c.key == key, _keys.c.created_at >= fresh_since)
+        select(_keys).where(_keys.c.tenant_id == tenant, _keys.c.key == key, _keys.c.created_at >= fresh_since)
     ).one_or_none()
     if row is None:
         return None
-    return StoredKey(row.key, row.request_hash, row.resource, row.resource_id, as_utc(row.created_at))
+    return StoredKey(row.tenant_id, row.key, row.request_hash, row.resource, row.resource_id, as_utc(row.created_at))
 
 
-def store_key(session: Session, key: str, request_hash: str, resource: str, resource_id: str,
+def store_key(session: Session, tenant: str, key: str, request_hash: str, resource: str, resource_id: str,
               expired_before: datetime) -> bool:
     """Insert the key, or overwrite its row if that is older than ``expired_before``. False when
     another request holds the key (committed, or committing: PostgreSQL waits for it): the
@@ -48,9 +49,9 @@ def store_key(session: Session, key: str, request_hash: str, resource: str, reso
     raises no unique violation on either database; RETURNING tells which way it went (a row
     inserted or overwritten, or none), as the drivers' rowcounts of an upsert do not agree."""
     statement = dialect_insert(session, _keys).values(
-        key=key, request_hash=request_hash, resource=resource, resource_id=resource_id, created_at=utcnow())
+        tenant_id=tenant, key=key, request_hash=request_hash, resource=resource, resource_id=resource_id, created_at=utcnow())
     statement = statement.on_conflict_do_update(
-        index_elements=["key"], set_={name: statement.excluded[name] for name in _REPLACED},
+        index_elements=["tenant_id", "key"], set_={name: statement.excluded[name] for name in _REPLACED},
         where=_keys.c.created_at < expired_before,
     )
     return session.execute(statement.returning(_keys.c.key)).first() is not None

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -50,12 +51,23 @@ class Base(DeclarativeBase):
     pass
 
 
+# Every job, sweep, dataset and idempotency key belongs to one tenant (the owner of the API key
+# that made it; ``default`` when auth is off). Reads filter on it, so another tenant's id is 404.
+DEFAULT_TENANT = "default"
+
+
+def tenant_column() -> Mapped[str]:
+    return mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+
+
 class Dataset(Base):
-    """Training data, stored once per content hash and shared by every job that uses it."""
+    """Training data, stored once per tenant and content hash and shared by that tenant's jobs
+    (never across tenants: a shared row would tell one tenant what another uploaded)."""
 
     __tablename__ = "datasets"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = tenant_column()
+    content_hash: Mapped[str] = mapped_column(String(64))
     n_points: Mapped[int] = mapped_column(Integer)
     n_in: Mapped[int] = mapped_column(Integer)
     n_out: Mapped[int] = mapped_column(Integer)
@@ -64,12 +76,15 @@ class Dataset(Base):
     y: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    __table_args__ = (UniqueConstraint("tenant_id", "content_hash", name="uq_datasets_tenant_hash"),)
+
 
 class Job(Base):
     """A job row carries its summary (step, ssr, best_ssr) so listings never touch history."""
 
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = tenant_column()
     name: Mapped[str] = mapped_column(String(200))
     sweep_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     spec: Mapped[dict] = mapped_column(JsonDoc)
@@ -102,8 +117,8 @@ class Job(Base):
     lost_leases: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
-        Index("ix_jobs_created", "created_at", "id"),
-        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_jobs_sweep_created", "sweep_id", "created_at", "id"),
         # The metrics scrape (services/db/gauges.py) reads these columns alone: index-only scans.
         Index("ix_jobs_sweep_ssr", "sweep_id", "ssr", "status", "step", "max_steps"),
@@ -144,6 +159,7 @@ class Sweep(Base):
 
     __tablename__ = "sweeps"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = tenant_column()
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict] = mapped_column(JsonDoc)
     paths: Mapped[list] = mapped_column(JSON)
@@ -153,7 +169,7 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
-    __table_args__ = (Index("ix_sweeps_created", "created_at", "id"),)
+    __table_args__ = (Index("ix_sweeps_tenant_created", "tenant_id", "created_at", "id"),)
 
 
 class SchedulerLease(Base):
@@ -182,12 +198,13 @@ class Worker(Base):
 class IdempotencyKey(Base):
     """A client's ``Idempotency-Key`` on a create: a hash of the request it came with and the
     resource that request made, written in the resource's own transaction. Rows older than the
-    key lifetime count as absent and are overwritten by the next use of the key.
-
-    Keys are global for now; per-tenant keys will add a ``tenant_id`` column to the primary key
-    (``services/db/idempotency.py`` is the one place that reads and writes these rows)."""
+    key lifetime count as absent and are overwritten by the next use of the key. Keys are per
+    tenant: two tenants may use the same key (``services/db/idempotency.py`` is the one place
+    that reads and writes these rows)."""
 
     __tablename__ = "idempotency_keys"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=DEFAULT_TENANT,
+                                           server_default=DEFAULT_TENANT)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     resource: Mapped[str] = mapped_column(String(16))  # "job" | "sweep" | "dataset"

@@ -47,34 +47,37 @@ def dataset_to_read(row: Dataset) -> DatasetRead:
     )
 
 
-def find_dataset(session: Session, dataset_id: str) -> DatasetRead | None:
+def find_dataset(session: Session, dataset_id: str, *, tenant: str) -> DatasetRead | None:
     row = session.get(Dataset, dataset_id)
+    return None if row is None or row.tenant_id != tenant else dataset_to_read(row)
+
+
+def find_dataset_by_hash(session: Session, content_hash: str, *, tenant: str) -> DatasetRead | None:
+    query = select(Dataset).where(Dataset.tenant_id == tenant, Dataset.content_hash == content_hash)
+    row = session.scalars(query).one_or_none()
     return None if row is None else dataset_to_read(row)
 
 
-def find_dataset_by_hash(session: Session, content_hash: str) -> DatasetRead | None:
-    row = session.scalars(select(Dataset).where(Dataset.content_hash == content_hash)).one_or_none()
-    return None if row is None else dataset_to_read(row)
-
-
-def store_dataset(session: Session, content_hash: str, x: np.ndarray, y: np.ndarray) -> DatasetRead:
-    """Insert-if-absent by content hash with ON CONFLICT DO NOTHING, so two requests uploading
-    the same data at once both get the one row instead of one of them a unique violation."""
+def store_dataset(session: Session, content_hash: str, x: np.ndarray, y: np.ndarray, *, tenant: str) -> DatasetRead:
+    """Insert-if-absent by (tenant, content hash) with ON CONFLICT DO NOTHING, so two requests
+    uploading the same data at once both get the one row instead of one of them a unique
+    violation. Per tenant: the answer never tells whether another tenant holds the same data."""
     x_dtype, _, x_bytes = arrays.encode(x)
     _, _, y_bytes = arrays.encode(y.astype(x.dtype, copy=False))
     values = dict(
-        id=new_id(), content_hash=content_hash, n_points=x.shape[0], n_in=x.shape[1],
+        id=new_id(), tenant_id=tenant, content_hash=content_hash, n_points=x.shape[0], n_in=x.shape[1],
         n_out=y.shape[1], dtype=x_dtype, x=x_bytes, y=y_bytes, created_at=utcnow(),
     )
     statement = dialect_insert(session, Dataset).values(**values)
-    session.execute(statement.on_conflict_do_nothing(index_elements=["content_hash"]))
-    stored = find_dataset_by_hash(session, content_hash)
+    session.execute(statement.on_conflict_do_nothing(index_elements=["tenant_id", "content_hash"]))
+    stored = find_dataset_by_hash(session, content_hash, tenant=tenant)
     assert stored is not None  # inserted above, or by the request we conflicted with
     return stored
 
 
 def load_dataset_arrays(session: Session, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` (P, n_in) and ``y`` (P, n_out) as stored; NotFound if the id is unknown."""
+    """``x`` (P, n_in) and ``y`` (P, n_out) as stored; NotFound if the id is unknown. Not
+    scoped to a tenant: workers read the dataset of a job they claimed."""
     row = session.get(Dataset, dataset_id)
     if row is None:
         raise NotFound("dataset", dataset_id)
@@ -97,12 +100,13 @@ def job_to_read(row: Job) -> JobRead:
 
 
 def insert_job(
-    session: Session, *, name: str, spec: dict, dataset_id: str, device: str, sweep_id: str | None = None,
-    pack_key: str = "", cost: float = 1.0, sweep_values: dict | None = None, max_steps: int | None = None,
+    session: Session, *, tenant_id: str, name: str, spec: dict, dataset_id: str, device: str,
+    sweep_id: str | None = None, pack_key: str = "", cost: float = 1.0, sweep_values: dict | None = None,
+    max_steps: int | None = None,
 ) -> JobRead:
     """``spec`` is the validated spec as JSON with its data replaced by ``{"dataset_id": ...}``.
     A Core insert (no unit of work): the submit path is the API's hottest."""
-    values = new_job_values(name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
+    values = new_job_values(tenant_id=tenant_id, name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
                             pack_key=pack_key, cost=cost, sweep_values=sweep_values, max_steps=max_steps)
     session.execute(insert(Job.__table__), [values])
     return JobRead(id=values["id"], name=name, status="queued", step=0, ssr=None, stop_reason=None,
@@ -116,34 +120,35 @@ def new_job_values(**columns: object) -> dict:
                 created_at=utcnow(), **columns)
 
 
-def find_job(session: Session, job_id: str) -> JobRead | None:
+def find_job(session: Session, job_id: str, *, tenant: str) -> JobRead | None:
+    """The tenant's job; another tenant's is as absent as an unknown id."""
     # populate_existing: conditional UPDATEs in the same session bypass the identity map.
     row = session.get(Job, job_id, populate_existing=True)
-    return None if row is None else job_to_read(row)
+    return None if row is None or row.tenant_id != tenant else job_to_read(row)
 
 
-def get_job(session: Session, job_id: str) -> JobRead:
-    job = find_job(session, job_id)
+def get_job(session: Session, job_id: str, *, tenant: str) -> JobRead:
+    job = find_job(session, job_id, tenant=tenant)
     if job is None:
         raise NotFound("job", job_id)
     return job
 
 
-def get_job_spec(session: Session, job_id: str) -> dict:
+def get_job_spec(session: Session, job_id: str, *, tenant: str) -> dict:
     """The stored spec document (data as ``{"dataset_id": ...}``); NotFound if unknown."""
-    spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+    spec = session.scalar(select(Job.spec).where(Job.id == job_id, Job.tenant_id == tenant))
     if spec is None:
         raise NotFound("job", job_id)
     return spec
 
 
 def list_jobs(
-    session: Session, *, limit: int, status: str | None = None, sweep_id: str | None = None,
+    session: Session, *, tenant: str, limit: int, status: str | None = None, sweep_id: str | None = None,
     after: tuple[datetime, str] | None = None,
 ) -> list[JobRead]:
     """Newest first, keyset on (created_at, id): a page costs the same wherever it starts,
     and jobs submitted while a client pages never shift or repeat entries."""
-    query: Select = select(Job)
+    query: Select = select(Job).where(Job.tenant_id == tenant)
     if status is not None:
         query = query.where(Job.status == status)
     if sweep_id is not None:
@@ -154,20 +159,20 @@ def list_jobs(
     return [job_to_read(row) for row in session.scalars(query)]
 
 
-def cancel_if_queued(session: Session, job_id: str) -> bool:
+def cancel_if_queued(session: Session, job_id: str, *, tenant: str) -> bool:
     """Conditional UPDATE: races with a worker's claim (also conditional) and exactly one wins."""
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "queued")
+        update(Job).where(Job.id == job_id, Job.tenant_id == tenant, Job.status == "queued")
         .values(status="cancelled", finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 
 
-def request_cancel_if_running(session: Session, job_id: str) -> bool:
+def request_cancel_if_running(session: Session, job_id: str, *, tenant: str) -> bool:
     """The worker sees the flag at its next checkpoint and finishes the job as cancelled."""
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running")
+        update(Job).where(Job.id == job_id, Job.tenant_id == tenant, Job.status == "running")
         .values(cancel_requested=True)
         .execution_options(synchronize_session=False)
     )

@@ -101,11 +101,22 @@ def dispatchable(session: Session, now: datetime, redispatch_seconds: float, lim
     if stale_too:
         sent = or_(sent, _jobs.c.dispatched_at < now - timedelta(seconds=redispatch_seconds))
     query = (
-        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost)
+        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost, _jobs.c.tenant_id)
         .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None), _jobs.c.device == device, sent)
         .order_by(_jobs.c.created_at, _jobs.c.id).limit(limit)
     )
-    return [QueuedJob(r.id, r.pack_key, r.device, r.cost) for r in session.execute(query)]
+    return [QueuedJob(r.id, r.pack_key, r.device, r.cost, r.tenant_id) for r in session.execute(query)]
+
+
+def in_flight_by_tenant(session: Session, now: datetime, redispatch_seconds: float) -> dict[str, int]:
+    """Per tenant: jobs running, or dispatched recently enough that their message is on its way
+    (a re-send of a lost one does not count twice: it is the same queued row)."""
+    on_the_way = and_(_jobs.c.status == "queued", _jobs.c.dispatched_at >= now - timedelta(seconds=redispatch_seconds))
+    rows = session.execute(
+        select(_jobs.c.tenant_id, func.count()).where(or_(_jobs.c.status == "running", on_the_way))
+        .group_by(_jobs.c.tenant_id)
+    )
+    return {tenant: n for tenant, n in rows}
 
 
 def waiting_queues(session: Session) -> list[str]:

@@ -19,9 +19,9 @@ _jobs = Job.__table__
 UNFINISHED = ("queued", "running")
 
 
-def insert_sweep(session: Session, *, name: str, spec: dict, paths: list[str], members: int,
+def insert_sweep(session: Session, *, tenant: str, name: str, spec: dict, paths: list[str], members: int,
                  planned_steps: int) -> Sweep:
-    row = Sweep(id=new_id(), name=name, spec=spec, paths=paths, members=members, planned_steps=planned_steps,
+    row = Sweep(id=new_id(), tenant_id=tenant, name=name, spec=spec, paths=paths, members=members, planned_steps=planned_steps,
                 cancelled=False, created_at=utcnow())
     session.add(row)
     session.flush()
@@ -34,15 +34,17 @@ def insert_members(session: Session, rows: Sequence[dict], batch: int = 2000) ->
         session.execute(insert(Job), list(rows[start:start + batch]))
 
 
-def get_sweep_row(session: Session, sweep_id: str) -> Sweep:
+def get_sweep_row(session: Session, sweep_id: str, *, tenant: str) -> Sweep:
+    """The tenant's sweep; another tenant's is NotFound like an unknown id. The member queries
+    below take a sweep id that went through here."""
     row = session.get(Sweep, sweep_id, populate_existing=True)
-    if row is None:
+    if row is None or row.tenant_id != tenant:
         raise NotFound("sweep", sweep_id)
     return row
 
 
-def list_sweep_rows(session: Session, limit: int, after: tuple[datetime, str] | None) -> list[Sweep]:
-    query = select(Sweep)
+def list_sweep_rows(session: Session, limit: int, after: tuple[datetime, str] | None, *, tenant: str) -> list[Sweep]:
+    query = select(Sweep).where(Sweep.tenant_id == tenant)
     if after is not None:
         query = query.where(tuple_(Sweep.created_at, Sweep.id) < after)
     return list(session.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit)))

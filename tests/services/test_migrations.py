@@ -23,7 +23,7 @@ from services.db.models import Base
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "history_chunks",
           "sweeps", "scheduler_leases", "workers", "idempotency_keys"}
-HEAD = "0005_idempotency_keys"
+HEAD = "0006_tenants"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:

@@ -1,0 +1,50 @@
+"""Per-tenant limits checked when work is submitted: how much may wait, and how much one job or
+sweep may cost. (How much may run at once is the scheduler's: ``tenant_max_running``.)
+
+The queued count is read in the submit's own transaction, so a burst of concurrent submits may
+overshoot the limit by the number in flight; the limit protects the service, not an invoice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.config import Settings, get_settings
+from services.db.models import Job
+from services.errors import InvalidInput, TooMany
+from services.spec import JobCreate
+
+# When a tenant over its queue limit may try again: about the time a few packs take to finish.
+RETRY_AFTER_SECONDS = 30
+
+
+def training_cost(spec: JobCreate, n_points: int) -> float:
+    """Parameters x points x steps: proportional to the multiply-adds of the whole training."""
+    layers = spec.architecture.layers
+    parameters = sum(a * b + b for a, b in zip(layers, layers[1:]))
+    return float(parameters) * n_points * spec.stop.max_steps
+
+
+def check_cost(settings: Settings, members: Sequence[tuple[JobCreate, int]],
+               loc: tuple[str | int, ...] = ("stop", "max_steps")) -> None:
+    """``members``: (spec, number of data points) of a job, or of every member of a sweep."""
+    cost = sum(training_cost(spec, points) for spec, points in members)
+    if cost > settings.tenant_max_cost:
+        whose = f"summed over {len(members)} members" if len(members) > 1 else "of this job"
+        raise InvalidInput(loc, f"estimated training cost {cost:.3g} (parameters x points x steps, {whose}) "
+                                f"exceeds the limit of {settings.tenant_max_cost:.3g}; "
+                                "train fewer steps, points or members, or a smaller network")
+
+
+def check_queued(session: Session, tenant: str, adding: int, settings: Settings | None = None) -> None:
+    """429 when ``adding`` more jobs would take the tenant's queued jobs past its limit."""
+    limit = (settings or get_settings()).tenant_max_queued
+    if adding > limit:
+        raise TooMany(f"{adding} jobs exceed the limit of {limit} queued jobs per tenant", RETRY_AFTER_SECONDS)
+    queued = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant, Job.status == "queued"))
+    if queued + adding > limit:
+        raise TooMany(f"{queued} jobs of this tenant are queued and {adding} more would exceed the limit of "
+                      f"{limit}; retry when some have started", RETRY_AFTER_SECONDS)
