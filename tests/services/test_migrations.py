@@ -150,3 +150,27 @@ def test_0004_fills_max_steps_from_each_stored_spec(tmp_path: Path) -> None:
         filled = dict(conn.execute(text("SELECT id, max_steps FROM jobs")).all())
     engine.dispose()
     assert filled == {"a": 77, "b": 1000}
+
+
+def test_0006_gives_old_rows_the_default_tenant_and_keeps_idempotency_keys(db_url: str) -> None:
+    """On both databases: rows of one tenant before, every one the default tenant's after, the
+    keys in use still answering, and the same data storable by two tenants."""
+    engine = create_engine(db_url)
+    command.downgrade(alembic_config(db_url), "0005_idempotency_keys")  # the fixture's is at head
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO datasets (id, content_hash, n_points, n_in, n_out, dtype, x, y, created_at)"
+                          " VALUES ('d', 'h', 3, 1, 1, 'float64', :b, :b, :t)"), {"b": b"", "t": "2026-01-01"})
+        conn.execute(text("INSERT INTO sweeps (id, name, spec, paths, members, planned_steps, cancelled, created_at)"
+                          " VALUES ('s', 'old', '{}', '[]', 0, 0, false, '2026-01-01')"))
+        conn.execute(text("INSERT INTO idempotency_keys VALUES ('k', 'hash', 'dataset', 'd', '2026-01-01')"))
+    command.upgrade(alembic_config(db_url), "head")
+    with engine.begin() as conn:
+        for table in ("datasets", "sweeps", "idempotency_keys"):
+            assert conn.execute(text(f"SELECT tenant_id FROM {table}")).scalars().all() == ["default"], table
+        assert conn.execute(text("SELECT resource_id FROM idempotency_keys WHERE key = 'k'")).scalar() == "d"
+        conn.execute(text("INSERT INTO datasets (id, tenant_id, content_hash, n_points, n_in, n_out, dtype, x, y,"
+                          " created_at) VALUES ('d2', 'bob', 'h', 3, 1, 1, 'float64', :b, :b, :t)"),
+                     {"b": b"", "t": "2026-01-01"})
+        conn.execute(text("INSERT INTO idempotency_keys (tenant_id, key, request_hash, resource, resource_id,"
+                          " created_at) VALUES ('bob', 'k', 'other', 'dataset', 'd2', '2026-01-01')"))
+    engine.dispose()

@@ -323,3 +323,14 @@ def test_survivors_order_among_non_finite_is_by_id(make: Callable[[int], float |
     members = [Parked("c", 1.0)] + [Parked(job_id, make(i)) for i, job_id in enumerate("ba")]
     results = {tuple(map(tuple, survivors(order, eta=2))) for order in (members, members[::-1])}
     assert results == {(("c", "a"), ("b",))}
+
+
+def test_each_tenant_keeps_at_most_its_running_limit_oldest_first() -> None:
+    from services.packing import within_tenant_limit
+
+    queue = [QueuedJob(f"{t}{i}", "k", "cpu", 1.0, tenant=t) for i in range(5) for t in ("a", "b", "c")]
+    kept = within_tenant_limit(queue, {"a": 3, "b": 0, "c": 9}, limit=4)
+    assert [j.id for j in kept if j.tenant == "a"] == ["a0"]  # 3 in flight: room for one
+    assert [j.id for j in kept if j.tenant == "b"] == ["b0", "b1", "b2", "b3"]
+    assert not [j for j in kept if j.tenant == "c"]  # over its limit already: waits
+    assert [j.id for j in within_tenant_limit(queue, {}, limit=100)] == [j.id for j in queue]
