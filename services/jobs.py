@@ -204,22 +204,38 @@ def _cancel(session: Session, job_id: str, tenant: str) -> tuple[JobRead, bool]:
 
 def get_history(job_id: str, every: int | None = None, max_points: int | None = None, *,
                 tenant: str = DEFAULT_TENANT) -> HistoryRead:
-    """SSR at steps 0..step, thinned to steps 0, k, 2k, ... plus always the last one."""
+    """SSR at steps 0..step, thinned to steps 0, k, 2k, ... plus always the last one; at most
+    ``max_history_points`` in one document (``history_arrays`` streams any length)."""
     limit = get_settings().max_history_points
+    if max_points is not None and not 1 <= max_points <= limit:
+        raise InvalidInput(("max_points",), f"must be between 1 and {limit}")
+    steps, ssr = history_arrays(job_id, every, max_points or (None if every else limit), tenant=tenant)
+    if len(steps) > limit:
+        raise InvalidInput(("every",), f"{len(steps)} points exceed the limit of {limit}; use a larger every, "
+                                       "or stream the history (format=csv or ndjson)")
+    values = [v if math.isfinite(v) else None for v in ssr.tolist()]
+    return HistoryRead(steps=steps.tolist(), ssr=values)
+
+
+def history_arrays(job_id: str, every: int | None = None, max_points: int | None = None, *,
+                   tenant: str = DEFAULT_TENANT) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, ssr with NaN and infinities kept), thinned by ``every`` or to ``max_points``."""
     if every is not None and max_points is not None:
         raise InvalidInput(("every",), "give either every or max_points, not both")
     if every is not None and every < 1:
         raise InvalidInput(("every",), "must be at least 1")
-    if max_points is not None and not 1 <= max_points <= limit:
-        raise InvalidInput(("max_points",), f"must be between 1 and {limit}")
+    if max_points is not None and max_points < 1:
+        raise InvalidInput(("max_points",), "must be at least 1")
     with session_scope() as session:
         job = repository.get_job(session, job_id, tenant=tenant)
         steps, ssr = repository.read_history(session, job_id, job.step)
-    keep = thin(steps, every) if every is not None else thin_to(steps, max_points or limit)
-    if len(keep) > limit:
-        raise InvalidInput(("every",), f"{len(keep)} points exceed the limit of {limit}; use a larger every")
-    values = [v if math.isfinite(v) else None for v in ssr[keep].tolist()]
-    return HistoryRead(steps=steps[keep].tolist(), ssr=values)
+    if every is not None:
+        keep = thin(steps, every)
+    elif max_points is not None:
+        keep = thin_to(steps, max_points)
+    else:
+        return steps, ssr
+    return steps[keep], ssr[keep]
 
 
 def thin(steps: np.ndarray, every: int) -> np.ndarray:
@@ -252,8 +268,10 @@ def get_parameters(job_id: str, step: int | None = None, *, tenant: str = DEFAUL
     with session_scope() as session:
         spec = repository.get_job_spec(session, job_id, tenant=tenant)
         found = repository.load_checkpoint_arrays(session, job_id, step)
+        saved = repository.checkpoint_steps(session, job_id)
     if found is None:
-        raise NotFound("checkpoint", f"{job_id} (none yet)" if step is None else f"{job_id} at step {step}")
+        where = "none yet" if not saved else f"checkpoints at steps {_steps_text(saved)}"
+        raise NotFound("checkpoint", f"{job_id} ({where})" if step is None else f"{job_id} at step {step} ({where})")
     at, arrays = found
     layers = [
         LayerParameters.model_construct(
@@ -262,7 +280,12 @@ def get_parameters(job_id: str, step: int | None = None, *, tenant: str = DEFAUL
         )
         for i in range(len(spec["architecture"]["layers"]) - 1)
     ]
-    return ParametersRead(step=at, layers=layers)
+    return ParametersRead(step=at, layers=layers, checkpoint_steps=saved)
+
+
+def _steps_text(steps: list[int], most: int = 20) -> str:
+    shown = ", ".join(map(str, steps[:most]))
+    return shown + (f" and {len(steps) - most} more" if len(steps) > most else "")
 
 
 def predict(job_id: str, x: Matrix, *, tenant: str = DEFAULT_TENANT) -> PredictRead:

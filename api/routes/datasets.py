@@ -38,7 +38,7 @@ def create_dataset(tenant: Tenant, body: DatasetBody, idempotency_key: Idempoten
 
     CSV: a header row; columns ``x``/``x1``, ``x2``... are inputs, ``y``/``y1``... outputs.
     """
-    return idempotency.answer(datasets.create_dataset_once(body.x, body.y, idempotency_key, tenant=tenant))
+    return idempotency.answer(datasets.create_dataset_once(body.x, body.y, idempotency_key, tenant=tenant), "/v1/datasets/{id}")
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "No such dataset"}})

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
 
 from api import idempotency
 from api.auth import Tenant
 from api.idempotency import IdempotencyKey
-from services import jobs
+from services import history_formats, jobs
 from services.spec import (
     HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
 )
@@ -24,7 +25,7 @@ BIG = 2**53  # steps are int64 in the engine and the database; larger numbers ar
 @router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
 def create_job(spec: JobCreate, tenant: Tenant, idempotency_key: IdempotencyKey = None) -> Response:
     """Validate, store and queue a training job; it starts as ``queued``."""
-    return idempotency.answer(jobs.submit_job_once(spec, idempotency_key, tenant=tenant))
+    return idempotency.answer(jobs.submit_job_once(spec, idempotency_key, tenant=tenant), "/v1/jobs/{id}")
 
 
 @router.get("", response_model=JobPage)
@@ -44,15 +45,25 @@ def read_job(job_id: JobId, tenant: Tenant) -> JobRead:
     return jobs.get_job(job_id, tenant=tenant)
 
 
-@router.get("/{job_id}/history", response_model=HistoryRead, responses=_NOT_FOUND)
+_STREAMS = {media: {"schema": {"type": "string"}} for media in history_formats.MEDIA_TYPES.values()}
+
+
+@router.get("/{job_id}/history", response_model=HistoryRead,
+            responses={**_NOT_FOUND, 200: {"content": _STREAMS, "description": "The history (JSON, or streamed lines)"}})
 def read_history(
     job_id: JobId,
     tenant: Tenant,
     every: Annotated[int | None, Query(ge=1, le=BIG, description="Keep every n-th step")] = None,
-    max_points: Annotated[int | None, Query(ge=2, description="Thin to at most this many")] = None,
-) -> HistoryRead:
+    max_points: Annotated[int | None, Query(ge=2, le=BIG, description="Thin to at most this many")] = None,
+    format: Annotated[Literal["json", "csv", "ndjson"], Query(  # noqa: A002 (the query's name)
+        description="json: one document of at most max_history_points; csv (`step,ssr`) or ndjson "
+                    "(`{\"step\", \"ssr\"}` per line): streamed, any length")] = "json",
+) -> HistoryRead | StreamingResponse:
     """SSR at every step from 0 to the current one, optionally thinned."""
-    return jobs.get_history(job_id, every=every, max_points=max_points, tenant=tenant)
+    if format == "json":
+        return jobs.get_history(job_id, every=every, max_points=max_points, tenant=tenant)
+    steps, ssr = jobs.history_arrays(job_id, every=every, max_points=max_points, tenant=tenant)
+    return StreamingResponse(history_formats.lines(format, steps, ssr), media_type=history_formats.MEDIA_TYPES[format])
 
 
 @router.get("/{job_id}/parameters", response_model=ParametersRead, responses=_NOT_FOUND)
@@ -72,5 +83,6 @@ def predict_job(job_id: JobId, body: PredictRequest, tenant: Tenant) -> PredictR
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses={**_NOT_FOUND, 409: {"description": "Job already finished"}})
 def cancel_job(job_id: JobId, tenant: Tenant) -> JobRead:
-    """Queued jobs stop at once; running ones at their next checkpoint."""
+    """Queued jobs stop at once (``cancelled``); running ones at their next checkpoint: the answer
+    is still ``running`` with ``cancel_requested: true``."""
     return jobs.cancel_job(job_id, tenant=tenant)

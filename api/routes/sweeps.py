@@ -22,7 +22,7 @@ _NOT_FOUND = {404: {"description": "No sweep with this id"}}
 def create_sweep(body: SweepCreate, tenant: Tenant, idempotency_key: IdempotencyKey = None) -> Response:
     """Expand grid x random draws into member jobs; all are validated before any is stored.
     Members are jobs: list them with ``GET /v1/jobs?sweep_id=``."""
-    return idempotency.answer(sweeps.submit_sweep_once(body, idempotency_key, tenant=tenant))
+    return idempotency.answer(sweeps.submit_sweep_once(body, idempotency_key, tenant=tenant), "/v1/sweeps/{id}")
 
 
 @router.get("", response_model=SweepPage)

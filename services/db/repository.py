@@ -96,6 +96,7 @@ def job_to_read(row: Job) -> JobRead:
         started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at),
         attempts=row.attempts, worker=WorkerInfo(hostname=row.worker_hostname, pid=row.worker_pid),
         device=row.device, sweep_id=row.sweep_id, sweep_values=row.sweep_values, rung=row.rung, error=row.error,
+        cancel_requested=bool(row.cancel_requested),
     )
 
 
