@@ -17,6 +17,7 @@ COPY api ./api
 COPY worker ./worker
 COPY services ./services
 COPY migrations ./migrations
+COPY descent_client ./descent_client
 RUN pip install --no-deps . && useradd --create-home --uid 10001 descent
 USER descent
 

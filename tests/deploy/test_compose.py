@@ -1,14 +1,17 @@
 """docker-compose.yml, .env.example and the Dockerfiles, checked without a Docker engine.
 
-- Debian's `docker-compose` 1.29 validates the file (with .env.example, with no .env at all, with
-  the gpu profile) and resolves it exactly as :func:`interpolate` here does.
+- Debian's `docker-compose` 1.29 validates the file (with .env.example, with .env holding only
+  the API keys, with the gpu profile), refuses it without the keys, and resolves it exactly as
+  :func:`interpolate` (tests/deploy/compose.py) does.
 - The structure is checked as data: health checks, dependencies, restart and stop policies,
-  scaling, the GPU reservation, deploy/ mounted into Prometheus and Grafana, every variable in
-  .env.example and every ``DESCENT_*`` default equal to the code's.
+  scaling, the GPU reservation, deploy/ mounted into Prometheus and Grafana, Prometheus's
+  entrypoint writing the metrics key where its config reads it, every variable in .env.example
+  and every ``DESCENT_*`` default equal to the code's; the API keys have no default (auth on).
 - The migrate, api, scheduler and worker services run as local processes with their own commands
-  and environment, only host names and ports swapped for this machine's PostgreSQL, Redis and
-  free ports: a job trains to the StatQuest result, and a sweep's numbers agree between the API
-  and the three ``/metrics`` endpoints that Prometheus scrapes.
+  and environment (.env.example's keys included), only host names and ports swapped for this
+  machine's PostgreSQL, Redis and free ports: the API refuses requests without a key, a job
+  trains to the StatQuest result, and a sweep's numbers agree between the API and the three
+  ``/metrics`` endpoints that Prometheus scrapes (the API's with the metrics key).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import fnmatch
 import itertools
 import os
 import re
+import stat
 import shutil
 import signal
 import subprocess
@@ -38,70 +42,23 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from services.config import Settings
 from services.examples import STATQUEST_B3, statquest_job
+from services.keys import KeyRing
 from services.metrics_db import sweep_label
 from services.spec import FINISHED
 from services.stack import wait_until_ready
 from tests.conftest import new_pg_database
+from tests.deploy.compose import (COMPOSE, COMPOSE_FILE, ENV, ENV_EXAMPLE, METRICS_KEY, RAW, REQUIRED, ROOT,
+                                  SERVICES, TENANT_KEYS, MissingVariable, bearer, interpolate, variables_used)
 from tests.e2e.conftest import free_port, kill_leftovers
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
 DOCKER_COMPOSE = shutil.which("docker-compose")
 REDIS_DB = 11
 pytestmark = pytest.mark.slow
 needs_docker_compose = pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed")
 
-# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR; $$ is a literal $.
-_VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>\w+))")
 _DATABASE_URL = re.compile(r"postgresql\+psycopg://descent:(?P<password>[^@]+)@postgres:5432/descent$")
 _BROKER_URL = re.compile(r"redis://:(?P<password>[^@]+)@redis:6379/0$")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines, as compose reads .env (comments and blank lines skipped)."""
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose's variable substitution over a loaded file; an unset variable without a default fails."""
-    if isinstance(value, dict):
-        return {key: interpolate(item, env) for key, item in value.items()}
-    if isinstance(value, list):
-        return [interpolate(item, env) for item in value]
-    if isinstance(value, str):
-        return _VARIABLE.sub(lambda match: _substitute(match, env), value)
-    return value
-
-
-def _substitute(match: re.Match, env: dict[str, str]) -> str:
-    if match.group(0) == "$$":
-        return "$"
-    name, op, arg = match["name"] or match["bare"], match["op"], match["arg"]
-    value = env.get(name)
-    missing = value is None or (op is not None and op.startswith(":") and value == "")
-    if not missing:
-        return value
-    assert op in (":-", "-"), f"${{{name}}} is used without a default and is not set"
-    return arg
-
-
-def variables_used(document: Any) -> set[str]:
-    """Names of the variables a loaded YAML document's values use (comments are not values)."""
-    if isinstance(document, dict):
-        return set().union(*map(variables_used, document.values()))
-    if isinstance(document, list):
-        return set().union(*map(variables_used, document))
-    if isinstance(document, str):
-        return {m["name"] or m["bare"] for m in _VARIABLE.finditer(document) if m.group(0) != "$$"}
-    return set()
-
-
-RAW = yaml.safe_load(COMPOSE_FILE.read_text())
-ENV = read_env_file(ENV_EXAMPLE)
-COMPOSE = interpolate(RAW, ENV)
-SERVICES = COMPOSE["services"]
+KEYS = {"DESCENT_API_KEYS", "DESCENT_METRICS_KEY"}  # required from .env: no default
 DESCENT = [name for name, service in SERVICES.items() if service.get("command", [""])[0] == "descent"]
 LONG_RUNNING = [name for name in SERVICES if name != "migrate"]
 
@@ -139,16 +96,46 @@ def _compose(*args: str, env_file: Path, cwd: Path) -> subprocess.CompletedProce
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
 
 
+def _env_file(path: Path, pairs: dict[str, str]) -> Path:
+    path.write_text("".join(f"{key}={value}\n" for key, value in pairs.items()))
+    return path
+
+
 @needs_docker_compose
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
-@pytest.mark.parametrize("env_file", ["example", "none"])
+@pytest.mark.parametrize("env_file", ["example", "keys-only"])
 def test_docker_compose_validates_the_file(profile: list[str], env_file: str, tmp_path: Path) -> None:
-    """With .env.example, and with an empty .env (every variable falls back to its default)."""
-    path = ENV_EXAMPLE if env_file == "example" else tmp_path / ".env"
-    path.touch()
+    """With .env.example, and with a .env holding only the keys (every other variable falls back
+    to its default)."""
+    path = ENV_EXAMPLE if env_file == "example" else _env_file(tmp_path / ".env", {k: ENV[k] for k in KEYS})
     done = _compose(*profile, "config", "-q", env_file=path, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "WARNING" not in done.stderr and "is not set" not in done.stderr, done.stderr
+
+
+@needs_docker_compose
+@pytest.mark.parametrize("missing", ["all", *sorted(KEYS)])
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_docker_compose_refuses_to_start_without_the_api_keys(missing: str, how: str, tmp_path: Path) -> None:
+    """No key in .env (or an empty one): `docker compose up` stops at once, naming the variable."""
+    absent = KEYS if missing == "all" else {missing}
+    pairs = {k: ENV[k] for k in KEYS - absent} | ({k: "" for k in absent} if how == "empty" else {})
+    done = _compose("config", "-q", env_file=_env_file(tmp_path / ".env", pairs), cwd=tmp_path)
+    assert done.returncode != 0, done.stdout
+    # compose 1.29: 'Missing mandatory value for "environment" option interpolating {...} in
+    # service "migrate": <the message of ${VAR:?message}>', for the first variable it meets.
+    said = re.search(r'Missing mandatory value .* in service "[\w-]+": (?P<message>.*)', done.stderr)
+    assert said, done.stderr
+    assert any(said["message"] == f"set {name} in .env (see .env.example)" for name in absent), done.stderr
+
+
+def _unescape(value: Any) -> Any:
+    """`docker-compose config` writes a literal $ back as $$."""
+    if isinstance(value, dict):
+        return {key: _unescape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unescape(item) for item in value]
+    return value.replace("$$", "$") if isinstance(value, str) else value
 
 
 @needs_docker_compose
@@ -159,14 +146,19 @@ def test_docker_compose_resolves_the_file_as_these_tests_do(tmp_path: Path) -> N
     resolved = yaml.safe_load(done.stdout)["services"]
     assert set(resolved) == set(SERVICES)
     for name, service in SERVICES.items():
-        ours = {key: service[key] for key in ("command", "environment", "image") if key in service}
-        theirs = {key: resolved[name][key] for key in ours}
+        ours = {key: service[key] for key in ("command", "entrypoint", "environment", "image") if key in service}
+        theirs = {key: _unescape(resolved[name][key]) for key in ours}
         assert theirs == ours, name
 
 
-def test_no_env_file_means_the_values_of_env_example() -> None:
-    """Every default in the compose file is the value .env.example documents."""
-    assert interpolate(RAW, {}) == COMPOSE
+def test_no_env_file_means_the_values_of_env_example_except_the_keys() -> None:
+    """Every default in the compose file is the value .env.example documents; the API keys have
+    none, and without either one the file does not resolve."""
+    assert REQUIRED == KEYS
+    assert interpolate(RAW, {k: ENV[k] for k in KEYS}) == COMPOSE
+    for name in KEYS:
+        with pytest.raises(MissingVariable, match=rf"\${{{name}}} is not set.*set {name} in \.env"):
+            interpolate(RAW, {k: ENV[k] for k in KEYS - {name}})
 
 
 def test_env_example_lists_exactly_the_variables_compose_uses() -> None:
@@ -178,11 +170,55 @@ def test_env_example_lists_exactly_the_variables_compose_uses() -> None:
 
 def test_descent_settings_in_compose_default_to_the_code_defaults() -> None:
     env = SERVICES["api"]["environment"]
-    knobs = {key for key in env if key.startswith("DESCENT_")} - {"DESCENT_DATABASE_URL", "DESCENT_BROKER_URL"}
+    knobs = {key for key in env if key.startswith("DESCENT_")} - {"DESCENT_DATABASE_URL", "DESCENT_BROKER_URL"} - KEYS
     assert knobs, "no DESCENT_* settings passed through"
     for key in knobs:
         field = Settings.model_fields[key.removeprefix("DESCENT_").lower()]
         assert TypeAdapter(field.annotation).validate_python(env[key]) == field.default, key
+
+
+def test_compose_ships_with_auth_on() -> None:
+    """Every Descent service gets both keys from .env; .env.example's are valid keys for two
+    tenants and a metrics key, and say to change them."""
+    for name in KEYS:
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]*{name}[^}}]*\}}", RAW["x-descent-env"][name]), name
+    for name in DESCENT:
+        assert {k: SERVICES[name]["environment"][k] for k in KEYS} == {k: ENV[k] for k in KEYS}, name
+    ring = KeyRing.parse(ENV["DESCENT_API_KEYS"], ENV["DESCENT_METRICS_KEY"])  # a bad key raises
+    assert ring.enabled and ring.metrics is not None
+    assert len(TENANT_KEYS) >= 2 and all(ring.tenant_of(key) == tenant for tenant, key in TENANT_KEYS.items())
+    assert ring.is_metrics_key(METRICS_KEY)
+    for key in [*TENANT_KEYS.values(), METRICS_KEY]:
+        assert key.startswith("change-me"), "the example keys must say they are to be changed"
+    assert "CHANGE ME" in ENV_EXAMPLE.read_text() and "secrets.token_urlsafe(32)" in ENV_EXAMPLE.read_text()
+
+
+def test_prometheus_writes_the_metrics_key_where_its_config_reads_it(tmp_path: Path) -> None:
+    """The entrypoint's shell script, run here with the key file and the binary swapped for a
+    temporary path and a stub: the file holds exactly the key (no newline, owner-only) and
+    Prometheus gets the service's command as its arguments."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    auth = jobs["descent-api"]["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and set(auth) <= {"type", "credentials_file"}
+    key_file = auth["credentials_file"]
+    assert key_file.startswith("/prometheus/")  # the data volume, writable by the image's user
+    assert all("authorization" not in job for name, job in jobs.items() if name != "descent-api")
+    service = SERVICES["prometheus"]
+    assert service["environment"]["DESCENT_METRICS_KEY"] == SERVICES["api"]["environment"]["DESCENT_METRICS_KEY"]
+    shell, flag, script, name = service["entrypoint"]
+    assert (shell, flag, name) == ("/bin/sh", "-c", "--")  # $0, then the command as "$@"
+    assert key_file in script and "exec /bin/prometheus \"$@\"" in script
+    stub = tmp_path / "prometheus"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    local = script.replace(key_file, str(tmp_path / "key")).replace("/bin/prometheus", str(stub))
+    done = subprocess.run([shell, flag, local, name, *service["command"]], capture_output=True, text=True, timeout=10,
+                          env={"PATH": os.environ["PATH"], "DESCENT_METRICS_KEY": METRICS_KEY})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == service["command"]
+    assert (tmp_path / "key").read_text() == METRICS_KEY
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) & 0o077 == 0
 
 
 # --- structure ------------------------------------------------------------------------------------
@@ -445,8 +481,8 @@ def eventually(check: Callable[[], T], timeout: float) -> T:
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(url: str) -> Samples:
-    answer = httpx.get(url, timeout=5)
+def scrape(url: str, key: str | None = None) -> Samples:
+    answer = httpx.get(url, headers=bearer(key) if key else None, timeout=5)
     answer.raise_for_status()
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(answer.text) for s in family.samples}
@@ -458,41 +494,60 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[key]
 
 
-def test_compose_services_train_the_statquest_job(compose_up: LocalCompose) -> None:
-    created = httpx.post(f"{compose_up.api}/v1/jobs", json=statquest_job(), timeout=10)
+def test_compose_services_need_keys_and_train_the_statquest_job(compose_up: LocalCompose) -> None:
+    """With .env.example's keys: a request without a key is refused (the health checks are open),
+    /metrics takes only the metrics key, and a tenant's job is its own."""
+    api, key, other = compose_up.api, *list(TENANT_KEYS.values())[:2]
+    for path in ("/healthz", "/readyz"):
+        assert httpx.get(f"{api}{path}", timeout=5).status_code == 200, path
+    assert httpx.get(f"{api}/v1/jobs", timeout=5).status_code == 401
+    assert httpx.post(f"{api}/v1/jobs", json=statquest_job(), timeout=5).status_code == 401
+    assert httpx.get(f"{api}/v1/jobs", headers=bearer("not-a-key-of-this-stack"), timeout=5).status_code == 401
+    assert httpx.get(f"{api}/v1/jobs", headers=bearer(METRICS_KEY), timeout=5).status_code == 401
+    assert httpx.get(compose_up.metrics["api"], timeout=5).status_code == 401
+    assert httpx.get(compose_up.metrics["api"], headers=bearer(key), timeout=5).status_code == 403
+    assert httpx.get(compose_up.metrics["api"], headers=bearer(METRICS_KEY), timeout=5).status_code == 200
+    for name in ("scheduler", "worker"):  # on the compose network only: no key, as before
+        assert httpx.get(compose_up.metrics[name], timeout=5).status_code == 200, name
+
+    created = httpx.post(f"{api}/v1/jobs", json=statquest_job(), headers=bearer(key), timeout=10)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
 
     def finished() -> dict:
-        job = httpx.get(f"{compose_up.api}/v1/jobs/{job_id}", timeout=5).json()
+        job = httpx.get(f"{api}/v1/jobs/{job_id}", headers=bearer(key), timeout=5).json()
         assert job["status"] not in ("queued", "running"), job
         return job
 
     assert eventually(finished, 60)["status"] == "succeeded"
-    layers = httpx.get(f"{compose_up.api}/v1/jobs/{job_id}/parameters", timeout=5).json()["layers"]
+    layers = httpx.get(f"{api}/v1/jobs/{job_id}/parameters", headers=bearer(key), timeout=5).json()["layers"]
     assert round(layers[1]["bias"][0], 2) == STATQUEST_B3
     assert layers[1]["weight"] == [[-1.22, -2.30]]
+    assert httpx.get(f"{api}/v1/jobs/{job_id}", headers=bearer(other), timeout=5).status_code == 404
+    assert httpx.get(f"{api}/v1/jobs", headers=bearer(other), timeout=5).json()["items"] == []
 
 
 def test_a_sweep_agrees_with_the_metrics_of_api_scheduler_and_worker(compose_up: LocalCompose) -> None:
-    """What Prometheus would scrape from each service equals what the API reports."""
-    api = compose_up.api
+    """What Prometheus would scrape from each service equals what the API reports (the API's
+    /metrics read with the metrics key, as Prometheus does)."""
+    api, headers = compose_up.api, bearer(next(iter(TENANT_KEYS.values())))
     body = {"name": "compose-parity", "base": statquest_job() | {"stop": {"max_steps": 40, "min_step_size": 0.001},
                                                                  "checkpoint_every": 10},
             "grid": {"learning_rate": [0.01, 0.05, 0.1], "init.seed": [1, 2]}}
-    created = httpx.post(f"{api}/v1/sweeps", json=body, timeout=10)
+    created = httpx.post(f"{api}/v1/sweeps", json=body, headers=headers, timeout=10)
     assert created.status_code == 201, created.text
     sweep_id = created.json()["id"]
 
     def finished() -> dict:
-        sweep = httpx.get(f"{api}/v1/sweeps/{sweep_id}", timeout=5).json()
+        sweep = httpx.get(f"{api}/v1/sweeps/{sweep_id}", headers=headers, timeout=5).json()
         assert sweep["status"] == "finished", sweep
         return sweep
 
     sweep = eventually(finished, 60)
-    members = httpx.get(f"{api}/v1/jobs", params={"sweep_id": sweep_id, "limit": 500}, timeout=5).json()["items"]
+    members = httpx.get(f"{api}/v1/jobs", params={"sweep_id": sweep_id, "limit": 500}, headers=headers,
+                        timeout=5).json()["items"]
     assert len(members) == sweep["members"] == 6 and all(m["status"] in FINISHED for m in members)
-    every_job = httpx.get(f"{api}/v1/jobs", params={"limit": 500}, timeout=5).json()["items"]
+    every_job = httpx.get(f"{api}/v1/jobs", params={"limit": 500}, headers=headers, timeout=5).json()["items"]
     assert len(every_job) == 6  # a fresh database: the gauges count only the sweep
     steps, statuses = sum(m["step"] for m in members), Counter(m["status"] for m in members)
     assert steps > 0
@@ -509,7 +564,7 @@ def test_a_sweep_agrees_with_the_metrics_of_api_scheduler_and_worker(compose_up:
     assert value(scheduler, "descent_scheduler_dispatched_total", queue="cpu") >= len(members)
     assert value(scheduler, "descent_scheduler_dispatched_total", queue="gpu") == 0
 
-    served = scrape(compose_up.metrics["api"])
+    served = scrape(compose_up.metrics["api"], METRICS_KEY)
     assert value(served, "descent_jobs_submitted_total") == len(members)
     label = sweep_label(sweep["name"], sweep_id)
     for status in ("queued", "running", *FINISHED):

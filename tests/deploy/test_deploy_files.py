@@ -69,6 +69,11 @@ def test_scrape_jobs_and_intervals() -> None:
     assert set(jobs) == SCRAPE_JOBS
     assert jobs["descent-api"]["static_configs"][0]["targets"] == ["api:8000"]
     assert jobs["descent-api"].get("metrics_path", "/metrics") == "/metrics"
+    # The API's /metrics takes the metrics key, which compose's prometheus entrypoint writes to
+    # this file (tests/deploy/test_compose.py runs that script); no other target gets it.
+    assert jobs["descent-api"]["authorization"] == {"type": "Bearer", "credentials_file": "/prometheus/.metrics_key"}
+    assert [name for name, job in jobs.items() if "authorization" in job or "bearer_token" in job
+            or "bearer_token_file" in job or "basic_auth" in job] == ["descent-api"]
     for job, name in (("descent-scheduler", "scheduler"), ("descent-worker", "worker"), ("descent-worker-gpu", "worker-gpu")):
         assert jobs[job]["dns_sd_configs"] == [{"names": [name], "type": "A", "port": 9100}], job
 
@@ -81,9 +86,15 @@ def test_rules_folder_holds_only_rule_files() -> None:
 
 @needs_promtool
 def test_prometheus_config_is_valid(tmp_path: Path) -> None:
-    """The container path of the rules is swapped for the repository's, so their glob resolves here."""
+    """The container paths of the rules and of the metrics key file are swapped for the
+    repository's and a temporary file, so promtool finds them here."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     config["rule_files"] = [str(RULES / Path(pattern).name) for pattern in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            key_file = tmp_path / f"{job['job_name']}.key"
+            key_file.write_text("a-metrics-key-for-promtool")
+            job["authorization"]["credentials_file"] = str(key_file)
     assert {Path(p).name for pattern in config["rule_files"] for p in glob.glob(pattern)} == {"descent.yml"}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     assert "SUCCESS" in promtool("check", "config", tmp_path / "prometheus.yml")

@@ -1,6 +1,7 @@
 """The monitoring in deploy/, run for real: compose's api, scheduler and worker commands as
-local processes on PostgreSQL and Redis, a real Prometheus (Debian's) with the project's own
-config and rules (only the targets rewritten to local ports) scraping them, then every
+local processes on PostgreSQL and Redis with .env.example's API keys (auth on, as compose runs
+them), a real Prometheus (Debian's) with the project's own config and rules (only the targets
+rewritten to local ports, and the metrics key file to a temporary one) scraping them, then every
 dashboard and alert expression evaluated by it and every SQL panel run on the stack's database.
 """
 
@@ -24,11 +25,12 @@ from sqlalchemy import create_engine, text
 
 from services.examples import statquest_job
 from services.stack import wait_until_ready
+from tests.deploy.compose import METRICS_KEY, ROOT, SERVICES, TENANT_KEYS, bearer
 from tests.deploy.dashboards import prometheus_queries, sql_queries
 from tests.e2e.conftest import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+KEYS = ("DESCENT_API_KEYS", "DESCENT_METRICS_KEY")
+HEADERS = bearer(next(iter(TENANT_KEYS.values())))  # a tenant's key, for the workload
 REDIS_DB = 13
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus not installed")]
@@ -56,6 +58,7 @@ def stack(pg_url: str, tmp_path: Path) -> Iterator[Stack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DESCENT_", "PROMETHEUS_"))}
     env |= {"DESCENT_DATABASE_URL": pg_url, "DESCENT_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
             "DESCENT_HOME": str(tmp_path / "home")}
+    env |= {key: SERVICES["api"]["environment"][key] for key in KEYS}  # compose's: auth on
     api_port = free_port()
     ports = {name: free_port() for name in ("scheduler", "worker")}
     subprocess.run(_argv("migrate", api_port, 0), env=env, check=True, timeout=120)
@@ -86,7 +89,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def local_config(stack: Stack, folder: Path) -> Path:
     """deploy/prometheus/prometheus.yml with each job's targets pointed at the local processes
-    (1 s scrapes so rates have points quickly); everything else as shipped."""
+    (1 s scrapes so rates have points quickly) and the API's key file at a temporary one holding
+    the metrics key, as compose's prometheus entrypoint writes it; everything else as shipped."""
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(ROOT / "deploy" / "prometheus" / "rules" / "*.yml")]
@@ -99,6 +103,10 @@ def local_config(stack: Stack, folder: Path) -> Path:
             job["static_configs"] = [{"targets": [local[job["job_name"]]]}]
         elif job["job_name"] != "prometheus":
             job["static_configs"] = []  # no gpu worker here
+        if "authorization" in job:
+            key_file = folder / f"{job['job_name']}.key"
+            key_file.write_text(METRICS_KEY)
+            job["authorization"]["credentials_file"] = str(key_file)
     path = folder / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -138,12 +146,13 @@ def workload(api: str) -> tuple[str, str]:
                               "checkpoint_every": 20}
     body = {"name": "live", "base": base, "grid": {"learning_rate": [0.01, 0.05, 0.1, 0.2, 0.3, 1e6]},
             "early_stopping": {"type": "successive_halving", "min_steps": 20, "reduction_factor": 3}}
-    sweep = httpx.post(f"{api}/v1/sweeps", json=body, timeout=10).json()
+    sweep = httpx.post(f"{api}/v1/sweeps", json=body, headers=HEADERS, timeout=10).json()
     deadline = time.monotonic() + 90
-    while httpx.get(f"{api}/v1/sweeps/{sweep['id']}", timeout=10).json()["status"] != "finished":
+    while httpx.get(f"{api}/v1/sweeps/{sweep['id']}", headers=HEADERS, timeout=10).json()["status"] != "finished":
         assert time.monotonic() < deadline, "the sweep did not finish"
         time.sleep(0.3)
-    members = httpx.get(f"{api}/v1/jobs", params={"sweep_id": sweep["id"]}, timeout=10).json()["items"]
+    members = httpx.get(f"{api}/v1/jobs", params={"sweep_id": sweep["id"]}, headers=HEADERS,
+                        timeout=10).json()["items"]
     return sweep["id"], next(m["id"] for m in members if m["stop_reason"] != "diverged")
 
 
@@ -163,8 +172,19 @@ def wait_for(prometheus: str, expr: str, what: str, timeout: float = 60) -> None
 TARGETS_UP = 'count(up{job=~"descent-api|descent-scheduler|descent-worker"} == 1) == 3'
 
 
+def targets(prometheus: str) -> str:
+    """Each target's job, health and last scrape error, as Prometheus reports them."""
+    found = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    return "; ".join(f"{t['labels']['job']} {t['scrapeUrl']}: {t['health']} {t['lastError']!r}" for t in found)
+
+
 def test_every_dashboard_and_alert_query_runs_on_a_live_scrape(stack: Stack, prometheus: str) -> None:
-    wait_for(prometheus, TARGETS_UP, "every local target scraped")  # before the counters move
+    assert httpx.get(f"{stack.api}/metrics", timeout=10).status_code == 401  # auth is on: the key is needed
+    try:
+        wait_for(prometheus, 'up{job="descent-api"} == 1', "the API scraped with the metrics key")
+        wait_for(prometheus, TARGETS_UP, "every local target scraped")  # before the counters move
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\ntargets: {targets(prometheus)}") from None
     sweep_id, job_id = workload(stack.api)
     wait_for(prometheus, "sum(rate(descent_training_steps_total[1m])) > 0", "the training steps scraped")
     empty = []
