@@ -19,7 +19,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job's id")]
 _NOT_FOUND = {404: {"description": "No job with this id"}}
-BIG = 2**53  # steps are int64 in the engine and the database; larger numbers are nonsense
+BIG = 2**31 - 1  # steps are int32 columns in the database; larger numbers are nonsense
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
