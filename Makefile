@@ -19,11 +19,14 @@ install: $(STAMP)
 # Tools the deploy tests run (no Docker engine or Grafana here): Prometheus and promtool check
 # deploy/prometheus and evaluate the dashboards' queries; docker-compose validates the compose file.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# tmux drives the CLI as a person would; chromium loads the page (tests/cli, tests/e2e/test_page.py).
+APT_PACKAGES := prometheus docker-compose tmux chromium
 system-deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
-	  $(SUDO) apt-get install -y -q --no-install-recommends prometheus docker-compose >/dev/null 2>&1 || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null \
+	  && command -v tmux >/dev/null && command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -q >/dev/null && \
-	    $(SUDO) apt-get install -y -q --no-install-recommends prometheus docker-compose >/dev/null; }; }
+	    $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null; }; }
 
 demo: install
 	$(BIN)/descent demo

@@ -1,4 +1,5 @@
-"""``descent``: run the service's processes, alone (production) or together (``up``, ``demo``).
+"""``descent``: run the service's processes, alone (production) or together (``up``, ``demo``),
+and use it (``submit``, ``watch``, ``params``... in ``services.cli_client``, through the HTTP API).
 
 ``api`` and ``worker`` are what a deployment runs, one per container; ``up`` supervises both on
 one machine with the same commands, so the embedded stack tests the production code path. This
@@ -17,12 +18,14 @@ from typing import Annotated
 
 import typer
 
-from services import metrics_dir
+from services import cli_client, metrics_dir
 from services.config import get_settings
 
 app = typer.Typer(help="Descent: train packs of small neural networks by gradient descent.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+RUN = "Run the service"
+app.add_typer(db_app, name="db", rich_help_panel=RUN)
+app.add_typer(cli_client.app)
 
 Port = Annotated[int, typer.Option(min=1, max=65535, help="TCP port of the API")]
 Host = Annotated[str, typer.Option(help="Interface the API listens on")]
@@ -39,7 +42,7 @@ def db_upgrade() -> None:
     typer.echo("database schema is up to date")
 
 
-@app.command("api")
+@app.command("api", rich_help_panel=RUN, short_help="Serve the HTTP API (uvicorn).")
 def run_api(
     host: Host = "127.0.0.1",
     port: Port = 8000,
@@ -53,7 +56,7 @@ def run_api(
     uvicorn.run("api.main:app", host=host, port=port, log_level="warning", workers=workers)
 
 
-@app.command("worker")
+@app.command("worker", rich_help_panel=RUN, short_help="Run a Celery training worker.")
 def run_worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues: cpu, gpu")] = "cpu",
     concurrency: Annotated[int, typer.Option(min=1, help="Pool processes")] = 1,
@@ -80,7 +83,8 @@ def run_worker(
     os.execve(sys.executable, argv, env)
 
 
-@app.command("scheduler")
+@app.command("scheduler", rich_help_panel=RUN,
+             short_help="Pack queued jobs and dispatch them; requeue lost work; cut rungs.")
 def run_scheduler(metrics_port: MetricsPort = None) -> None:
     """Pack queued jobs and publish them; requeue work whose worker died; cut sweep rungs.
 
@@ -102,7 +106,7 @@ def run_scheduler(metrics_port: MetricsPort = None) -> None:
         typer.echo("scheduler stopped")
 
 
-@app.command("up")
+@app.command("up", rich_help_panel=RUN, short_help="Run the whole stack here (API, scheduler, workers) until Ctrl-C.")
 def run_up(
     port: Port = 8000,
     host: Host = "127.0.0.1",
@@ -112,14 +116,15 @@ def run_up(
     """Run the API, the scheduler and workers on this machine until Ctrl-C or SIGTERM (SQLite +
     filesystem broker by default). A process that dies is restarted; workers stopped by Ctrl-C
     checkpoint and release their jobs, which resume at the next start."""
-    from services.stack import Stack, StackError, raise_on_sigterm
+    from services.stack import Stack, StackError, auth_note, raise_on_sigterm
 
     raise_on_sigterm()
     home = Path(os.environ.get("DESCENT_HOME") or get_settings().home)
     try:
         with Stack(home, host=host, port=port, workers=workers, api_workers=api_workers) as stack:
             settings = get_settings()
-            typer.echo(f"Descent is serving at {stack.url} (docs {stack.url}/docs)")
+            typer.echo(f"Descent is serving at {stack.url} (page {stack.url}/, docs {stack.url}/docs)")
+            typer.echo(f"  {auth_note(settings)}")
             typer.echo(f"  home {stack.home}\n  database {_redact(settings.database_url)}"
                        f"\n  broker {_redact(settings.broker_url)}\n  workers {workers}; Ctrl-C stops")
             while True:
@@ -132,15 +137,16 @@ def run_up(
         raise typer.Exit(1) from exc
 
 
-@app.command("demo")
+@app.command("demo", rich_help_panel=RUN,
+             short_help="Start a stack, train the StatQuest job with the client, check b3 = 2.61.")
 def run_demo(
     port: Port = 8765,
     home: Annotated[Path | None, typer.Option(help="DESCENT_HOME; a fresh temporary one if absent")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the job")] = 120.0,
 ) -> None:
-    """Start the embedded stack, train the StatQuest network over HTTP, check b3 = 2.61, stop."""
-    import httpx
-
+    """Start the embedded stack, train the StatQuest network with the client (as `descent submit`
+    and `descent watch` do), check b3 = 2.61, stop."""
+    from descent_client import DescentError
     from services.demo import run_statquest
     from services.stack import Stack, StackError, raise_on_sigterm
 
@@ -152,7 +158,7 @@ def run_demo(
         with Stack(home, port=port, workers=1, log_dir=home / "logs") as stack:
             typer.echo(f"Descent is serving at {stack.url} (home {stack.home})")
             ok = run_statquest(stack.url, typer.echo, timeout)
-    except (StackError, httpx.HTTPError, KeyboardInterrupt) as exc:
+    except (StackError, DescentError, KeyboardInterrupt) as exc:
         typer.echo(f"error: {exc or 'interrupted'}; logs in {home / 'logs'}", err=True)
     if ok and temporary:
         shutil.rmtree(home, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""``descent demo``: the StatQuest job through a running stack, over HTTP like any client.
+"""``descent demo``: the StatQuest job through a running stack, with the client library like any
+user (``descent_client``: submit, wait with a live progress line, history, parameters).
 
 It shows the whole path a user's job takes (submit, queue, worker, checkpoints, history,
 parameters) and checks the answer the video gives: b3 = 2.61 with w1..w4 untouched.
@@ -6,62 +7,60 @@ parameters) and checks the answer the video gives: b3 = 2.61 with w1..w4 untouch
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Callable
 
-import httpx
-
+from descent_client import Client, HistoryRead, JobRead, WaitTimeout
 from services.examples import STATQUEST_B3, STATQUEST_WEIGHTS, statquest_job, statquest_named
-from services.spec import FINISHED
 
 Echo = Callable[[str], None]
 
 
 def run_statquest(base_url: str, echo: Echo = print, timeout: float = 120.0) -> bool:
-    """Submit, follow and check the StatQuest job; True when it succeeded with b3 = 2.61."""
-    with httpx.Client(base_url=base_url, timeout=10.0) as client:
-        answer = client.post("/v1/jobs", json=statquest_job())
-        answer.raise_for_status()
-        job = answer.json()
-        echo(f"Submitted job {job['id']} ({job['name']}): {job['status']}")
-        job = follow(client, job["id"], echo, timeout)
-        if job["status"] not in FINISHED:
-            echo(f"Job still {job['status']} after {timeout:.0f} s")
+    """Submit, follow and check the StatQuest job; True when it succeeded with b3 = 2.61.
+    Raises ``descent_client.DescentError`` when the API cannot be used."""
+    with Client(base_url, demo_key()) as client:
+        job = client.submit(statquest_job())
+        echo(f"Submitted job {job.id} ({job.info.name}): {job.status}")
+        try:
+            final = job.wait(progress=True, timeout=timeout)
+        except WaitTimeout:
+            echo(f"Job still {job.status} after {timeout:.0f} s")
             return False
-        history = client.get(f"/v1/jobs/{job['id']}/history").json()
-        show_history(history, echo)
-        named = statquest_named(client.get(f"/v1/jobs/{job['id']}/parameters").json()["layers"])
-    return report(job, named, echo)
+        if final.status != "succeeded":
+            echo(f"Finished: {final.status} after {final.step} updates: {final.error or final.stop_reason}")
+            echo("FAILED: the job did not succeed")
+            return False
+        show_history(job.history(), echo)
+        named = statquest_named([layer.model_dump() for layer in job.parameters().layers])
+    return report(final, named, echo)
 
 
-def follow(client: httpx.Client, job_id: str, echo: Echo, timeout: float) -> dict:
-    """Poll the job, printing a line whenever its status or step changes."""
-    deadline, seen = time.monotonic() + timeout, None
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        now = (job["status"], job["step"])
-        if now != seen:
-            ssr = "" if job["ssr"] is None else f"  SSR {job['ssr']:.4f}"
-            echo(f"  {job['status']:<10} step {job['step']:>4}{ssr}")
-            seen = now
-        if job["status"] in FINISHED or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
+def demo_key() -> str | None:
+    """DESCENT_API_KEY, else the first of the stack's DESCENT_API_KEYS (``tenant:key`` or
+    ``key``) when the demo's own stack runs with auth on."""
+    if key := os.environ.get("DESCENT_API_KEY"):
+        return key
+    entries = os.environ.get("DESCENT_API_KEYS", "").replace(",", " ").split()
+    if not entries:
+        return None
+    tenant, colon, key = entries[0].partition(":")
+    return key if colon else tenant
 
 
-def show_history(history: dict, echo: Echo) -> None:
+def show_history(history: HistoryRead, echo: Echo) -> None:
     echo("SSR path (step: SSR):")
-    for step, ssr in zip(history["steps"], history["ssr"]):
+    for step, ssr in zip(history.steps, history.ssr):
         echo(f"  {step:>4}: {'NaN' if ssr is None else f'{ssr:.6f}'}")
 
 
-def report(job: dict, named: dict[str, float], echo: Echo) -> bool:
+def report(job: JobRead, named: dict[str, float], echo: Echo) -> bool:
     """Print the final parameters and say whether they match the video."""
     weights = "  ".join(f"{k} = {named[k]:.2f}" for k in STATQUEST_WEIGHTS)
-    echo(f"Finished: {job['status']} after {job['step']} updates (stop: {job['stop_reason']})")
+    echo(f"Finished: {job.status} after {job.step} updates (stop: {job.stop_reason})")
     echo(f"Frozen weights: {weights}")
     echo(f"Final b3 = {named['b3']:.2f} (exact {named['b3']:.6f}; the video says {STATQUEST_B3:.2f})")
     unchanged = all(named[k] == v for k, v in STATQUEST_WEIGHTS.items())
-    ok = job["status"] == "succeeded" and round(named["b3"], 2) == STATQUEST_B3 and unchanged
+    ok = job.status == "succeeded" and round(named["b3"], 2) == STATQUEST_B3 and unchanged
     echo("OK" if ok else "FAILED: the result differs from the video")
     return ok
