@@ -12,7 +12,6 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.errors import clean_errors, invalid_input_error
 from services.config import Settings
 from services.csv_data import parse_csv
 from services.errors import InvalidInput
@@ -43,9 +42,10 @@ async def dataset_body(request: Request) -> DatasetCreate:
             return await _from_upload(request)
         return DatasetCreate.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise RequestValidationError(clean_errors(exc.errors(include_url=False), ("body",))) from exc
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
     except InvalidInput as exc:
-        raise RequestValidationError([invalid_input_error(exc)]) from exc
+        raise RequestValidationError([{"loc": ("body", *exc.loc), "msg": exc.message, "type": "value_error"}]) from exc
 
 
 async def _from_upload(request: Request) -> DatasetCreate:
@@ -53,6 +53,9 @@ async def _from_upload(request: Request) -> DatasetCreate:
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise InvalidInput(("file",), "multipart upload needs a file field named 'file'")
+    for name in form:
+        if name != "file":
+            raise InvalidInput((name,), "unknown field: a multipart upload has one field, 'file'")
     return _from_csv(await upload.read(), ("file",))
 
 

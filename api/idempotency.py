@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Header, Response
 from pydantic import AfterValidator, BaseModel
 
+from api.errors import problem_response
 from services.errors import InvalidInput
 from services.idempotency import HEADER, Created
 
@@ -34,18 +35,24 @@ IdempotencyKey = Annotated[
 
 
 def responses(model: type) -> dict[int | str, dict[str, Any]]:
-    """The create's extra answers in OpenAPI."""
+    """The create's extra answers in OpenAPI (and the 201's ``Location``)."""
     return {
+        201: {"description": "Created", "headers": {
+            "Location": {"description": "The new resource's URL", "schema": {"type": "string"}}}},
         200: {"model": model, "description": f"A retry with the same {HEADER}: the resource it made, as it is now",
               "headers": {"Idempotent-Replayed": {"description": "Always `true`", "schema": {"type": "string"}}}},
-        409: {"description": f"This {HEADER} was used for another request"},
+        409: problem_response(409, f"This {HEADER} was used for another request"),
     }
 
 
-def answer(created: Created[BaseModel]) -> Response:
-    """The created resource as JSON: 201, or 200 with ``Idempotent-Replayed: true`` for a
-    replay. Serialized here, once: the model was validated when it was built, and FastAPI's
-    second validation of a returned model was a third of a submit's time in the API."""
-    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
+def answer(created: Created[BaseModel], location: str | None = None) -> Response:
+    """The created resource as JSON: 201 with ``Location`` (``location`` with ``{id}`` replaced
+    by the resource's id, e.g. ``"/v1/jobs/{id}"``), or 200 with ``Idempotent-Replayed: true``
+    for a replay. Serialized here, once: the model was validated when it was built, and
+    FastAPI's second validation of a returned model was a third of a submit's time in the API."""
+    if created.replayed:
+        headers = {"Idempotent-Replayed": "true"}
+    else:
+        headers = {} if location is None else {"Location": location.replace("{id}", str(getattr(created.value, "id")))}
     return Response(created.value.model_dump_json(), status_code=200 if created.replayed else 201,
                     media_type="application/json", headers=headers)

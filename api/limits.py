@@ -12,6 +12,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import PROBLEM_JSON, problem_content
+
 
 class BodyTooLarge(HTTPException):
     """Raised from ``receive``; an HTTPException so FastAPI's body parsing re-raises it as is."""
@@ -32,7 +34,7 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _reply(send, 413, BodyTooLarge(self.max_bytes).detail)
+            await _reply(send, scope, 413, BodyTooLarge(self.max_bytes).detail)
             return
         started, seen = False, 0
 
@@ -56,7 +58,7 @@ class BodySizeLimit:
             # Normally the app's HTTPException handler answers; this covers code that does not.
             if started:
                 raise
-            await _reply(send, exc.status_code, exc.detail)
+            await _reply(send, scope, exc.status_code, exc.detail)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -69,8 +71,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def _reply(send: Send, scope: Scope, status: int, detail: str) -> None:
+    """The problem-details answer ``api.errors`` would give, written without the app."""
+    content = problem_content(status, detail, instance=scope.get("path"))
+    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

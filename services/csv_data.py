@@ -1,5 +1,10 @@
 """CSV uploads into x/y matrices: pure parsing, no storage (``api.deps`` calls it, then the
-dataset use case stores the result)."""
+dataset use case stores the result).
+
+Any line ending is a line ending (``\\n``, ``\\r\\n``, ``\\r``, mixed in one file); anything the
+reader cannot take (a NUL byte, an unclosed quote, a cell over the field size limit) is an input
+error naming its line, as is every cell that is not a finite number.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +12,54 @@ import csv
 import io
 import math
 import re
+from typing import Any
 
 from services.config import get_settings
 from services.errors import InvalidInput
 from services.spec import Matrix
 
-_COLUMN = re.compile(r"^([xy])(\d*)$")
+_COLUMN = re.compile(r"([xy])([0-9]{0,6})", re.ASCII)
+_SHOWN = 40  # characters of a bad cell quoted in an error
+_NAMES = "use x or x1, x2, ... for inputs and y or y1, y2, ... for outputs"
 
 
 def parse_csv(text: str) -> tuple[Matrix, Matrix]:
     """Header row names the columns: ``x`` or ``x1, x2, ...`` are inputs, ``y`` or ``y1, ...``
     outputs, ordered by their number. Errors are located as ``("csv", line, column)`` with
     1-based file line numbers (the header is line 1), which is what an editor shows."""
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    header = _next_row(reader)
     if header is None:
         raise InvalidInput(("csv",), "is empty; expected a header row like x,y")
     inputs, outputs = _columns(header, reader.line_num)
+    limit = get_settings().max_points
     x: Matrix = []
     y: Matrix = []
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
+    while (row := _next_row(reader)) is not None:
         line = reader.line_num
         if len(row) != len(header):
-            message = f"line {line} has {len(row)} fields, the header has {len(header)}"
-            raise InvalidInput(("csv", line), message)
+            raise InvalidInput(("csv", line), f"line {line} has {len(row)} fields, the header has {len(header)}")
         x.append([_number(row, i, line, header) for i in inputs])
         y.append([_number(row, i, line, header) for i in outputs])
+        if len(x) > limit:
+            raise InvalidInput(("csv", line), f"more than {limit} rows: the limit is {limit} points")
     if not x:
         raise InvalidInput(("csv",), "has a header but no data rows")
-    limit = get_settings().max_points
-    if len(x) > limit:
-        raise InvalidInput(("csv",), f"{len(x)} rows exceed the limit of {limit} points")
     return x, y
+
+
+def _next_row(reader: Any) -> list[str] | None:  # a csv.reader (its type is private)
+    """The next row with a non-blank cell, or None at the end."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            line = reader.line_num
+            raise InvalidInput(("csv", line), f"line {line} cannot be read as CSV: {exc}") from None
+        if any(cell.strip() for cell in row):
+            return row
 
 
 def _columns(header: list[str], line: int) -> tuple[list[int], list[int]]:
@@ -48,17 +67,17 @@ def _columns(header: list[str], line: int) -> tuple[list[int], list[int]]:
     found: dict[str, dict[int, int]] = {"x": {}, "y": {}}
     for index, raw in enumerate(header):
         name = raw.strip().lower()
-        match = _COLUMN.match(name)
+        match = _COLUMN.fullmatch(name)
         if match is None:
-            raise InvalidInput(("csv", line, raw.strip() or index), f"unknown column {raw.strip()!r}; "
-                               "use x or x1, x2, ... for inputs and y or y1, y2, ... for outputs")
+            column = raw.strip()[:_SHOWN] or index + 1
+            raise InvalidInput(("csv", line, column), f"unknown column {_shown(raw.strip())}; {_NAMES}")
         kind, number = match.group(1), int(match.group(2) or 0)
         if number in found[kind]:
             raise InvalidInput(("csv", line, raw.strip()), f"duplicate column {raw.strip()!r}")
         found[kind][number] = index
     for kind in ("x", "y"):
         if not found[kind]:
-            raise InvalidInput(("csv", line), f"no {kind} column in the header")
+            raise InvalidInput(("csv", line), f"no {kind} column in the header; {_NAMES}")
     return ([found["x"][n] for n in sorted(found["x"])], [found["y"][n] for n in sorted(found["y"])])
 
 
@@ -68,8 +87,13 @@ def _number(row: list[str], index: int, line: int, header: list[str]) -> float:
     try:
         value = float(cell)
     except ValueError:
-        message = f"line {line}, column {column}: {cell!r} is not a number"
+        message = f"line {line}, column {column}: {_shown(cell)} is not a number"
         raise InvalidInput(("csv", line, column), message) from None
     if not math.isfinite(value):
-        raise InvalidInput(("csv", line, column), f"line {line}, column {column}: {cell!r} is not finite")
+        raise InvalidInput(("csv", line, column), f"line {line}, column {column}: {_shown(cell)} is not finite")
     return value
+
+
+def _shown(cell: str) -> str:
+    """A cell quoted in a message, shortened: a 1 MB cell is not sent back."""
+    return repr(cell if len(cell) <= _SHOWN else cell[:_SHOWN] + "...")

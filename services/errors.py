@@ -24,7 +24,9 @@ class InvalidInput(DomainError, ValueError):
     """
 
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(f"{'.'.join(map(str, loc))}: {message}")
+        # Valid text even when a key in ``loc`` is not (pydantic cannot carry a lone surrogate).
+        text = f"{'.'.join(map(str, loc))}: {message}"
+        super().__init__(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
         self.loc, self.message = loc, message
 
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import math
+import re
 from collections import OrderedDict
 from datetime import datetime
 from typing import get_args
@@ -21,7 +22,7 @@ from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput, NotFound, StorageError
 from services.idempotency import Claim, Created
 from services.spec import (
-    FINISHED, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
+    FINISHED, ID_PATTERN, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
     LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits, check_matrix,
 )
 
@@ -173,7 +174,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_at = datetime.fromisoformat(stamp)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidInput(("cursor",), "is not a cursor returned by this listing") from None
-    if created_at.tzinfo is None or not job_id:
+    if created_at.tzinfo is None or not re.fullmatch(ID_PATTERN, job_id):
         raise InvalidInput(("cursor",), "is not a cursor returned by this listing")
     return repository.as_utc(created_at), job_id
 
@@ -269,9 +270,11 @@ def get_parameters(job_id: str, step: int | None = None, *, tenant: str = DEFAUL
         spec = repository.get_job_spec(session, job_id, tenant=tenant)
         found = repository.load_checkpoint_arrays(session, job_id, step)
         saved = repository.checkpoint_steps(session, job_id)
+    if found is None and step is None:
+        raise Conflict(f"job {job_id} has no checkpoint yet; parameters exist once it has trained")
     if found is None:
         where = "none yet" if not saved else f"checkpoints at steps {_steps_text(saved)}"
-        raise NotFound("checkpoint", f"{job_id} ({where})" if step is None else f"{job_id} at step {step} ({where})")
+        raise NotFound("checkpoint", f"{job_id} at step {step} ({where})")
     at, arrays = found
     layers = [
         LayerParameters.model_construct(
@@ -294,14 +297,19 @@ def predict(job_id: str, x: Matrix, *, tenant: str = DEFAULT_TENANT) -> PredictR
         spec = JobCreate.model_validate(repository.get_job_spec(session, job_id, tenant=tenant))
         found = repository.load_checkpoint_arrays(session, job_id)
     if found is None:
-        raise NotFound("checkpoint", f"{job_id} (none yet)")
+        raise Conflict(f"job {job_id} has no checkpoint yet; it predicts once it has trained")
     inputs = _prediction_inputs(x, spec.architecture.layers[0])
     arch = spec.architecture.to_engine()
     _, arrays = found
     prefix = "parameters/"
     parameters = {name[len(prefix):]: value[None] for name, value in arrays.items() if name.startswith(prefix)}
-    y = engine.predict(np, arch, parameters, inputs.astype(spec.dtype))
-    return PredictRead(y=np.asarray(y, dtype=np.float64)[0].tolist())
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = np.asarray(engine.predict(np, arch, parameters, inputs.astype(spec.dtype)), dtype=np.float64)[0]
+    overflowed = np.flatnonzero(~np.isfinite(y).all(axis=1))
+    if len(overflowed):
+        raise InvalidInput(("x", int(overflowed[0])), f"the network's output for this row is not a finite "
+                           f"{spec.dtype} number (overflow); use inputs of smaller magnitude")
+    return PredictRead(y=y.tolist())
 
 
 def _prediction_inputs(x: Matrix, n_in: int) -> np.ndarray:

@@ -2,24 +2,67 @@
 
 Validation that needs only the spec lives in validators here; checks against configured limits
 live in ``check_limits`` (it needs the settings) and checks against a stored dataset happen when
-the dataset is loaded (``check_data_shape``). All raise errors whose location names the field.
+the dataset is loaded (``check_data_shape``). All raise errors whose location names the field,
+as a path in the client's JSON (``data.x.3.0``: never the name of an internal variant).
+
+Types are strict: a number is a JSON number (an integer is one too), an integer is an integer,
+text is valid Unicode without NUL; strings never pass for numbers, nor booleans for either.
+Every size has an upper bound: a fixed one in the schema (what the storage and the engine can
+represent) and, where a deployment would tune it, a setting checked by ``check_limits``; the
+setting is named in the schema as ``x-limit`` and the API's OpenAPI document shows its value.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from services.config import Settings
 from services.engine import Architecture
 from services.errors import InvalidInput
+from services.examples import statquest_job
 
 Activation = Literal["identity", "relu", "softplus", "sigmoid", "tanh"]
 JobStatus = Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
-Matrix = list[list[float]]
+
+INT64_MAX = 2**63 - 1
+STEPS_MAX = 2**31 - 1  # steps are int32 in the database (jobs.step, checkpoints.step)
+MAX_LAYERS = 64  # fixed ceilings; the settings (max_layers, ...) are what a deployment tunes
+MAX_WIDTH = 2**20
+MAX_TEXT_JSON_DEPTH = 32  # nesting of free-form JSON (a sweep's base, its grid values)
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # ids are UUIDs; the API's path parameters take this too
+
+
+def _limit(setting: str) -> dict[str, Any]:
+    """Schema annotation naming the setting that bounds a value (``api.docs`` fills it in)."""
+    return {"x-limit": setting}
+
+
+def _valid_text(value: str) -> str:
+    """Storage takes valid Unicode only: no lone surrogates (``"\\ud800"`` is valid JSON), no NUL."""
+    if "\x00" in value:
+        raise PydanticCustomError("string_nul", "Text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("string_unicode", "Text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Number = Annotated[float, Field(strict=True)]
+"""A finite JSON number (models refuse NaN/Infinity); never a string or a boolean."""
+Integer = Annotated[int, Field(strict=True)]
+"""A JSON integer: ``1.0``, ``"1"`` and ``true`` are refused."""
+Text = Annotated[str, AfterValidator(_valid_text)]
+Matrix = list[list[Number]]
+Row = Annotated[list[Number], Field(min_length=1, max_length=MAX_WIDTH)]
+Points = Annotated[list[Row], Field(min_length=1, json_schema_extra=_limit("max_points"))]
+"""One row of numbers per point (the rows' lengths are checked against each other and the layers)."""
 
 
 class Strict(BaseModel):
@@ -29,7 +72,9 @@ class Strict(BaseModel):
 
 
 class ArchitectureSpec(Strict):
-    layers: list[Annotated[int, Field(ge=1)]] = Field(min_length=2)
+    layers: list[Annotated[Integer, Field(ge=1, le=MAX_WIDTH, json_schema_extra=_limit("max_layer_width"))]] = Field(
+        min_length=2, max_length=MAX_LAYERS, json_schema_extra=_limit("max_layers"),
+        description="Widths [n_in, hidden..., n_out]")
     activation: Activation = "relu"
     output_activation: Activation = "identity"
 
@@ -41,8 +86,8 @@ class ArchitectureSpec(Strict):
 
 
 class InlineData(Strict):
-    x: Matrix = Field(min_length=1)
-    y: Matrix = Field(min_length=1)
+    x: Points
+    y: Points
 
     @model_validator(mode="after")
     def _rectangular(self) -> "InlineData":
@@ -51,16 +96,16 @@ class InlineData(Strict):
 
 
 class DatasetRef(Strict):
-    dataset_id: str = Field(min_length=1, max_length=64)
+    dataset_id: str = Field(pattern=ID_PATTERN, description="The id POST /v1/datasets answered")
 
 
 class LayerParameters(Strict):
-    weight: Matrix
-    bias: list[float]
+    weight: Annotated[Matrix, Field(max_length=MAX_WIDTH)]
+    bias: Annotated[list[Number], Field(max_length=MAX_WIDTH)]
 
 
 class ParameterValues(Strict):
-    layers: list[LayerParameters] = Field(min_length=1)
+    layers: list[LayerParameters] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 class ExplicitInit(Strict):
@@ -68,47 +113,57 @@ class ExplicitInit(Strict):
 
 
 class SeedInit(Strict):
-    seed: int = Field(ge=0, le=2**63 - 1)
+    seed: Integer = Field(ge=0, le=INT64_MAX)
 
 
 class StopSpec(Strict):
-    max_steps: int = Field(default=1000, ge=0)
-    min_step_size: float = Field(default=0.0, ge=0)
-    target_ssr: float | None = Field(default=None, ge=0)
+    max_steps: Integer = Field(default=1000, ge=0, le=STEPS_MAX, json_schema_extra=_limit("max_steps"))
+    min_step_size: Number = Field(default=0.0, ge=0)
+    target_ssr: Number | None = Field(default=None, ge=0)
 
 
-def _data_kind(value: object) -> str:
-    has_id = isinstance(value, dict) and "dataset_id" in value or isinstance(value, DatasetRef)
-    return "dataset" if has_id else "inline"
+def _one_of(key: str, keyed: type[Strict], other: type[Strict], expected: str):  # noqa: ANN202
+    """Validate an object as ``keyed`` when it has ``key``, else as ``other``, so an error is
+    located at the client's own field (``data.x.3.0``), not at a union variant's name."""
 
+    def validate(value: Any) -> Any:
+        if isinstance(value, (keyed, other)):
+            return value
+        if not isinstance(value, dict):
+            raise PydanticCustomError("model_type", "Input should be an object: {expected}", {"expected": expected})
+        return (keyed if key in value else other).model_validate(value)
 
-def _init_kind(value: object) -> str:
-    has_seed = isinstance(value, dict) and "seed" in value or isinstance(value, SeedInit)
-    return "seed" if has_seed else "parameters"
+    return validate
 
 
 DataSpec = Annotated[
-    Annotated[InlineData, Tag("inline")] | Annotated[DatasetRef, Tag("dataset")],
-    Discriminator(_data_kind),
+    InlineData | DatasetRef,
+    BeforeValidator(_one_of("dataset_id", DatasetRef, InlineData, '{"x", "y"} or {"dataset_id"}')),
 ]
 InitSpec = Annotated[
-    Annotated[SeedInit, Tag("seed")] | Annotated[ExplicitInit, Tag("parameters")],
-    Discriminator(_init_kind),
+    SeedInit | ExplicitInit,
+    BeforeValidator(_one_of("seed", SeedInit, ExplicitInit, '{"seed"} or {"parameters"}')),
 ]
 
 
 class JobCreate(Strict):
-    name: str = Field(default="job", min_length=1, max_length=200)
+    """The POST /v1/jobs body (the StatQuest example: b3 trained from 0 to 2.61)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [statquest_job()]})
+
+    name: Text = Field(default="job", min_length=1, max_length=200)
     architecture: ArchitectureSpec
     data: DataSpec
-    learning_rate: float = Field(gt=0)
+    learning_rate: Number = Field(gt=0)
     init: InitSpec = SeedInit(seed=0)
-    trainable: list[str] | None = None
+    trainable: list[Annotated[Text, Field(max_length=64)]] | None = Field(
+        default=None, max_length=2 * MAX_LAYERS,
+        description="Parameter names (layers.{i}.weight, layers.{i}.bias); all if absent")
     stop: StopSpec = StopSpec()
-    checkpoint_every: int = Field(default=100, ge=1)
+    checkpoint_every: Integer = Field(default=100, ge=1, le=STEPS_MAX, json_schema_extra=_limit("max_checkpoint_every"))
     device: Literal["cpu", "gpu"] = "cpu"
-    batch_size: int | None = Field(default=None, ge=1)
-    momentum: float = Field(default=0.0, ge=0, lt=1)
+    batch_size: Integer | None = Field(default=None, ge=1, le=INT64_MAX, json_schema_extra=_limit("max_points"))
+    momentum: Number = Field(default=0.0, ge=0, lt=1)
     dtype: Literal["float64", "float32"] = "float64"
 
     @model_validator(mode="after")
@@ -124,7 +179,7 @@ class JobCreate(Strict):
         return self
 
 
-def check_matrix(rows: Matrix, loc: tuple[str | int, ...]) -> None:
+def check_matrix(rows: list[list[float]], loc: tuple[str | int, ...]) -> None:
     """Ragged rows would silently become object arrays; refuse them here."""
     width = len(rows[0])
     if width == 0:
@@ -175,16 +230,49 @@ def check_limits(spec: JobCreate, settings: Settings, n_points: int | None = Non
         raise InvalidInput(("architecture", "layers"), f"{n_params} parameters exceed {settings.max_parameters}")
     if spec.stop.max_steps > settings.max_steps:
         raise InvalidInput(("stop", "max_steps"), f"exceeds the limit of {settings.max_steps}")
+    if spec.checkpoint_every > settings.max_checkpoint_every:
+        raise InvalidInput(("checkpoint_every",), f"exceeds the limit of {settings.max_checkpoint_every}")
     points = len(spec.data.x) if isinstance(spec.data, InlineData) else n_points
     if points is not None and points > settings.max_points:
         raise InvalidInput(("data", "x"), f"{points} points exceed the limit of {settings.max_points}")
-    if spec.batch_size is not None and points is not None and spec.batch_size > points:
-        raise InvalidInput(("batch_size",), f"{spec.batch_size} exceeds the {points} data points")
+    if spec.batch_size is not None and spec.batch_size > min(points or settings.max_points, settings.max_points):
+        known = f"the {points} data points" if points is not None else f"the limit of {settings.max_points} points"
+        raise InvalidInput(("batch_size",), f"{spec.batch_size} exceeds {known}")
+
+
+def check_json(value: Any, loc: tuple[str | int, ...] = (), depth: int = 0) -> None:
+    """A free-form JSON value (a sweep's base, a grid value) holds only what storage takes:
+    finite numbers, valid text, at most ``MAX_TEXT_JSON_DEPTH`` levels of nesting."""
+    if depth > MAX_TEXT_JSON_DEPTH:
+        raise InvalidInput(loc, f"nested more than {MAX_TEXT_JSON_DEPTH} levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(loc, "numbers must be finite")
+    if isinstance(value, str):
+        _checked_text(value, loc)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _checked_text(key, (*loc, key[:100]))
+            check_json(item, (*loc, key), depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json(item, (*loc, i), depth + 1)
+
+
+def _checked_text(value: str, loc: tuple[str | int, ...]) -> None:
+    try:
+        _valid_text(value)
+    except PydanticCustomError as exc:
+        raise InvalidInput(loc, exc.message()) from None
 
 
 class DatasetCreate(Strict):
-    x: Matrix = Field(min_length=1)
-    y: Matrix = Field(min_length=1)
+    """The POST /v1/datasets JSON body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"x": [[0.0], [0.5], [1.0]], "y": [[0.0], [1.0], [0.0]]}]})
+
+    x: Points
+    y: Points
 
     @model_validator(mode="after")
     def _rectangular(self) -> "DatasetCreate":
@@ -211,7 +299,7 @@ class JobRead(BaseModel):
     name: str
     status: JobStatus
     step: int
-    ssr: float | None
+    ssr: float | None = Field(description="SSR at `step`; null before the first step or if not finite (diverged)")
     stop_reason: str | None
     created_at: datetime
     started_at: datetime | None
@@ -223,6 +311,9 @@ class JobRead(BaseModel):
     sweep_values: dict[str, Any] | None = None  # a sweep member's varied values
     rung: int | None = None  # successive halving: the rung step it waits at for the sweep's cut
     error: str | None = None
+    cancel_requested: bool = Field(
+        default=False, description="A cancel was asked while it ran: it stops at its next checkpoint")
+    max_steps: int | None = Field(default=None, description="The spec's stop.max_steps: progress is step / max_steps")
 
 
 class JobPage(BaseModel):
@@ -232,17 +323,27 @@ class JobPage(BaseModel):
 
 class HistoryRead(BaseModel):
     steps: list[int]
-    ssr: list[float | None]
+    ssr: list[float | None] = Field(description="SSR at each step; null where it was not finite (diverged)")
 
 
 class ParametersRead(BaseModel):
     step: int
     layers: list[LayerParameters]
+    checkpoint_steps: list[int] = Field(default_factory=list,
+                                        description="Every step with a stored checkpoint, ascending")
 
 
 class PredictRequest(Strict):
-    x: Matrix = Field(min_length=1)
+    """The POST /v1/jobs/{id}/predict body: one row per point, as many values as layers[0]."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"x": [[0.0], [0.5], [1.0]]}]})
+
+    x: Points
 
 
 class PredictRead(BaseModel):
-    y: Matrix
+    """Finite numbers only: an output that overflows is a 422 naming the input row."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    y: list[list[float]]

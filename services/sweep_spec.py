@@ -24,10 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from services.errors import InvalidInput
 from services.examples import statquest_job
-from services.spec import JobCreate, Strict
+from services.spec import INT64_MAX, STEPS_MAX, Integer, JobCreate, Number, Strict, Text, check_json
 
 Loc = tuple[str | int, ...]
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Int64 = Annotated[Integer, Field(ge=-(2**63), le=INT64_MAX)]
+MAX_PATHS = 64  # varied paths in one sweep (grid and random together)
+MAX_MEMBERS = 2**31  # fixed ceiling; the setting max_sweep_members is what a deployment tunes
 _PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _KINDS = ("log_uniform", "uniform", "randint", "choice")
 # Setting one side of a discriminated union of the job spec drops the other side, so that
@@ -39,17 +41,15 @@ _EXCLUSIVE = {
     ("data", "x"): ("dataset_id",),
     ("data", "y"): ("dataset_id",),
 }
-# The union tags (services.spec) pydantic puts into an error's loc right after "data"/"init".
-_TAGS = {"data": ("inline", "dataset"), "init": ("seed", "parameters")}
 
 
 class Distribution(Strict):
     """Exactly one of the four keys. Bounds are checked here so that a draw can never fail."""
 
-    log_uniform: tuple[float, float] | None = None
-    uniform: tuple[float, float] | None = None
+    log_uniform: tuple[Number, Number] | None = None
+    uniform: tuple[Number, Number] | None = None
     randint: tuple[Int64, Int64] | None = None
-    choice: list[Any] | None = Field(default=None, min_length=1)
+    choice: list[Any] | None = Field(default=None, min_length=1, max_length=10_000)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
@@ -63,6 +63,7 @@ class Distribution(Strict):
             raise InvalidInput(("uniform",), f"needs low <= high and a finite width, got [{low}, {high}]")
         if self.randint is not None and not low <= high:
             raise InvalidInput(("randint",), f"needs low <= high, got [{low}, {high}]")
+        check_json(self.choice, ("choice",))
         return self
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Any]:
@@ -79,15 +80,15 @@ class Distribution(Strict):
 
 
 class RandomSpec(Strict):
-    n: int = Field(ge=1)
-    seed: int = Field(default=0, ge=0)
-    space: dict[str, Distribution] = Field(min_length=1)
+    n: Integer = Field(ge=1, le=MAX_MEMBERS, json_schema_extra={"x-limit": "max_sweep_members"})
+    seed: Integer = Field(default=0, ge=0, le=INT64_MAX)
+    space: dict[str, Distribution] = Field(min_length=1, max_length=MAX_PATHS)
 
 
 class SuccessiveHalving(Strict):
     type: Literal["successive_halving"]
-    min_steps: int = Field(ge=1)
-    reduction_factor: int = Field(default=3, ge=2)
+    min_steps: Integer = Field(ge=1, le=STEPS_MAX, json_schema_extra={"x-limit": "max_steps"})
+    reduction_factor: Integer = Field(default=3, ge=2, le=1024)
 
 
 def _example() -> dict[str, Any]:
@@ -107,11 +108,22 @@ class SweepCreate(Strict):
 
     model_config = ConfigDict(json_schema_extra={"examples": [_example()]})
 
-    name: str = Field(default="sweep", min_length=1, max_length=200)
-    base: dict[str, Any]
-    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
+    name: Text = Field(default="sweep", min_length=1, max_length=200)
+    base: dict[str, Any] = Field(description="Any job spec (POST /v1/jobs); members vary it")
+    grid: dict[str, Annotated[list[Any], Field(min_length=1, max_length=MAX_MEMBERS,
+                                                json_schema_extra={"x-limit": "max_sweep_members"})]] | None = Field(
+        default=None, max_length=MAX_PATHS)
     random: RandomSpec | None = None
     early_stopping: SuccessiveHalving | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """The base and the grid values are stored as given: only what storage takes (checked
+        before pydantic reads a key, as a lone surrogate in a dict key makes it raise)."""
+        if isinstance(data, dict):
+            check_json(data)
+        return data
 
     @model_validator(mode="after")
     def _paths(self) -> SweepCreate:
@@ -278,23 +290,16 @@ def _job_error(exc: ValidationError | InvalidInput) -> tuple[Loc, str]:
     """The first error's field path in the job document and its message.
 
     An ``InvalidInput`` raised in a model validator arrives wrapped, located at the model; its
-    own ``loc`` continues the path. Union tags are not document keys, so they are removed.
+    own ``loc`` continues the path.
     """
     if isinstance(exc, InvalidInput):
         return exc.loc, exc.message
     error = exc.errors(include_url=False)[0]
-    loc = _strip_tag(tuple(error["loc"]))
+    loc = tuple(error["loc"])
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, InvalidInput):
         return (*loc, *cause.loc), cause.message
     return loc, error["msg"]
-
-
-def _strip_tag(loc: Loc) -> Loc:
-    """("init", "seed", "seed") -> ("init", "seed"); ("data", "inline", "x") -> ("data", "x")."""
-    if len(loc) > 1 and loc[1] in _TAGS.get(str(loc[0]), ()):
-        return (loc[0], *loc[2:])
-    return loc
 
 
 def _blamed_path(paths: list[str], loc: Loc) -> str | None:

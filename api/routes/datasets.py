@@ -11,7 +11,7 @@ from api.auth import Tenant
 from api.deps import DatasetBody
 from api.idempotency import IdempotencyKey
 from services import datasets
-from services.spec import DatasetCreate, DatasetRead
+from services.spec import ID_PATTERN, DatasetCreate, DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -23,7 +23,7 @@ _BODY_DOC: dict[str, Any] = {
             "application/json": {"schema": DatasetCreate.model_json_schema()},
             "text/csv": {"schema": {"type": "string", "example": "x,y\n0,0\n0.5,1\n1,0\n"}},
             "multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"],
+                "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
                            "properties": {"file": {"type": "string", "format": "binary"}}},
             },
         },
@@ -42,5 +42,5 @@ def create_dataset(tenant: Tenant, body: DatasetBody, idempotency_key: Idempoten
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "No such dataset"}})
-def read_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=64)], tenant: Tenant) -> DatasetRead:
+def read_dataset(dataset_id: Annotated[str, Path(pattern=ID_PATTERN)], tenant: Tenant) -> DatasetRead:
     return datasets.get_dataset(dataset_id, tenant=tenant)

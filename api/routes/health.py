@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from kombu import Connection
 from sqlalchemy import text
 
 from api.deps import SettingsDep
+from api.errors import RETRY_AFTER_S, problem
 from services.config import Settings
 from services.db.session import session_scope
 
@@ -29,12 +30,13 @@ def read_health() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
-def read_readiness(settings: SettingsDep) -> JSONResponse:
-    """200 when every dependency answers, else 503 naming the ones that do not."""
+def read_readiness(request: Request, settings: SettingsDep) -> JSONResponse:
+    """200 when every dependency answers, else 503 (problem details) naming the ones that do not."""
     checks = {"database": _database_error(), "broker": _broker_error(settings)}
     failing = {name: err for name, err in checks.items() if err}
     if failing:
-        return JSONResponse(status_code=503, content={"status": "unavailable", "failing": failing})
+        return problem(503, "not ready: " + "; ".join(failing.values()), instance=request.url.path,
+                       headers={"Retry-After": str(RETRY_AFTER_S)}, extensions={"failing": failing})
     return JSONResponse(content={"status": "ready", "checks": {name: "ok" for name in checks}})
 
 

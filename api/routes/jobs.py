@@ -12,13 +12,14 @@ from api.auth import Tenant
 from api.idempotency import IdempotencyKey
 from services import history_formats, jobs
 from services.spec import (
-    HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
+    ID_PATTERN, HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job's id")]
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="The job's id")]
 _NOT_FOUND = {404: {"description": "No job with this id"}}
+_UNTRAINED = {409: {"description": "The job has no checkpoint yet"}}
 BIG = 2**31 - 1  # steps are int32 columns in the database; larger numbers are nonsense
 
 
@@ -33,7 +34,7 @@ def list_jobs(
     tenant: Tenant,
     limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum")] = None,
     status: Annotated[JobStatus | None, Query()] = None,
-    sweep_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    sweep_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> JobPage:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
@@ -66,7 +67,7 @@ def read_history(
     return StreamingResponse(history_formats.lines(format, steps, ssr), media_type=history_formats.MEDIA_TYPES[format])
 
 
-@router.get("/{job_id}/parameters", response_model=ParametersRead, responses=_NOT_FOUND)
+@router.get("/{job_id}/parameters", response_model=ParametersRead, responses={**_NOT_FOUND, **_UNTRAINED})
 def read_parameters(
     job_id: JobId,
     tenant: Tenant,
@@ -75,7 +76,7 @@ def read_parameters(
     return jobs.get_parameters(job_id, step=step, tenant=tenant)
 
 
-@router.post("/{job_id}/predict", response_model=PredictRead, responses=_NOT_FOUND)
+@router.post("/{job_id}/predict", response_model=PredictRead, responses={**_NOT_FOUND, **_UNTRAINED})
 def predict_job(job_id: JobId, body: PredictRequest, tenant: Tenant) -> PredictRead:
     """Run the network of the latest checkpoint on ``x``."""
     return jobs.predict(job_id, body.x, tenant=tenant)

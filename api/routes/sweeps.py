@@ -10,11 +10,12 @@ from api import idempotency
 from api.auth import Tenant
 from api.idempotency import IdempotencyKey
 from services import sweeps
+from services.spec import ID_PATTERN
 from services.sweep_spec import SweepCreate, SweepPage, SweepRead
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
-SweepId = Annotated[str, Path(min_length=1, max_length=64, description="The sweep's id")]
+SweepId = Annotated[str, Path(pattern=ID_PATTERN, description="The sweep's id")]
 _NOT_FOUND = {404: {"description": "No sweep with this id"}}
 
 

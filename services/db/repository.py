@@ -96,7 +96,7 @@ def job_to_read(row: Job) -> JobRead:
         started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at),
         attempts=row.attempts, worker=WorkerInfo(hostname=row.worker_hostname, pid=row.worker_pid),
         device=row.device, sweep_id=row.sweep_id, sweep_values=row.sweep_values, rung=row.rung, error=row.error,
-        cancel_requested=bool(row.cancel_requested),
+        cancel_requested=bool(row.cancel_requested), max_steps=row.max_steps,
     )
 
 
@@ -112,7 +112,8 @@ def insert_job(
     session.execute(insert(Job.__table__), [values])
     return JobRead(id=values["id"], name=name, status="queued", step=0, ssr=None, stop_reason=None,
                    created_at=values["created_at"], started_at=None, finished_at=None, attempts=0,
-                   worker=WorkerInfo(), device=device, sweep_id=sweep_id, sweep_values=sweep_values)
+                   worker=WorkerInfo(), device=device, sweep_id=sweep_id, sweep_values=sweep_values,
+                   max_steps=max_steps)
 
 
 def new_job_values(**columns: object) -> dict:

@@ -68,5 +68,5 @@ def trained_job(client: TestClient) -> str:
 
 
 def locs(answer) -> list[str]:  # noqa: ANN001 (an httpx Response)
-    """Each error location of a 422 as dotted text, e.g. 'body.data.inline.x'."""
-    return [".".join(map(str, err["loc"])) for err in answer.json()["detail"]]
+    """Each error location of a 422 as dotted text, e.g. 'body.data.x.3.0'."""
+    return [".".join(map(str, err["loc"])) for err in answer.json()["errors"]]

@@ -18,8 +18,12 @@ def small(limited: Callable[..., TestClient]) -> TestClient:
 
 
 def _assert_413(answer) -> None:  # noqa: ANN001 (an httpx Response)
+    """The same problem details whether the middleware or the app's handler answers."""
     assert answer.status_code == 413, answer.text
-    assert str(LIMIT) in answer.json()["detail"]
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert (problem["status"], problem["title"], problem["type"]) == (413, "Content Too Large", "about:blank")
+    assert str(LIMIT) in problem["detail"] and problem["instance"].startswith("/v1/")
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/datasets", "/v1/jobs/any-id/predict"])

@@ -126,7 +126,7 @@ def test_an_invalid_key_is_a_422_naming_the_header(client: TestClient, path: str
     for key in ("", "k" * 256, "caf\xe9", "tab\there", "bell\x07"):
         answer = post(client, path, request_body(path), key=key.encode("latin-1"))
         assert answer.status_code == 422, (key, answer.text)
-        [error] = answer.json()["detail"]
+        [error] = answer.json()["errors"]
         assert error["loc"] == ["header", "idempotency-key"]
         assert "printable ASCII" in error["msg"]
     assert count(path) == 0

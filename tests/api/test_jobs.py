@@ -71,9 +71,10 @@ def test_cancel_of_a_succeeded_job_is_409(client: TestClient, trained_job: str) 
     assert answer.status_code == 409 and "succeeded" in answer.json()["detail"]
 
 
-def test_predict_before_any_checkpoint_is_404(client: TestClient) -> None:
+def test_predict_and_parameters_before_any_checkpoint_are_409(client: TestClient) -> None:
     job = submit(client)
-    assert client.post(f"/v1/jobs/{job['id']}/predict", json={"x": [[1.0]]}).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/predict", json={"x": [[1.0]]}).status_code == 409
+    assert client.get(f"/v1/jobs/{job['id']}/parameters").status_code == 409
 
 
 def test_predict_with_inputs_of_the_wrong_width_names_x(client: TestClient, trained_job: str) -> None:

@@ -27,6 +27,7 @@ SEEDS = [1, 2]
 SWEEP_OPERATIONS = {
     ("/v1/sweeps", "post"), ("/v1/sweeps", "get"),
     ("/v1/sweeps/{sweep_id}", "get"), ("/v1/sweeps/{sweep_id}/cancel", "post"),
+    ("/v1/sweeps/{sweep_id}/plot.png", "get"),
 }
 
 
@@ -151,7 +152,7 @@ def test_a_bad_grid_value_is_located_at_its_index_and_nothing_is_stored(
 ) -> None:
     answer = client.post("/v1/sweeps", json=body(grid=grid))
     assert answer.status_code == 422, answer.text
-    error = answer.json()["detail"][0]
+    error = answer.json()["errors"][0]
     assert error["loc"] == loc and "member" in error["msg"]
     assert_nothing_stored(client)
 
@@ -170,7 +171,7 @@ def test_every_member_is_checked_against_a_referenced_dataset(
     base = statquest_job() | {"data": {"dataset_id": dataset["id"]}} | base_changes
     answer = client.post("/v1/sweeps", json={"name": "ref", "base": base, "grid": grid})
     assert answer.status_code == 422, answer.text
-    assert answer.json()["detail"][0]["loc"] == loc
+    assert answer.json()["errors"][0]["loc"] == loc
     assert_nothing_stored(client)
 
 
@@ -178,7 +179,7 @@ def test_a_bad_random_distribution_is_located_at_its_space_path(client: TestClie
     sweep = body(random={"n": 20, "space": {"momentum": {"uniform": [0.5, 1.5]}}})  # momentum < 1
     answer = client.post("/v1/sweeps", json=sweep)
     assert answer.status_code == 422, answer.text
-    error = answer.json()["detail"][0]
+    error = answer.json()["errors"][0]
     assert error["loc"] == ["body", "random", "space", "momentum"] and "draw" in error["msg"]
     assert_nothing_stored(client)
 
@@ -205,7 +206,7 @@ def test_a_base_error_is_located_in_the_base(client: TestClient, mutate: Callabl
     mutate(sweep["base"])
     answer = client.post("/v1/sweeps", json=sweep)
     assert answer.status_code == 422, answer.text
-    assert answer.json()["detail"][0]["loc"] == loc
+    assert answer.json()["errors"][0]["loc"] == loc
     assert_nothing_stored(client)
 
 
@@ -213,7 +214,7 @@ def test_a_path_varied_in_grid_and_random_is_refused(client: TestClient) -> None
     sweep = body(random={"n": 2, "space": {"learning_rate": {"log_uniform": [0.01, 1.0]}}})
     answer = client.post("/v1/sweeps", json=sweep)
     assert answer.status_code == 422, answer.text
-    error = answer.json()["detail"][0]
+    error = answer.json()["errors"][0]
     assert error["loc"] == ["body", "random", "space", "learning_rate"]
     assert "learning_rate" in error["msg"] and "grid" in error["msg"]
     assert_nothing_stored(client)
@@ -223,7 +224,7 @@ def test_too_many_members_blames_the_grid_or_random_n(limited: Callable[..., Tes
     client = limited(max_sweep_members=4)
     grid_too_big = client.post("/v1/sweeps", json=body())  # 3 x 2 = 6
     assert grid_too_big.status_code == 422 and locs(grid_too_big) == ["body.grid"]
-    assert "6 members exceed the limit of 4" in grid_too_big.json()["detail"][0]["msg"]
+    assert "6 members exceed the limit of 4" in grid_too_big.json()["errors"][0]["msg"]
     seeds = {"init.seed": {"randint": [0, 9]}}
     answer = client.post("/v1/sweeps", json=body(grid={"learning_rate": [0.1, 0.2]}, random={"n": 3, "space": seeds}))
     assert answer.status_code == 422 and locs(answer) == ["body.random.n"]

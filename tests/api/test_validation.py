@@ -1,4 +1,9 @@
-"""Every bad job spec gets a 422 whose error location names the field at fault."""
+"""Every bad job spec gets a 422 whose error location names the field at fault.
+
+Locations are paths in the client's own JSON (``body.data.x.3.0``), never the name of an
+internal variant; types are strict (a string is never a number, a boolean never a number, a
+float never an integer); every size has an upper bound.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +40,8 @@ BAD_SPECS = {
     "zero width": (_set("architecture.layers", [1, 0, 1]), "body.architecture.layers.1"),
     "x wider than layers[0]": (_set("data.x", [[0.0, 1.0]] * 3), "body.data.x"),
     "y wider than layers[-1]": (_set("data.y", [[0.0, 1.0]] * 3), "body.data.y"),
-    "x and y row counts": (_set("data.y", [[0.0]] * 2), "body.data.inline"),
-    "ragged x": (_set("data.x", [[0.0], [0.5, 1.0], [1.0]]), "body.data.inline.x.1"),
+    "x and y row counts": (_set("data.y", [[0.0]] * 2), "body.data.y"),
+    "ragged x": (_set("data.x", [[0.0], [0.5, 1.0], [1.0]]), "body.data.x.1"),
     "init weight shape": (_set("init.parameters.layers.0.weight", [[1.0, 2.0]]), "body.init.parameters.layers.0.weight"),
     "init bias length": (_set("init.parameters.layers.1.bias", [0.0, 1.0]), "body.init.parameters.layers.1.bias"),
     "init layer count": (_set("init.parameters.layers", [{"weight": [[1.0]], "bias": [0.0]}]), "body.init.parameters.layers"),
@@ -47,6 +52,36 @@ BAD_SPECS = {
     "negative max_steps": (_set("stop.max_steps", -1), "body.stop.max_steps"),
     "string learning rate": (_set("learning_rate", "fast"), "body.learning_rate"),
     "checkpoint_every 0": (_set("checkpoint_every", 0), "body.checkpoint_every"),
+    # Strict types: what the issue found accepted.
+    "learning rate as a string": (_set("learning_rate", "0.1"), "body.learning_rate"),
+    "learning rate as a boolean": (_set("learning_rate", True), "body.learning_rate"),
+    "x as booleans": (_set("data.x", [[True], [False], [True]]), "body.data.x.0.0"),
+    "x as numeric strings": (_set("data.x", [[0.0], [0.5], ["1.0"]]), "body.data.x.2.0"),
+    "y as null": (_set("data.y", [[0.0], [None], [0.0]]), "body.data.y.1.0"),
+    "bias as a string": (_set("init.parameters.layers.1.bias", ["0"]), "body.init.parameters.layers.1.bias.0"),
+    "momentum as a string": (_set("momentum", "0.5"), "body.momentum"),
+    "checkpoint_every as a float": (_set("checkpoint_every", 100.0), "body.checkpoint_every"),
+    "checkpoint_every as a string": (_set("checkpoint_every", "100"), "body.checkpoint_every"),
+    "max_steps as a boolean": (_set("stop.max_steps", True), "body.stop.max_steps"),
+    "width as a float": (_set("architecture.layers", [1, 2.0, 1]), "body.architecture.layers.1"),
+    "seed as a float": (_set("init", {"seed": 1.5}), "body.init.seed"),
+    "seed as a string": (_set("init", {"seed": "1"}), "body.init.seed"),
+    "dataset_id as a number": (_set("data", {"dataset_id": 5}), "body.data.dataset_id"),
+    "data as a list": (_set("data", [[0.0]]), "body.data"),
+    "init as a number": (_set("init", 3), "body.init"),
+    "empty row": (_set("data.x", [[0.0], [], [1.0]]), "body.data.x.1"),
+    # Upper bounds the schema states.
+    "checkpoint_every 1e11": (_set("checkpoint_every", 10**11), "body.checkpoint_every"),
+    "max_steps past int32": (_set("stop.max_steps", 2**31), "body.stop.max_steps"),
+    "seed past int64": (_set("init", {"seed": 2**63}), "body.init.seed"),
+    "width past the ceiling": (_set("architecture.layers", [1, 2**21, 1]), "body.architecture.layers.1"),
+    "65 layers": (_set("architecture.layers", [1] * 65), "body.architecture.layers"),
+    "long trainable name": (_set("trainable", ["x" * 65]), "body.trainable.0"),
+    "batch_size past int64": (_set("batch_size", 2**63), "body.batch_size"),
+    # Text the storage cannot hold.
+    "name with a lone surrogate": (_set("name", "job\ud800"), "body.name"),
+    "name with NUL": (_set("name", "job\x00"), "body.name"),
+    "trainable with a lone surrogate": (_set("trainable", ["layers.1.bias\udfff"]), "body.trainable.0"),
 }
 
 
@@ -55,16 +90,17 @@ def test_bad_spec_is_422_naming_the_field(client: TestClient, case: str) -> None
     mutate, expected = BAD_SPECS[case]
     spec = statquest_job()
     mutate(spec)
-    answer = client.post("/v1/jobs", json=spec)
+    # json.dumps writes a lone surrogate as the escape \ud800, as any JSON encoder may (httpx's json= cannot).
+    answer = client.post("/v1/jobs", content=json.dumps(spec), headers={"content-type": "application/json"})
     assert answer.status_code == 422, answer.text
     assert any(loc.startswith(expected) for loc in locs(answer)), (expected, answer.json())
 
 
 NON_FINITE = {
     "learning rate NaN": ('"learning_rate": 0.1', '"learning_rate": NaN', "body.learning_rate"),
-    "x Infinity": ('"x": [[0.0], [0.5]', '"x": [[Infinity], [0.5]', "body.data.inline.x.0.0"),
-    "weight -Infinity": ('[[3.34], [-3.53]]', '[[3.34], [-Infinity]]', "body.init.parameters.parameters.layers.0.weight.1.0"),
-    "y overflow 1e400": ('"y": [[0.0]', '"y": [[1e400]', "body.data.inline.y.0.0"),
+    "x Infinity": ('"x": [[0.0], [0.5]', '"x": [[Infinity], [0.5]', "body.data.x.0.0"),
+    "weight -Infinity": ('[[3.34], [-3.53]]', '[[3.34], [-Infinity]]', "body.init.parameters.layers.0.weight.1.0"),
+    "y overflow 1e400": ('"y": [[0.0]', '"y": [[1e400]', "body.data.y.0.0"),
 }
 
 
@@ -78,11 +114,48 @@ def test_non_finite_numbers_are_refused(client: TestClient, case: str) -> None:
     assert expected in locs(answer)
 
 
+def test_an_error_names_the_path_in_the_clients_json(client: TestClient) -> None:
+    """loc is the list of keys and indices; pointer the same path as a JSON Pointer."""
+    spec = statquest_job()
+    spec["data"]["x"][2] = ["a"]
+    answer = client.post("/v1/jobs", json=spec)
+    assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    [error] = problem["errors"]
+    assert error["loc"] == ["body", "data", "x", 2, 0] and error["pointer"] == "/data/x/2/0"
+    assert error["type"] == "float_type" and "number" in error["msg"]
+    assert problem["status"] == 422 and problem["instance"] == "/v1/jobs"
+    assert problem["detail"].startswith("body.data.x[2][0]: ")
+    dataset = client.post("/v1/jobs", json=statquest_job() | {"data": {"dataset_id": "d", "x": [[0.0]]}})
+    assert locs(dataset) == ["body.data.x"]  # the object has dataset_id: x is the extra field
+    seed = client.post("/v1/jobs", json=statquest_job() | {"init": {"seed": -1}})
+    assert locs(seed) == ["body.init.seed"]
+
+
+def test_many_errors_are_listed_up_to_a_bound(client: TestClient) -> None:
+    spec = statquest_job() | {"data": {"x": [["a"]] * 1000, "y": [["b"]] * 1000}}
+    answer = client.post("/v1/jobs", json=spec)
+    assert answer.status_code == 422
+    assert len(answer.json()["errors"]) == 20 and "(and 1997 more)" in answer.json()["detail"]
+
+
+def test_a_job_past_the_checkpoint_limit_is_422(limited: Callable[..., TestClient]) -> None:
+    answer = limited(max_checkpoint_every=50).post("/v1/jobs", json=statquest_job() | {"checkpoint_every": 51})
+    assert answer.status_code == 422 and locs(answer) == ["body.checkpoint_every"]
+
+
+def test_a_batch_larger_than_the_point_limit_is_422_for_a_stored_dataset(limited: Callable[..., TestClient]) -> None:
+    client = limited(max_points=3)
+    dataset = client.post("/v1/datasets", json={"x": [[0.0], [1.0]], "y": [[0.0], [1.0]]}).json()
+    answer = client.post("/v1/jobs", json=statquest_job() | {"data": {"dataset_id": dataset["id"]}, "batch_size": 4})
+    assert answer.status_code == 422 and locs(answer) == ["body.batch_size"]
+
+
 def test_malformed_json_is_422_naming_the_body(client: TestClient) -> None:
     answer = client.post("/v1/jobs", content=b'{"name": "x", ', headers={"content-type": "application/json"})
     assert answer.status_code == 422
-    assert answer.json()["detail"][0]["loc"][0] == "body"
-    assert answer.json()["detail"][0]["type"] == "json_invalid"
+    assert answer.json()["errors"][0]["loc"] == ["body"]
+    assert answer.json()["errors"][0]["type"] == "json_invalid"
 
 
 LIMITS = {

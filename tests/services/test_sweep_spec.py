@@ -300,10 +300,52 @@ def test_too_many_grid_members_are_refused_at_the_grid() -> None:
 
 
 def test_too_many_draws_are_refused_at_n_before_anything_is_drawn() -> None:
-    huge = sweep(grid={"learning_rate": [0.1, 0.2]}, random=space(10**12, 0, momentum={"uniform": [0, 1]}))
+    huge = sweep(grid={"learning_rate": [0.1, 0.2]}, random=space(10**9, 0, momentum={"uniform": [0, 1]}))
     with pytest.raises(InvalidInput) as info:
-        expand(huge, 1000)  # drawing 10**12 values first would not return
-    assert info.value.loc == ("random", "n") and f"{2 * 10**12} members exceed the limit of 1000" in info.value.message
+        expand(huge, 1000)  # drawing 10**9 values first would take minutes and gigabytes
+    assert info.value.loc == ("random", "n") and f"{2 * 10**9} members exceed the limit of 1000" in info.value.message
+
+
+def test_sizes_past_the_schema_bounds_are_refused_at_the_field() -> None:
+    for fields, loc in [
+        ({"random": space(2**31 + 1, 0, momentum={"uniform": [0, 1]})}, ("random", "n")),
+        ({"random": space(1, 2**63, momentum={"uniform": [0, 1]})}, ("random", "seed")),
+        ({"early_stopping": {"type": "successive_halving", "min_steps": 2**31}}, ("early_stopping", "min_steps")),
+        ({"early_stopping": {"type": "successive_halving", "min_steps": 2, "reduction_factor": 10**6}},
+         ("early_stopping", "reduction_factor")),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            sweep(**fields)
+        assert info.value.errors()[0]["loc"] == loc, fields
+
+
+def test_strings_and_booleans_are_not_numbers_in_a_sweep() -> None:
+    for fields, loc in [
+        ({"random": space("3", 0, momentum={"uniform": [0, 1]})}, ("random", "n")),
+        ({"random": space(3, True, momentum={"uniform": [0, 1]})}, ("random", "seed")),
+        ({"random": space(3, 0, momentum={"uniform": ["0", 1]})}, ("random", "space", "momentum", "uniform", 0)),
+        ({"random": space(3, 0, **{"init.seed": {"randint": [0, 2.5]}})},
+         ("random", "space", "init.seed", "randint", 1)),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            sweep(**fields)
+        assert info.value.errors()[0]["loc"] == loc, fields
+
+
+@pytest.mark.parametrize(("fields", "loc"), [
+    ({"base": small_job() | {"name": "\ud800"}}, ("base", "name")),
+    ({"base": small_job() | {"\udc00": 1}}, ("base", "\udc00")),
+    ({"base": small_job() | {"note": "a\x00b"}}, ("base", "note")),
+    ({"base": small_job() | {"learning_rate": float("nan")}}, ("base", "learning_rate")),
+    ({"grid": {"name": ["ok", "\ud800"]}}, ("grid", "name", 1)),
+    ({"base": small_job() | {"deep": json.loads("[" * 40 + "]" * 40)}}, ("base", "deep")),
+])
+def test_base_and_grid_hold_only_what_storage_takes(fields: dict, loc: tuple) -> None:
+    """The base and grid values are stored as sent: valid text, finite numbers, bounded depth."""
+    with pytest.raises(ValidationError) as info:
+        sweep(**fields)
+    cause = info.value.errors()[0]["ctx"]["error"]
+    assert isinstance(cause, InvalidInput) and cause.loc[:len(loc)] == loc
 
 
 def test_a_grid_over_the_limit_alone_is_blamed_even_with_random() -> None:
