@@ -31,7 +31,7 @@ def insert_sweep(session: Session, *, tenant: str, name: str, spec: dict, paths:
 def insert_members(session: Session, rows: Sequence[dict], batch: int = 2000) -> None:
     """One executemany per batch: a 10,000-member sweep is a few round trips, not 10,000."""
     for start in range(0, len(rows), batch):
-        session.execute(insert(Job), list(rows[start:start + batch]))
+        session.execute(insert(_jobs), list(rows[start:start + batch]))
 
 
 def get_sweep_row(session: Session, sweep_id: str, *, tenant: str) -> Sweep:
