@@ -53,7 +53,7 @@ def test_submit_prints_the_id_and_watch_exits_with_the_final_status(stack: Runni
     assert UUID.fullmatch(job)
     watched = run(stack, "watch", job, "--json")
     assert json.loads(watched.stdout)["status"] == "succeeded"
-    assert re.search(r"statquest-b3 \w{8} \[█+\] step 9  SSR [\d.e-]+ .*succeeded \(min_step_size\)$",
+    assert re.search(r"statquest-b3 \w{8} \[█+\] step 9/1000  SSR [\d.e-]+ .*succeeded \(min_step_size\)$",
                      watched.stderr.splitlines()[-1])
     long_spec = json.dumps(statquest_job() | {"stop": {"max_steps": 10**6}, "checkpoint_every": 1000})
     long_id = run(stack, "submit", "-q", "-", stdin=long_spec).stdout.strip()

@@ -91,7 +91,7 @@ def test_statquest_typed_into_a_terminal(terminal: Terminal, tmp_path: Path) -> 
     assert code == "0", "\n".join(lines)  # the final status (succeeded) as exit code
     final = lines[lines.index("watch exit: 0") - 1]
     assert final.startswith(f"statquest-b3 {job_id[:8]} [█") and "░" not in final
-    assert re.search(r"\] step 9  SSR [\d.e-]+  (\d+ steps/s  )?succeeded \(min_step_size\)$", final), final
+    assert re.search(r"] step 9/1000  SSR [\d.e-]+  (\d+ steps/s  )?succeeded \(min_step_size\)$", final), final
 
     terminal.type('descent params "$ID" --digits 2')
     bias = terminal.wait_for(r"^layers\.1\.bias +\[(.*)\]$").group(1)

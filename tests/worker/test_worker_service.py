@@ -56,7 +56,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     home = tmp_path_factory.mktemp(request.param)
     env = {"DESCENT_HOME": str(home), "DESCENT_LEASE_SECONDS": str(LEASE_SECONDS),
            "DESCENT_HEARTBEAT_SECONDS": "0.5", "DESCENT_ENGINE_BACKEND": "numpy",
-           "DESCENT_REDISPATCH_SECONDS": str(REDISPATCH_SECONDS), "DESCENT_SCHEDULER_LEASE_SECONDS": "2"}
+           "DESCENT_REDISPATCH_SECONDS": str(REDISPATCH_SECONDS), "DESCENT_SCHEDULER_LEASE_SECONDS": "2",
+           "DESCENT_MAX_CHECKPOINT_EVERY": "10000000"}  # long chunks of one small job on purpose
     if request.param == "filesystem-sqlite":
         from services.db.migrate import upgrade
 
@@ -134,13 +135,25 @@ def test_a_killed_worker_child_is_resumed_from_its_checkpoint(stack: Stack) -> N
         assert np.array_equal(stored[f"parameters/{name}"], value), name
 
 
+def steps_lasting(seconds: float) -> int:
+    """Updates of ``seed_job``'s network that take about ``seconds`` here, measured with the
+    engine itself, so the timing tests below keep their meaning however fast the engine gets."""
+    sample = 20_000
+    document = seed_job(max_steps=sample, checkpoint_every=sample)
+    started = time.perf_counter()
+    uninterrupted_parameters(document)
+    rate = sample / (time.perf_counter() - started)
+    return int(rate * seconds) // 1000 * 1000 + 1000
+
+
 def test_a_long_chunk_keeps_its_lease_through_the_heartbeat(stack: Stack) -> None:
     """A chunk far longer than the lease: the heartbeat thread renews it, nobody takes over."""
-    document = seed_job(max_steps=150_000, checkpoint_every=150_000)
+    steps = steps_lasting(2.5 * LEASE_SECONDS)
+    document = seed_job(max_steps=steps, checkpoint_every=steps)
     job = wait_for(submit(document).id, stack, timeout=120)
     assert (job.finished_at - job.started_at).total_seconds() > LEASE_SECONDS  # the test means something
-    assert (job.status, job.step, job.attempts) == ("succeeded", 150_000, 1)
-    assert checkpoint_steps(job.id) == [0, 150_000]
+    assert (job.status, job.step, job.attempts) == ("succeeded", steps, 1)
+    assert checkpoint_steps(job.id) == [0, steps]
 
 
 def uninterrupted_parameters(document: dict) -> dict[str, np.ndarray]:
@@ -203,7 +216,8 @@ def test_sigterm_checkpoints_and_releases_within_seconds(stack: Stack) -> None:
     """SIGTERM to the worker mid-chunk: its child checkpoints where it is, gives the job back
     and the worker exits, without waiting for the chunk or the lease; a new worker resumes the
     job to the same bits as an uninterrupted run. (Runs last: it replaces the module's worker.)"""
-    document = seed_job(max_steps=120_000, checkpoint_every=120_000)
+    steps = steps_lasting(6.0)
+    document = seed_job(max_steps=steps, checkpoint_every=steps)
     running = wait_for(submit(document).id, stack, done=lambda j: j.status == "running")
     time.sleep(1.5)
     os.kill(stack.process.pid, signal.SIGTERM)
@@ -211,14 +225,14 @@ def test_sigterm_checkpoints_and_releases_within_seconds(stack: Stack) -> None:
     stack.process.wait(timeout=15)
     released = jobs.get_job(running.id)
     assert time.monotonic() - stopped < 5, "the worker took too long to stop"
-    assert released.status == "queued" and 0 < released.step < 120_000, released
+    assert released.status == "queued" and 0 < released.step < steps, released
     assert checkpoint_steps(running.id) == [0, released.step]
     stack.process = start_worker(stack.env, stack.log.with_name("worker2.log"))
     stack.log = stack.log.with_name("worker2.log")
     job = wait_for(running.id, stack, timeout=60)
-    assert (job.status, job.step, job.attempts) == ("succeeded", 120_000, 2)
-    assert checkpoint_attempts(job.id) == {0: 1, released.step: 1, 120_000: 2}
-    assert_contiguous(job.id, 120_000)
+    assert (job.status, job.step, job.attempts) == ("succeeded", steps, 2)
+    assert checkpoint_attempts(job.id) == {0: 1, released.step: 1, steps: 2}
+    assert_contiguous(job.id, steps)
     stored = final_parameters(job.id)
     for name, value in uninterrupted_parameters(document).items():
         assert np.array_equal(stored[f"parameters/{name}"], value), name
