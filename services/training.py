@@ -227,8 +227,9 @@ def _initial_arrays(xp: object, arch: engine.Architecture, fresh: list[Member], 
 
 
 def _advance(pack: Pack) -> Pack | None:
-    """Train one chunk of ``checkpoint_every`` updates, then checkpoint it."""
-    old = np.asarray(pack.state.to_arrays()["step"]).copy()
+    """Train one chunk of ``checkpoint_every`` updates, then checkpoint it (one host copy of
+    the state per chunk: the checkpoint's; the steps before it come from the step array alone)."""
+    old = np.array(engine.to_host(pack.xp, pack.state.step), dtype=np.int64)
     every = halving.chunk_length(old.tolist(), pack.members[0].spec.checkpoint_every,
                                  [m.rule for m in pack.members])
     state, history = _train_slices(pack, every)

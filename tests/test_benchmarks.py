@@ -24,6 +24,8 @@ def test_engine_benchmark_quick_run_reports_every_workload() -> None:
     assert {(r["workload"], r["dtype"]) for r in rows} >= {
         ("W2", "float64"), ("W3", "float64"), ("W3", "float32"), ("W4", "float64"), ("W4", "float32")}
     assert all(r["descent_s"] > 0 and "torch_s" in r for r in rows)
+    overheads = [r["service_overhead"] for r in rows if r["workload"] == "W4"]
+    assert len(overheads) == 2 and all(o["host_s"] > 0 and o["train_s"] > 0 for o in overheads)
 
 
 @pytest.mark.slow

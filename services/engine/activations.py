@@ -4,10 +4,10 @@ Each transcendental is evaluated once per forward pass and reused by the backwar
 softplus gets its derivative sigmoid(z) = exp(z - softplus(z)) (never overflows since
 z <= softplus(z)); relu, sigmoid and tanh derive from their own outputs. Kernels read and write
 the buffers of one layer (``LayerBuffers``: z, a, aux, scratch, zeros, d). Two interchangeable
-implementations: ``PlainKernels`` (any xp, one ufunc per op with ``out=``) and ``NumexprKernels``
-(NumPy only, one fused multithreaded numexpr kernel per formula). They agree to rounding; the
-plain one is the default because on CPUs with AVX-512 NumPy's own SIMD transcendentals beat
-numexpr's (measured: exp 1 vs 3 ns, tanh 2 vs 8 ns per float64).
+implementations here: ``PlainKernels`` (any xp, one ufunc per op with ``out=``) and
+``NumexprKernels`` (NumPy only, one fused multithreaded numexpr kernel per formula); a third,
+``numba_kernels.NumbaKernels``, is the default where numba is installed. They agree to
+rounding. Which is fastest depends on the CPU's SIMD math (benchmarks/RESULTS.md, "Engine").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-LOG2E = 1.0 / math.log(2.0)  # exp(x) = exp2(x * log2(e)); NumPy's exp2 is the faster kernel
+LOG2E = 1.0 / math.log(2.0)  # exp(x) = exp2(x * log2(e)): NumPy's exp2 kernel, not exp
 
 
 class PlainKernels:

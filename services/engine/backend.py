@@ -1,8 +1,8 @@
 """Array namespaces: the engine runs the same code on NumPy (CPU) or CuPy (GPU).
 
-CuPy and numexpr are imported lazily, only when asked for, so neither is needed to import the
-engine. numexpr is an optional CPU accelerator for fused elementwise kernels; it is used only
-with NumPy arrays and only when the caller asks for it (see ``fused_kernels``).
+CuPy, numba and numexpr are imported lazily, only when asked for, so none is needed to import
+the engine. numba and numexpr are optional CPU accelerators of the activation kernels (the
+optional extra ``fast``); they work on NumPy arrays only (see ``kernels_for``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from services.engine.activations import NumexprKernels, PlainKernels
 
 NAMESPACES = ("numpy", "cupy")
 
@@ -42,6 +44,44 @@ def load_numexpr() -> Any | None:
         return importlib.import_module("numexpr")
     except ImportError:
         return None
+
+
+@lru_cache(maxsize=1)
+def load_numba_kernels() -> Any | None:
+    """``numba_kernels.NumbaKernels`` (compiling on first use), or None without numba."""
+    try:
+        return importlib.import_module("services.engine.numba_kernels").NumbaKernels()
+    except ImportError:
+        return None
+
+
+KERNELS = ("auto", "numpy", "numba", "numexpr")
+AUTO_KERNELS: str | None = None  # what "auto" means; None: numba where installed (tests pin it)
+
+
+def kernels_for(xp: Any, name: str = "auto") -> tuple[str, Any]:
+    """(name, kernels) of the activation kernels to use: ``numba`` (vectorized polynomials, the
+    default on NumPy when numba is installed), ``numpy`` (one xp ufunc per op; NumPy without
+    numba, and always CuPy) or ``numexpr``. ``auto`` picks the first that applies; a named one
+    that is not installed raises ImportError. Only the name decides the numbers: a pack gives
+    bit-identical results wherever the same kernels run, and differs in the last bits otherwise."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernels {name!r}; expected one of {KERNELS}")
+    if name == "auto" and AUTO_KERNELS is not None:
+        name = AUTO_KERNELS
+    if not is_numpy(xp) or name == "numpy":
+        return "numpy", PlainKernels(xp)
+    if name in ("auto", "numba"):
+        numba_kernels = load_numba_kernels()
+        if numba_kernels is not None:
+            return "numba", numba_kernels
+        if name == "numba":
+            raise ImportError("kernels='numba' needs numba (pip install 'descent[fast]')")
+        return kernels_for(xp, "numpy")
+    numexpr = load_numexpr()
+    if numexpr is None:
+        raise ImportError("kernels='numexpr' needs numexpr (pip install 'descent[fast]')")
+    return "numexpr", NumexprKernels(numexpr)
 
 
 @lru_cache(maxsize=1)

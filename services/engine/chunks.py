@@ -8,16 +8,14 @@ never on M, so a pack rounds exactly like its members trained alone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from services.engine.architecture import Architecture
 from services.engine.backend import is_numpy
 from services.engine.layouts import Layout
+from services.engine.parallel import cores
 
-# Best of 1-16 MiB on the 2-core benchmark machine: W3/W4-sized passes ran 1.3-1.5x faster than
-# unchunked ones (a chunk's few live arrays then stay in L2/L3).
+# A chunk's activations stay in L2/L3 (chosen by measurement: benchmarks/RESULTS.md, "Engine").
 CHUNK_BYTES = 2 << 20
 
 
@@ -35,22 +33,20 @@ def plan_chunks(arch: Architecture, layout: Layout, points: int) -> tuple[list[t
     return [(m, m + 1) for m in range(members)], [(p, min(p + size, points)) for p in range(0, points, size)]
 
 
-def rows(pairs: list[tuple[Any, Any]], m0: int, m1: int) -> list[tuple[Any, Any]]:
-    """Members [m0, m1) of model-first per-layer view pairs."""
-    return [(first[m0:m1], second[m0:m1]) for first, second in pairs]
-
-
-# Below this many FLOPs per matrix product, one BLAS thread beats two on the benchmark machine
-# (W4: 64 members x 1000 points x 32x33 weights, ~2 MFLOP per product, 1.0 s vs 1-2 s).
+# Below this many FLOPs per matrix product, one BLAS thread beats two: waking the second thread
+# costs more than it brings (measured on W4: benchmarks/RESULTS.md, "Engine").
 SMALL_GEMM_FLOPS = 8e6
 
 
 def blas_thread_limit(arch: Architecture, layout: Layout, points: int) -> int | None:
-    """1 when every matrix product of a chunked pass is small, else None (leave BLAS alone).
-    Depends only on the architecture, P and the dtype, like the chunk plan."""
+    """1 when the chunks of a pass run on parallel threads (``parallel``: each product then
+    has one core) or every matrix product is small; else None (leave BLAS alone). Depends
+    only on the architecture, P and the dtype, like the chunk plan."""
     if layout.model_last:
         return None
-    _, point_ranges = plan_chunks(arch, layout, points)
+    member_ranges, point_ranges = plan_chunks(arch, layout, points)
+    if len(member_ranges) * len(point_ranges) > 1 and cores() > 1:
+        return 1
     widest = max(a * (b + 1) for a, b in zip(arch.layers[1:], arch.layers))
     chunk_points = max(stop - start for start, stop in point_ranges)
     return 1 if 2 * chunk_points * widest < SMALL_GEMM_FLOPS else None

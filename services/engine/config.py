@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from services.engine.architecture import check_dtype
+from services.engine.architecture import Architecture, check_dtype
 
 
 def _vector(value: Any, dtype: Any, name: str) -> np.ndarray:
@@ -65,6 +65,13 @@ class PackConfig:
     def size(self) -> int:
         """Number of networks M."""
         return int(self.learning_rate.shape[0])
+
+    def check(self, arch: Architecture) -> None:
+        """Raise ValueError when ``trainable`` names a tensor that ``arch`` does not have."""
+        known = arch.parameter_shapes()
+        unknown = sorted(set(self.trainable) - set(known))
+        if unknown:
+            raise ValueError(f"trainable: unknown parameters {unknown} for layers {arch.layers}; known: {list(known)}")
 
     def trainable_mask(self, name: str) -> np.ndarray:
         """(M,) bool: which members train parameter ``name``."""

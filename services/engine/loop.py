@@ -22,26 +22,37 @@ from services.engine.stops import Stops, initial_reasons
 
 
 class Trainer:
-    """State of one ``train`` call (host bookkeeping + device buffers)."""
+    """State of one ``train`` call (host bookkeeping + device buffers).
+
+    Device buffers, all in the pack's flat layout: ``params`` (current parameters), ``spare``
+    (where the update writes the next ones; the two swap after each step, so the previous
+    values are still at hand when a member diverges), ``grad`` (dSSR/dparameters at
+    ``params``), ``delta`` (lr * grad), ``velocity`` / ``spare_velocity`` (momentum, swapped
+    alike); ``*_views`` are their per-layer views (see layouts)."""
 
     def __init__(self, xp: Any, net: Network, config: PackConfig, state: TrainState, x: Any, y: Any) -> None:
         self.xp, self.net, self.layout, self.config = xp, net, net.layout, config
         lay = self.layout
         self.x, self.y = net.data(x, y)
-        self.p, self.q, self.g, self.delta = lay.pack(state.parameters), lay.empty(), lay.empty(), lay.empty()
-        self.g[...] = 0
-        self.pv, self.qv, self.gv = lay.views(self.p), lay.views(self.q), lay.views(self.g)
+        self.params, self.spare, self.grad, self.delta = lay.pack(state.parameters), lay.empty(), lay.empty(), lay.empty()
+        self.grad[...] = 0
+        self.params_views, self.spare_views, self.grad_views = lay.views(self.params), lay.views(self.spare), lay.views(self.grad)
         self.momentum = config.momentum is not None
-        self.v = lay.pack(state.velocity) if self.momentum else None
-        self.vq = lay.empty() if self.momentum else None
-        self.v_keep: list[tuple[Any, Any]] = []
+        self.velocity = lay.pack(state.velocity) if self.momentum else None
+        self.spare_velocity = lay.empty() if self.momentum else None
+        self.stopped_velocity: list[tuple[Any, Any]] = []  # (members, velocity they stopped with)
+        self.parked: list[tuple[Any, Any, Any]] = []  # (members, parameters, velocity) set aside
         self.state = state
         self.step0 = to_host(xp, state.step).astype(np.int64)
         self.ssr0 = to_host(xp, state.ssr)
-        finite = to_host(xp, xp.isfinite(self.p).all(axis=lay.param_axis))
+        finite = to_host(xp, xp.isfinite(self.params).all(axis=lay.param_axis))
         reason = initial_reasons(to_host(xp, state.stop_reason).astype(np.int8), self.ssr0, finite,
                                  config.max_steps - self.step0, config.target_ssr.astype(self.ssr0.dtype))
         self.stops = Stops(xp, lay, config, reason, self.step0)
+        with np.errstate(invalid="ignore"):
+            broken = ~self.stops.running & ~(finite & np.isfinite(self.ssr0))
+        if broken.any():
+            self._park(np.flatnonzero(broken))
         self.batches = None
         if config.batch_size is not None:
             self.batches = Batches(net, x, y, config.batch_size, config.batch_seed)
@@ -50,89 +61,117 @@ class Trainer:
     def run(self, max_updates: int) -> tuple[TrainState, np.ndarray]:
         """The loop; returns the new state and the host history (M, max_updates)."""
         hist = self.xp.empty((max(max_updates, 0), self.layout.members), dtype=self.layout.dtype)
-        n_iter = 0
+        n_iter = 0  # updates taken by the members still running; ``it`` below: the update index
         if self.stops.n_running and max_updates > 0:
-            self._gradient(self.pv, 0)
+            self._gradient(self.params_views, 0)
             for it in range(max_updates):
                 if not self._update(it):
                     break
                 ssr = self._evaluate(it + 1, it + 1 < max_updates, hist[it])
                 self._check(it, ssr)
-                self.p, self.q, self.pv, self.qv = self.q, self.p, self.qv, self.pv
-                if self.momentum:
-                    self.v, self.vq = self.vq, self.v
+                self._swap()
                 n_iter = it + 1
                 if not self.stops.n_running:
                     break
         return self._finish(hist, n_iter)
 
+    def _swap(self) -> None:
+        """The new values (spare) become the current ones; the old ones become the spare."""
+        self.params, self.spare = self.spare, self.params
+        self.params_views, self.spare_views = self.spare_views, self.params_views
+        if self.momentum:
+            self.velocity, self.spare_velocity = self.spare_velocity, self.velocity
+
     def _gradient(self, views: list, offset: int) -> None:
-        """Gradient at ``views`` into g: full data, or the mini-batch of step step0 + offset."""
+        """Gradient at ``views`` into grad: full data, or the mini-batch of step step0 + offset."""
         if self.batches is None:
-            self.net.loss_and_grad(views, self.x, self.y, self.gv)
+            self.net.loss_and_grad(views, self.x, self.y, self.grad_views)
         else:
             xb, yb = self.batches.get(self.batch_step + offset)
-            self.net.loss_and_grad(views, xb, yb, self.gv)
+            self.net.loss_and_grad(views, xb, yb, self.grad_views)
 
     def _evaluate(self, offset: int, want_grad: bool, out: Any) -> Any:
-        """Full-data SSR at the new parameters q into ``out`` (and the next gradient if wanted)."""
+        """Full-data SSR at the new parameters (spare) into ``out`` (and the next gradient if wanted)."""
         if self.batches is None and want_grad:
-            return self.net.loss_and_grad(self.qv, self.x, self.y, self.gv, out)
-        ssr = self.net.loss(self.qv, self.x, self.y, out)
+            return self.net.loss_and_grad(self.spare_views, self.x, self.y, self.grad_views, out)
+        ssr = self.net.loss(self.spare_views, self.x, self.y, out)
         if want_grad:
-            self._gradient(self.qv, offset)
+            self._gradient(self.spare_views, offset)
         return ssr
 
     def _update(self, it: int) -> bool:
-        """q = p - lr g (or the momentum update); False when min_step_size stopped everyone."""
+        """spare = params - lr * grad, or with momentum mu: spare_velocity = mu * velocity - lr * grad,
+        spare = params + spare_velocity. False when min_step_size stopped everyone."""
         xp, stops, delta = self.xp, self.stops, self.delta
-        xp.multiply(stops.lr, self.g, out=delta)
+        xp.multiply(stops.lr, self.grad, out=delta)
         if stops.check_min:
-            largest = self.layout.reduce_max(xp.abs(delta, out=self.q))
+            largest = self.layout.reduce_max(xp.abs(delta, out=self.spare))
             small = largest < stops.threshold
             if bool(small.any()):
-                self._stop(to_host(xp, small), MIN_STEP_SIZE, it, self.v)
+                self._stop(to_host(xp, small), MIN_STEP_SIZE, it, self.velocity)
                 if not stops.n_running:
                     return False
-                xp.multiply(stops.lr, self.g, out=delta)
+                xp.multiply(stops.lr, self.grad, out=delta)
         if self.momentum:
-            xp.multiply(stops.mu, self.v, out=self.vq)
-            self.vq -= delta
-            xp.add(self.p, self.vq, out=self.q)
+            xp.multiply(stops.mu, self.velocity, out=self.spare_velocity)
+            self.spare_velocity -= delta
+            xp.add(self.params, self.spare_velocity, out=self.spare)
         else:
-            xp.subtract(self.p, delta, out=self.q)
+            xp.subtract(self.params, delta, out=self.spare)
         return True
 
     def _check(self, it: int, ssr: Any) -> None:
-        """Stop tests after update ``it``: diverged, then target_ssr, then max_steps."""
+        """Stop tests after update ``it``: diverged, then target_ssr, then max_steps. One read
+        from the device for both tests (a host synchronisation on a GPU): ``health`` is not
+        finite when any member's SSR or parameter is not; ``hits`` counts members at target."""
         xp, stops = self.xp, self.stops
-        if not math.isfinite(float(ssr.sum() + self.q.sum())):
+        health = ssr.sum() + self.spare.sum()
+        hit = ssr <= stops.target if stops.check_target else None
+        if hit is None:
+            health, hits = float(health), 0.0
+        else:
+            health, hits = (float(v) for v in to_host(xp, xp.stack([health, hit.sum(dtype=health.dtype)])))
+        if not math.isfinite(health):
             self._diverged(it, ssr)
-        if stops.check_target:
-            hit = ssr <= stops.target
-            if bool(hit.any()):
-                self._stop(to_host(xp, hit), TARGET_SSR, it + 1, self.vq)
+        if hits:  # a member that diverged above has a NaN or inf SSR: never a hit
+            self._stop(to_host(xp, hit), TARGET_SSR, it + 1, self.spare_velocity)
         if stops.next_max == it + 1:
-            self._stop(stops.steps_left == it + 1, MAX_STEPS, it + 1, self.vq)
+            self._stop(stops.steps_left == it + 1, MAX_STEPS, it + 1, self.spare_velocity)
 
     def _diverged(self, it: int, ssr: Any) -> None:
         """Members with non-finite SSR or parameters get back their previous values and stop."""
         xp, lay = self.xp, self.layout
-        bad = ~(xp.isfinite(ssr) & xp.isfinite(self.q).all(axis=lay.param_axis))
-        index = np.flatnonzero(to_host(xp, bad))
+        bad = to_host(xp, ~(xp.isfinite(ssr) & xp.isfinite(self.spare).all(axis=lay.param_axis)))
+        stopped_before = np.flatnonzero(bad & ~self.stops.running)
+        if stopped_before.size:  # a stopped member's 0 * inf gradient: it must not move
+            lay.set_members(self.spare, stopped_before, lay.members_of(self.params, stopped_before))
+            self._park(stopped_before)
+            bad[stopped_before] = False
+        index = np.flatnonzero(bad)
         if not index.size:
             return  # the cheap test overflowed on huge but finite values
-        lay.set_members(self.q, index, lay.members_of(self.p, index))
-        lay.set_members(self.g, index, 0)
+        lay.set_members(self.spare, index, lay.members_of(self.params, index))
+        lay.set_members(self.grad, index, 0)
         if self.momentum:
-            lay.set_members(self.vq, index, lay.members_of(self.v, index))
-        self._stop(to_host(xp, bad), DIVERGED, it, self.v)
+            lay.set_members(self.spare_velocity, index, lay.members_of(self.velocity, index))
+        self._stop(bad, DIVERGED, it, self.velocity)
+
+    def _park(self, index: np.ndarray) -> None:
+        """Stopped members whose numbers are not finite (or whose gradient overflows) would
+        trip the divergence test on every step: their values are set aside and their working
+        copies zeroed; ``_finish`` puts the values back."""
+        lay = self.layout
+        self.parked.append((index, lay.members_of(self.params, index),
+                            lay.members_of(self.velocity, index) if self.momentum else None))
+        for buf in (self.params, self.spare, self.grad, self.velocity, self.spare_velocity):
+            if buf is not None:
+                lay.set_members(buf, index, 0)
 
     def _stop(self, hit: np.ndarray, code: int, done: int, velocity: Any) -> None:
         """Record a stop event and keep the stopping members' velocity (it is zeroed later)."""
         index = self.stops.stop(hit, code, done)
         if self.momentum and index.size:
-            self.v_keep.append((index, self.layout.members_of(velocity, index)))
+            self.stopped_velocity.append((index, self.layout.members_of(velocity, index)))
         self.stops.refresh()
 
     def _finish(self, hist: Any, n_iter: int) -> tuple[TrainState, np.ndarray]:
@@ -146,12 +185,16 @@ class Trainer:
         ssr = self.ssr0.copy()
         moved = np.flatnonzero(done > 0)
         ssr[moved] = recorded[done[moved] - 1, moved]
+        for index, parameters, velocity in self.parked:
+            lay.set_members(self.params, index, parameters)
+            if self.momentum:
+                lay.set_members(self.velocity, index, velocity)
         velocity = self.state.velocity
         if self.momentum:
-            for index, kept in self.v_keep:
-                lay.set_members(self.v, index, kept)
-            velocity = lay.unpack(self.v)
-        new = TrainState(parameters=lay.unpack(self.p), velocity=velocity,
+            for index, kept in self.stopped_velocity:
+                lay.set_members(self.velocity, index, kept)
+            velocity = lay.unpack(self.velocity)
+        new = TrainState(parameters=lay.unpack(self.params), velocity=velocity,
                          step=xp.asarray(self.step0 + done), ssr=xp.asarray(ssr),
                          stop_reason=xp.asarray(stops.reason.copy()))
         return new, np.ascontiguousarray(history)

@@ -35,7 +35,11 @@ def initial_reasons(reason: np.ndarray, ssr: np.ndarray, finite: np.ndarray,
 
 
 class Stops:
-    """Reasons, update counts and device masks of a pack during one ``train`` call."""
+    """Reasons, update counts and device masks of a pack during one ``train`` call.
+
+    Device masks, flat buffers in the pack's layout: ``lr`` and ``mu`` are each entry's learning
+    rate and momentum, 0 where the member stopped or the tensor is frozen; ``threshold`` and
+    ``target`` (M,) are min_step_size and target_ssr, neutral (0, -inf) for stopped members."""
 
     def __init__(self, xp: Any, layout: Layout, config: PackConfig, reason: np.ndarray,
                  step: np.ndarray) -> None:

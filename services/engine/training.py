@@ -8,27 +8,54 @@ previous ones are still there when a member diverges and must be restored.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from services.engine.activations import NumexprKernels, PlainKernels
 from services.engine.architecture import Architecture, check_dtype
-from services.engine.backend import blas_threads, is_numpy, load_numexpr, to_host
+from services.engine.backend import blas_threads, kernels_for, to_host
 from services.engine.chunks import blas_thread_limit
 from services.engine.config import PackConfig
-from services.engine.layouts import Layout, prefers_model_last
+from services.engine.layouts import ModelLast, layout_for, prefers_model_last
 from services.engine.loop import Trainer
+from services.engine.model_first import WideNetwork
+from services.engine.model_last import TinyNetwork
 from services.engine.network import Network
 from services.engine.state import TrainState
 from services.engine.stops import initial_reasons
 
 
-def build(xp: Any, arch: Architecture, members: int, dtype: str, use_numexpr: bool) -> Network:
-    """Layout, activation kernels and network for a pack (numexpr only on NumPy, if present)."""
-    numexpr = load_numexpr() if use_numexpr and is_numpy(xp) else None
-    kernels = NumexprKernels(numexpr) if numexpr is not None else PlainKernels(xp)
-    return Network(xp, arch, Layout(xp, arch, members, check_dtype(dtype)), kernels)
+def build(xp: Any, arch: Architecture, members: int, dtype: str, kernels: str = "auto") -> Network:
+    """Layout, activation kernels and network for a pack (see ``kernels_for``)."""
+    layout = layout_for(xp, arch, members, check_dtype(dtype))
+    name, activation_kernels = kernels_for(xp, kernels)
+    if not isinstance(layout, ModelLast):
+        return WideNetwork(xp, arch, layout, activation_kernels)
+    if name == "numba":  # tiny layers: the whole step compiled (numba_tiny)
+        return importlib.import_module("services.engine.numba_tiny").FusedTinyNetwork(
+            xp, arch, layout, activation_kernels)
+    return TinyNetwork(xp, arch, layout, activation_kernels)
+
+
+# Networks (with their buffers) kept between calls: a worker trains a pack in many short
+# ``train`` calls, and building the network and its buffers each time is a large part of a
+# short call. A network in use is taken out of the pool, so two threads never share buffers.
+_POOL: dict[tuple, Network] = {}
+POOL_SIZE = 4
+
+
+@contextmanager
+def network(xp: Any, arch: Architecture, members: int, dtype: str, kernels: str) -> Iterator[Network]:
+    """A network from the pool (or a new one), given back to the pool afterwards."""
+    key = (xp.__name__, arch, members, check_dtype(dtype), kernels_for(xp, kernels)[0])
+    net = _POOL.pop(key, None) or build(xp, arch, members, dtype, kernels)
+    yield net
+    _POOL[key] = net
+    while len(_POOL) > POOL_SIZE:
+        _POOL.pop(next(iter(_POOL)), None)
 
 
 def needs_twin(arch: Architecture, members: int) -> bool:
@@ -57,27 +84,28 @@ def check_parameters(arch: Architecture, parameters: dict[str, Any], members: in
 
 
 def init_state(xp: Any, arch: Architecture, config: PackConfig, parameters: dict[str, Any],
-               x: Any, y: Any, *, use_numexpr: bool = False) -> TrainState:
+               x: Any, y: Any, *, kernels: str = "auto") -> TrainState:
     """Step-0 state of a pack: parameters (M, *shape) host or xp, x (P, n_in), y (P, n_out).
 
     Computes the SSR at the initial parameters and applies the stop rules that need no
     gradient: non-finite SSR or parameters -> diverged, ssr <= target_ssr, max_steps == 0.
+    ``kernels``: the activation kernels (``backend.kernels_for``).
     """
     members = config.size
+    config.check(arch)
     check_parameters(arch, parameters, members)
     if needs_twin(arch, members):
         state = init_state(xp, arch, PackConfig.stack([config, config]), twin(parameters, xp), x, y,
-                           use_numexpr=use_numexpr)
+                           kernels=kernels)
         return state.select([0])
-    net = build(xp, arch, members, config.dtype, use_numexpr)
-    buf = net.layout.pack(parameters)
-    with np.errstate(all="ignore"):
+    with network(xp, arch, members, config.dtype, kernels) as net, np.errstate(all="ignore"):
+        buf = net.layout.pack(parameters)
         ssr = net.loss(net.layout.views(buf), *net.data(x, y))
         finite = to_host(xp, xp.isfinite(buf).all(axis=net.layout.param_axis))
+        params = net.layout.unpack(buf)
     dtype = np.dtype(config.dtype)
     reason = initial_reasons(np.zeros(members, np.int8), to_host(xp, ssr), finite,
                              config.max_steps, config.target_ssr.astype(dtype))
-    params = net.layout.unpack(buf)
     return TrainState(
         parameters=params,
         velocity={k: xp.zeros_like(v) for k, v in params.items()},
@@ -88,7 +116,7 @@ def init_state(xp: Any, arch: Architecture, config: PackConfig, parameters: dict
 
 
 def train(xp: Any, arch: Architecture, config: PackConfig, state: TrainState, x: Any, y: Any,
-          max_updates: int, *, use_numexpr: bool = False) -> tuple[TrainState, np.ndarray]:
+          max_updates: int, *, kernels: str = "auto") -> tuple[TrainState, np.ndarray]:
     """Run at most ``max_updates`` more updates per running member; stop early when all stop.
 
     Returns the new state and the host history (M, max_updates) float64: row m holds the SSR
@@ -97,20 +125,19 @@ def train(xp: Any, arch: Architecture, config: PackConfig, state: TrainState, x:
     """
     if config.size != state.size:
         raise ValueError(f"config has {config.size} members, state {state.size}")
+    config.check(arch)
     check_parameters(arch, state.parameters, state.size)
     if needs_twin(arch, state.size):
         new, history = train(xp, arch, PackConfig.stack([config, config]), TrainState.stack([state, state]),
-                             x, y, max_updates, use_numexpr=use_numexpr)
+                             x, y, max_updates, kernels=kernels)
         return new.select([0]), history[:1]
-    net = build(xp, arch, state.size, config.dtype, use_numexpr)
-    limit = blas_thread_limit(arch, net.layout, int(np.shape(x)[0]))
-    with np.errstate(all="ignore"), blas_threads(xp, limit):
-        trainer = Trainer(xp, net, config, state, x, y)
-        return trainer.run(int(max_updates))
+    with network(xp, arch, state.size, config.dtype, kernels) as net:
+        limit = blas_thread_limit(arch, net.layout, int(np.shape(x)[0]))
+        with np.errstate(all="ignore"), blas_threads(xp, limit):
+            return Trainer(xp, net, config, state, x, y).run(int(max_updates))
 
 
-def predict(xp: Any, arch: Architecture, parameters: dict[str, Any], x: Any, *,
-            use_numexpr: bool = False) -> Any:
+def predict(xp: Any, arch: Architecture, parameters: dict[str, Any], x: Any, *, kernels: str = "auto") -> Any:
     """Predictions (M, P, n_out) of every member for x (P, n_in); parameters (M, *shape).
 
     Uses the training code path, so predictions match what the SSR was computed from.
@@ -119,11 +146,8 @@ def predict(xp: Any, arch: Architecture, parameters: dict[str, Any], x: Any, *,
     members = int(first.shape[0])
     check_parameters(arch, parameters, members)
     if needs_twin(arch, members):
-        return predict(xp, arch, twin(parameters, xp), x, use_numexpr=use_numexpr)[:1]
+        return predict(xp, arch, twin(parameters, xp), x, kernels=kernels)[:1]
     dtype = first.dtype.name if first.dtype.name in ("float32", "float64") else "float64"
-    net = build(xp, arch, members, dtype, use_numexpr)
-    buf = net.layout.pack(parameters)
     y = xp.zeros((np.shape(x)[0], arch.layers[-1]), dtype=dtype)
-    with np.errstate(all="ignore"):
-        return net.predict(net.layout.views(buf), net.data(x, y)[0])
-
+    with network(xp, arch, members, dtype, kernels) as net, np.errstate(all="ignore"):
+        return net.predict(net.layout.views(net.layout.pack(parameters)), net.data(x, y)[0])

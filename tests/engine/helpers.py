@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,9 +66,10 @@ def solo_runs(arch: Architecture, config: PackConfig, params: dict[str, np.ndarr
     return out
 
 
-def assert_gradient_matches_central_differences(arch: Architecture, net: Any, params: dict[str, np.ndarray],
-                                                data: tuple[Any, Any], grads: dict[str, np.ndarray]) -> None:
-    """Each entry of ``grads`` against (SSR(p + h) - SSR(p - h)) / 2h, all members at once."""
+def assert_gradient_matches_central_differences(arch: Architecture, loss: Callable[[dict], np.ndarray],
+                                                params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+    """Each entry of ``grads`` against (loss(p + h) - loss(p - h)) / 2h, all members at once;
+    ``loss`` maps canonical parameters to the (M,) SSR."""
     h = 1e-6
     for name, shape in arch.parameter_shapes().items():
         for entry in np.ndindex(*shape):
@@ -75,10 +77,15 @@ def assert_gradient_matches_central_differences(arch: Architecture, net: Any, pa
             minus = {k: v.copy() for k, v in params.items()}
             plus[name][(slice(None),) + entry] += h
             minus[name][(slice(None),) + entry] -= h
-            fd = (net.loss(net.layout.views(net.layout.pack(plus)), *data)
-                  - net.loss(net.layout.views(net.layout.pack(minus)), *data)) / (2 * h)
+            fd = (loss(plus) - loss(minus)) / (2 * h)
             np.testing.assert_allclose(grads[name][(slice(None),) + entry], fd, rtol=2e-6, atol=2e-6,
                                        err_msg=f"{name}{entry}")
+
+
+def network_loss(net: Any, x: np.ndarray, y: np.ndarray) -> Callable[[dict], np.ndarray]:
+    """A network's SSR as a function of canonical parameters."""
+    data = net.data(x, y)
+    return lambda params: net.loss(net.layout.views(net.layout.pack(params)), *data)
 
 
 def assert_resume_matches(whole: TrainState, history: np.ndarray, split_steps: np.ndarray,

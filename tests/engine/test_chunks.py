@@ -7,11 +7,13 @@ import pytest
 
 from services.engine import Architecture, PackConfig, TrainState, init_state, train
 from services.engine import chunks
-from services.engine.layouts import Layout
+from services.engine.layouts import layout_for
 from services.engine.training import build
 from tests.engine.helpers import (
-    assert_gradient_matches_central_differences, run, sine_data, solo_runs, stacked,
+    assert_gradient_matches_central_differences, network_loss, run, sine_data, solo_runs, stacked,
 )
+
+pytestmark = pytest.mark.usefixtures("each_kernels")  # every kernel path installed
 
 ARCH = Architecture((2, 6, 5, 1), "softplus")  # model first
 
@@ -25,7 +27,7 @@ def config(members: int) -> PackConfig:
 @pytest.mark.parametrize("chunk_bytes", [1, 2000, 10000])
 def test_plans_cover_everything(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
     monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
-    net = build(np, ARCH, 5, "float64", False)
+    net = build(np, ARCH, 5, "float64")
     members, points = chunks.plan_chunks(ARCH, net.layout, 37)
     assert [m for r in members for m in range(*r)] == list(range(5))
     assert [p for r in points for p in range(*r)] == list(range(37))
@@ -39,7 +41,7 @@ def test_chunked_pass_matches_whole(monkeypatch: pytest.MonkeyPatch, chunk_bytes
     whole_state, whole_history = run(ARCH, config(5), params, x, y, 30)
     monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
     state, history = run(ARCH, config(5), params, x, y, 30)
-    member_chunks_only = len(chunks.plan_chunks(ARCH, build(np, ARCH, 5, "float64", False).layout, 37)[1]) == 1
+    member_chunks_only = len(chunks.plan_chunks(ARCH, build(np, ARCH, 5, "float64").layout, 37)[1]) == 1
     a, b = whole_state.to_arrays(), state.to_arrays()
     for key in a:
         if member_chunks_only:  # same sums per member: bit-identical
@@ -71,12 +73,10 @@ def test_chunked_gradient_matches_central_differences(monkeypatch: pytest.Monkey
     rng = np.random.default_rng(3)
     params = {k: rng.normal(0, 0.7, (2,) + s) for k, s in ARCH.parameter_shapes().items()}
     x, y = sine_data(23, 2, 1)
-    net = build(np, ARCH, 2, "float64", False)
+    net = build(np, ARCH, 2, "float64")
     grad = net.layout.empty()
-    data = net.data(x, y)
-    net.loss_and_grad(net.layout.views(net.layout.pack(params)), *data, net.layout.views(grad))
-    grads = net.layout.unpack(grad)
-    assert_gradient_matches_central_differences(ARCH, net, params, data, grads)
+    net.loss_and_grad(net.layout.views(net.layout.pack(params)), *net.data(x, y), net.layout.views(grad))
+    assert_gradient_matches_central_differences(ARCH, network_loss(net, x, y), params, net.layout.unpack(grad))
 
 
 def test_chunked_predict_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,14 +93,17 @@ def test_chunked_predict_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_blas_thread_limit_is_one_only_for_many_small_products() -> None:
     from services.engine.chunks import blas_thread_limit
+    from services.engine.parallel import cores
 
     def limit(layers: tuple[int, ...], members: int, points: int, act: str = "tanh") -> int | None:
         arch = Architecture(layers, act)
-        return blas_thread_limit(arch, Layout(np, arch, members, "float64"), points)
+        return blas_thread_limit(arch, layout_for(np, arch, members, "float64"), points)
 
     assert limit((1, 32, 32, 1), 64, 1000) == 1          # W4: ~2 MFLOP per product
-    assert limit((1, 64, 64, 1), 1, 10_000, "softplus") is None  # W3: big products, keep threads
+    assert limit((1, 64, 64, 1), 1, 1000, "softplus") is None  # one chunk of big products: threads
     assert limit((1, 2, 1), 1000, 3, "softplus") is None  # W2: model axis last, no BLAS
+    if cores() > 1:  # W3: five point chunks on parallel threads, one core each
+        assert limit((1, 64, 64, 1), 1, 10_000, "softplus") == 1
 
 
 def test_the_blas_cap_holds_only_inside_its_block() -> None:
@@ -115,3 +118,39 @@ def test_the_blas_cap_holds_only_inside_its_block() -> None:
     with blas_threads(np, 1):
         assert threads() == {1}
     assert threads() == before
+
+
+@pytest.mark.parametrize("chunk_bytes", [500, 8000])  # point chunks / member chunks
+def test_threads_change_no_bit(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    """The chunks of a pass on 1 or 3 threads: the same numbers, bit for bit."""
+    from services.engine import parallel, training
+
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    x, y = sine_data(37, 2, 1)
+    params = stacked(ARCH, [0, 1, 2, 3, 4])
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(parallel, "cores", lambda threads=threads: threads)
+        training._POOL.clear()
+        state, history = run(ARCH, config(5), params, x, y, 30)
+        results.append((state.to_arrays(), history))
+    (a, ha), (b, hb) = results
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    np.testing.assert_array_equal(hb, ha)
+    training._POOL.clear()
+
+
+def test_networks_are_reused_between_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker trains in many short calls: the network and its buffers are built once."""
+    from services.engine import training
+
+    built = []
+    original = training.build
+    monkeypatch.setattr(training, "build", lambda *a, **k: built.append(a) or original(*a, **k))
+    training._POOL.clear()
+    x, y = sine_data(37, 2, 1)
+    state = init_state(np, ARCH, config(3), stacked(ARCH, [0, 1, 2]), x, y)
+    for _ in range(4):
+        state, _ = train(np, ARCH, config(3), state, x, y, 5)
+    assert len(built) == 1

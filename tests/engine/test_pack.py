@@ -8,6 +8,8 @@ import pytest
 from services.engine import STOP_REASONS, Architecture, PackConfig, init_state, train
 from tests.engine.helpers import run, sine_data, solo_runs, stacked
 
+pytestmark = pytest.mark.usefixtures("each_kernels")  # every kernel path installed
+
 CASES = [  # (layers, activation, output activation): model last and model first layouts
     ((1, 2, 1), "softplus", "identity"),
     ((2, 3, 2), "tanh", "sigmoid"),
@@ -153,3 +155,41 @@ def test_target_ssr_stops_when_reached() -> None:
     n = int(state.step[0])
     assert STOP_REASONS[int(state.stop_reason[0])] == "target_ssr"
     assert history[0, n - 1] <= 2.0 < history[0, n - 2]
+
+
+def test_a_member_stopped_with_nan_costs_no_divergence_test_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member that stopped with non-finite values is set aside: the per-step finiteness test
+    stays quiet (it used to run the costly divergence path on every step), and the member comes
+    back unchanged."""
+    from services.engine import loop
+
+    calls = []
+    original = loop.Trainer._diverged
+    monkeypatch.setattr(loop.Trainer, "_diverged", lambda self, it, ssr: calls.append(it) or original(self, it, ssr))
+    for layers in [(1, 2, 1), (1, 8, 8, 1)]:
+        arch = Architecture(layers, "tanh")
+        params = stacked(arch, [0, 1, 2])
+        params["layers.0.weight"][1] = np.nan
+        x, y = sine_data(10)
+        config = PackConfig(learning_rate=np.full(3, 0.01), max_steps=np.full(3, 30), momentum=np.full(3, 0.5))
+        state = init_state(np, arch, config, params, x, y)
+        new, history = train(np, arch, config, state, x, y, 30)
+        assert calls == [] and list(np.asarray(new.step)) == [30, 0, 30]
+        assert np.isnan(new.parameters["layers.0.weight"][1]).all()
+        for name in params:
+            np.testing.assert_array_equal(new.parameters[name][1], params[name][1])
+        healthy = run(arch, PackConfig(learning_rate=np.full(2, 0.01), max_steps=np.full(2, 30),
+                                       momentum=np.full(2, 0.5)), {k: v[[0, 2]] for k, v in params.items()}, x, y, 30)
+        np.testing.assert_array_equal(history[[0, 2]], healthy[1])
+
+
+def test_trainable_names_must_exist() -> None:
+    arch = Architecture((1, 2, 1), "tanh")
+    x, y = sine_data(5)
+    config = PackConfig.single(0.1, trainable={"layers.1.bias": True, "layers.3.weight": False})
+    with pytest.raises(ValueError, match="layers.3.weight"):
+        init_state(np, arch, config, stacked(arch, [0]), x, y)
+    good = PackConfig.single(0.1, trainable={"layers.1.bias": True})
+    state = init_state(np, arch, good, stacked(arch, [0]), x, y)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        train(np, arch, config, state, x, y, 1)

@@ -8,6 +8,8 @@ import pytest
 from services.engine import Architecture, PackConfig, TrainState, init_state, train
 from tests.engine.helpers import assert_resume_matches, sine_data, stacked
 
+pytestmark = pytest.mark.usefixtures("each_kernels")  # every kernel path installed
+
 SETUPS = {
     "full_batch": dict(momentum=None, batch_size=None),
     "momentum": dict(momentum=np.array([0.9, 0.5, 0.0]), batch_size=None),
@@ -99,7 +101,7 @@ def test_mini_batch_schedule_is_a_function_of_seed_and_epoch() -> None:
     from services.engine.batches import Batches
     from services.engine.training import build
 
-    net = build(np, Architecture((1, 2, 1)), 2, "float64", False)
+    net = build(np, Architecture((1, 2, 1)), 2, "float64")
     x, y = sine_data(10)
     batches = Batches(net, x, y, 4, seed=9)
     assert batches.count == 3

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.engine import STOP_REASONS, Architecture, PackConfig, init_state, predict, train
 from services.engine.training import build
 from tests.engine.helpers import SQ_X, SQ_Y, STATQUEST
+
+pytestmark = pytest.mark.usefixtures("each_kernels")  # every kernel path installed
 
 ARCH = Architecture((1, 2, 1), "softplus", "identity")
 
@@ -27,7 +30,7 @@ def test_initial_ssr() -> None:
 
 def test_gradient_of_output_bias() -> None:
     params, _ = statquest()
-    net = build(np, ARCH, 1, "float64", use_numexpr=False)
+    net = build(np, ARCH, 1, "float64")
     grad = net.layout.empty()
     net.loss_and_grad(net.layout.views(net.layout.pack(params)), *net.data(SQ_X, SQ_Y), net.layout.views(grad))
     assert round(float(net.layout.unpack(grad)["layers.1.bias"][0, 0]), 1) == -15.7

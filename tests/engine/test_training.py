@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.engine import ACTIVATIONS, Architecture, PackConfig, get_namespace, init_state, predict
-from services.engine.backend import load_numexpr
+from services.engine.backend import load_numba_kernels, load_numexpr
 from tests.engine.helpers import run, sine_data, stacked
 
 ENGINE = Path(__file__).resolve().parents[2] / "services" / "engine"
@@ -45,10 +45,12 @@ def test_float32_trains_and_stays_float32(layers: tuple) -> None:
     np.testing.assert_allclose(h32[:, -1], h64[:, -1], rtol=1e-3)
 
 
-@pytest.mark.skipif(load_numexpr() is None, reason="numexpr not installed")
+@pytest.mark.parametrize("fast", [pytest.param("numexpr", marks=pytest.mark.skipif(
+    load_numexpr() is None, reason="numexpr not installed")), pytest.param("numba", marks=pytest.mark.skipif(
+    load_numba_kernels() is None, reason="numba not installed"))])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("layers", [(1, 3, 2), (2, 9, 7, 1)])
-def test_numexpr_matches_plain(layers: tuple, activation: str) -> None:
+def test_fast_kernels_match_plain(layers: tuple, activation: str, fast: str) -> None:
     """Same formulas, different transcendental implementations: equal to rounding."""
     from services.engine.training import build
 
@@ -56,8 +58,8 @@ def test_numexpr_matches_plain(layers: tuple, activation: str) -> None:
     x, y = sine_data(30, layers[0], layers[-1])
     params = stacked(arch, [7, 8])
     results = []
-    for use_numexpr in (False, True):
-        net = build(np, arch, 2, "float64", use_numexpr)
+    for kernels in ("numpy", fast):
+        net = build(np, arch, 2, "float64", kernels)
         grad = net.layout.empty()
         ssr = net.loss_and_grad(net.layout.views(net.layout.pack(params)), *net.data(x, y), net.layout.views(grad))
         results.append((ssr, net.layout.unpack(grad)))
@@ -68,13 +70,13 @@ def test_numexpr_matches_plain(layers: tuple, activation: str) -> None:
         np.testing.assert_allclose(g_fused[name], g_plain[name], rtol=1e-13, atol=1e-13 * scale)
     config = PackConfig(learning_rate=np.array([0.01, 0.02]), max_steps=[10, 10], min_step_size=[0, 0],
                         target_ssr=[-np.inf] * 2, momentum=[0.5, 0.0])
-    plain, h_plain = run(arch, config, params, x, y, 10)
-    fused, h_fused = run(arch, config, params, x, y, 10, use_numexpr=True)
+    plain, h_plain = run(arch, config, params, x, y, 10, kernels="numpy")
+    fused, h_fused = run(arch, config, params, x, y, 10, kernels=fast)
     np.testing.assert_allclose(h_fused, h_plain, rtol=1e-13)
     for name in params:
         np.testing.assert_allclose(fused.parameters[name], plain.parameters[name], rtol=1e-13, atol=1e-14)
-    np.testing.assert_allclose(predict(np, arch, plain.parameters, x, use_numexpr=True),
-                               predict(np, arch, plain.parameters, x), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(predict(np, arch, plain.parameters, x, kernels=fast),
+                               predict(np, arch, plain.parameters, x, kernels="numpy"), rtol=1e-13, atol=1e-15)
 
 
 def test_predict_shapes_and_members() -> None:
@@ -95,7 +97,7 @@ def test_namespaces() -> None:
 
 def test_importing_the_engine_loads_no_optional_library() -> None:
     code = ("import sys, services.engine; "
-            "print(sorted(m for m in ('cupy', 'numexpr', 'threadpoolctl', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('cupy', 'numba', 'numexpr', 'threadpoolctl', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ENGINE.parents[1])
     assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services import jobs
-from services.errors import InvalidInput, NotFound
+from services.errors import Conflict, InvalidInput, NotFound
 from services.spec import JobCreate
 
 from .conftest import STATQUEST, STATQUEST_X, STATQUEST_Y, make_spec, write_checkpoint
@@ -91,12 +91,14 @@ def test_parameters_latest_and_at_a_step(trained: str) -> None:
         jobs.get_parameters(trained, step=5)
 
 
-def test_no_checkpoint_yet_is_not_found(configured, spec: JobCreate) -> None:
+def test_no_checkpoint_yet_is_a_conflict_and_an_unknown_step_not_found(configured, spec: JobCreate) -> None:
     job = jobs.submit_job(spec)
-    with pytest.raises(NotFound):
+    with pytest.raises(Conflict, match="no checkpoint yet"):
         jobs.get_parameters(job.id)
-    with pytest.raises(NotFound):
+    with pytest.raises(Conflict, match="no checkpoint yet"):
         jobs.predict(job.id, [[0.0]])
+    with pytest.raises(NotFound):
+        jobs.get_parameters(job.id, step=5)
 
 
 def reference_forward(parameters: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

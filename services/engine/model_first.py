@@ -1,0 +1,159 @@
+"""The model-first network, for wide layers: batched matrix products, run chunk by chunk.
+
+Activations are (M, n, P), points innermost; a layer's parameters a ``WideLayer`` (block
+[W | b]^T (M, i + 1, o)); every layer input carries an extra row of ones, (M, i + 1, P), or
+for the first layer the shared data (i + 1, P). Then per layer:
+    forward   z = [W | b] [a; 1]                 one batched matmul
+    backward  [dW | db]^T = [a; 1] dz^T          one batched matmul, into the gradient buffer
+              da = W^T dz                        one batched matmul (skipped for the first layer)
+The pass runs on chunks of members (or of one member's points) sized to stay in cache
+(``chunks.plan_chunks``); the gradients of point chunks are summed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from services.engine import parallel
+from services.engine.chunks import plan_chunks
+from services.engine.layouts import WideLayer
+from services.engine.model_last import einsum_into
+from services.engine.network import LayerBuffers, Network
+
+
+def rows(layers: list[WideLayer], m0: int, m1: int) -> list[WideLayer]:
+    """Members [m0, m1) of per-layer views."""
+    return [WideLayer(layer.block[m0:m1], layer.weight_t[m0:m1]) for layer in layers]
+
+
+class WideNetwork(Network):
+    """Forward and backward of wide layers, member axis first."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._plans: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        self._partials: dict[int, list[tuple[list[WideLayer], Any]]] = {}
+        self.threads = parallel.cores() if self.xp.__name__ == "numpy" else 1
+
+    def data(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """x (P, n_in), y (P, n_out) -> x with a row of ones (n_in + 1, P), and y (n_out, P)."""
+        x, y = self.check_data(x, y)
+        ones = self.xp.ones((1, x.shape[0]), dtype=x.dtype)
+        return self.xp.ascontiguousarray(self.xp.concatenate([x.T, ones], axis=0)), self.xp.ascontiguousarray(y.T)
+
+    @staticmethod
+    def points_of(x: Any) -> int:
+        return x.shape[-1]
+
+    @staticmethod
+    def members_of(views: list[WideLayer]) -> int:
+        return views[0].block.shape[0]
+
+    def make_workspace(self, points: int, members: int) -> list[LayerBuffers]:
+        xp, dtype, shared, out = self.xp, self.layout.dtype, {}, []
+        for i, n in enumerate(self.arch.layers[1:]):
+            shape = (members, n, points)
+            if n not in shared:  # scratch, aux, zeros
+                shared[n] = (xp.empty(shape, dtype), xp.empty(shape, dtype), xp.zeros(shape, dtype))
+            z = xp.empty(shape, dtype)
+            if i == self.arch.n_layers - 1:
+                a = next_input = z if self.activations[i] == "identity" else xp.empty(shape, dtype)
+            else:
+                next_input = xp.empty((members, n + 1, points), dtype)
+                next_input[:, n, :] = 1
+                a = next_input[:, :n, :]
+            out.append(LayerBuffers(z, a, xp.empty(shape, dtype), next_input, xp.empty(shape, dtype), *shared[n]))
+        return out
+
+    def sum_of_squares(self, residual: Any, out: Any) -> Any:
+        """(M,) sum over outputs and points of residual^2 (into ``out`` if given)."""
+        if out is None:
+            return self.xp.einsum("mop,mop->m", residual, residual)
+        return einsum_into(self.xp, "mop,mop->m", residual, residual, out)
+
+    def affine(self, layer: WideLayer, a: Any, buf: LayerBuffers) -> Any:
+        """buf.z (M, o, P) = [W | b] [a; 1] for a (M, i + 1, P) or the shared input (i + 1, P)."""
+        return self.xp.matmul(self.xp.swapaxes(layer.block, 1, 2), a, out=buf.z)
+
+    def affine_backward(self, layer: WideLayer, dz: Any, a: Any, grad: WideLayer, da: Any | None,
+                        buf: LayerBuffers) -> None:
+        """From dz (M, o, P): grad.block [dW | db]^T (M, i + 1, o) = [a; 1] dz^T and, unless
+        None, da (M, i, P) = W^T dz, the gradient for the layer below."""
+        xp = self.xp
+        if xp is np:  # straight into the gradient buffer (a strided view of it)
+            xp.matmul(a, xp.swapaxes(dz, 1, 2), out=grad.block)
+        else:  # other namespaces get a fresh product, then one copy into the strided view
+            grad.block[...] = xp.matmul(a, xp.swapaxes(dz, 1, 2))
+        if da is None:
+            return
+        if layer.weight_t.shape[2] == 1:  # one output: an outer product
+            xp.multiply(layer.weight_t, dz, out=da)
+        else:
+            xp.matmul(layer.weight_t, dz, out=da)
+
+    def chunks(self, points: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Member ranges and point ranges of the chunked passes for ``points`` points."""
+        if points not in self._plans:
+            self._plans[points] = plan_chunks(self.arch, self.layout, points)
+        return self._plans[points]
+
+    def partials(self, members: int, count: int) -> list[tuple[list[WideLayer], Any]]:
+        """Gradient views and SSR of ``members`` members for ``count`` point chunks after the first."""
+        if len(self._partials.get(members, [])) < count:
+            flats = [self.layout.empty(members) for _ in range(count)]
+            self._partials[members] = [(self.layout.views(f), self.xp.empty(members, dtype=self.layout.dtype))
+                                       for f in flats]
+        return self._partials[members][:count]
+
+    def loss_and_grad(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None,
+                      out: Any = None) -> Any:
+        """(M,) SSR (into ``out`` if given) and, unless ``grads`` is None, the gradients,
+        chunk by chunk (see ``plan_chunks``), the chunks spread over the CPU's cores."""
+        member_ranges, point_ranges = self.chunks(x.shape[1])
+        if len(member_ranges) == 1 and len(point_ranges) == 1:
+            return self.step(views, x, y, grads, out)
+        out = self.xp.empty(self.layout.members, dtype=self.layout.dtype) if out is None else out
+        if len(point_ranges) == 1:  # chunks of members, each on all points: independent
+            tasks = [partial(self._members, views, x, y, grads, out, m0, m1) for m0, m1 in member_ranges]
+            parallel.run(tasks, self.threads)
+            return out
+        for m0, m1 in member_ranges:  # one member at a time, its point chunks in parallel
+            self._points(rows(views, m0, m1), x, y, None if grads is None else rows(grads, m0, m1),
+                         out[m0:m1], point_ranges)
+        return out
+
+    def _members(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
+                 m0: int, m1: int, slot: int) -> None:
+        """Members [m0, m1) on all points, in the buffers of ``slot``."""
+        self.step(rows(views, m0, m1), x, y, None if grads is None else rows(grads, m0, m1), out[m0:m1], slot)
+
+    def _points(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
+                point_ranges: list[tuple[int, int]]) -> None:
+        """One member chunk over the point chunks: the first into ``grads`` and ``out``, the
+        others into partial buffers, then added in chunk order (the same sums on any thread)."""
+        partials = self.partials(out.shape[0], len(point_ranges) - 1)
+        targets = [(grads, out)] + [(None if grads is None else g, s) for g, s in partials]
+
+        def chunk(k: int, slot: int) -> None:
+            (p0, p1), (into, ssr) = point_ranges[k], targets[k]
+            self.step(views, x[:, p0:p1], y[:, p0:p1], into, ssr, slot)
+
+        parallel.run([partial(chunk, k) for k in range(len(point_ranges))], self.threads)
+        for extra_grads, extra_ssr in partials:
+            out += extra_ssr
+            for total, extra in zip(grads or [], extra_grads or []):
+                total.block[...] += extra.block
+
+    def predict(self, views: list[WideLayer], x: Any) -> Any:
+        """Canonical predictions (M, P, n_out) for layout data x (a new array), chunk by chunk."""
+        points = x.shape[1]
+        out = self.xp.empty((self.layout.members, points, self.arch.layers[-1]), dtype=self.layout.dtype)
+        member_ranges, point_ranges = self.chunks(points)
+        for m0, m1 in member_ranges:
+            for p0, p1 in point_ranges:
+                last = self.forward(rows(views, m0, m1), x[:, p0:p1])[-1].a
+                out[m0:m1, p0:p1] = last.transpose(0, 2, 1)
+        return out

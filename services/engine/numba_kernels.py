@@ -1,0 +1,183 @@
+"""Activation kernels compiled with numba (optional extra ``fast``): one pass per layer.
+
+Why: NumPy evaluates exp, log1p and tanh with SIMD code only on some CPUs and dtypes (float64
+exp on AVX-512, float32 exp on AVX2); elsewhere each element is a scalar libm call, and the
+activations then cost more than the matrix products (figures: benchmarks/RESULTS.md,
+"Engine"). Here exp, log1p and tanh are short polynomials written with + - * / only, so LLVM
+vectorizes the loops on any x86-64 CPU (AVX2 or AVX-512), and each layer's activation and its
+derivative come out of one pass over memory instead of four to ten.
+
+Accuracy: every function is within 4 ulp of NumPy's (tests/engine/test_numba.py checks them
+over their whole range); float32 arrays get the float32 versions of ``numba_float32``. The only
+liberty given to LLVM is fusing a multiply and an add (``fastmath={"contract"}``), never
+reordering: a value does not depend on the vector width or on its position in the array, so a
+pack still rounds exactly like its members alone, and a run repeats bit for bit on a machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = HI + LO
+LOG2E = 1.44269504088896338700e+00
+
+
+@intrinsic
+def _pow2(typingctx: Any, k: Any) -> Any:
+    """2.0 ** k for an integer-valued float64 k in [-1022, 1023], without a float-to-int
+    conversion (AVX2 has none for vectors): in 2^52 + (k + 1023) the low mantissa bits hold
+    k + 1023, which a shift by 52 moves into the exponent field."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        shifted = builder.fadd(args[0], ir.Constant(ir.DoubleType(), 4503599627370496.0 + 1023.0))
+        bits = builder.bitcast(shifted, ir.IntType(64))
+        return builder.bitcast(builder.shl(bits, ir.Constant(ir.IntType(64), 52)), ir.DoubleType())
+    return types.float64(types.float64), codegen
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def exp_taylor(r: float) -> float:
+    """exp(r) - 1 by its Taylor series to degree 13: below 2^-53 relative for |r| <= ln2 / 2.
+
+    r (1 + r/2! + ... + r^12/13!), the polynomial in Estrin's scheme (pairs, then powers of r
+    in a tree) rather than Horner's: the same terms, but a dependency chain of 5 steps instead
+    of 12, so the CPU overlaps them. Written out (no loop) so that LLVM vectorizes around it."""
+    r2 = r * r
+    r4 = r2 * r2
+    low = (1.0 + r * (1.0 / 2)) + r2 * (1.0 / 6 + r * (1.0 / 24))
+    mid = (1.0 / 120 + r * (1.0 / 720)) + r2 * (1.0 / 5040 + r * (1.0 / 40320))
+    high = (1.0 / 362880 + r * (1.0 / 3628800)) + r2 * (1.0 / 39916800 + r * (1.0 / 479001600)) \
+        + r4 * (1.0 / 6227020800)
+    return r * (low + r4 * (mid + r4 * high))
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def exp_nonpositive(x: float) -> float:
+    """exp(x) for x <= 0 (NaN stays NaN; below -708, where float64 goes subnormal, 0).
+    x = k ln2 + r with |r| <= ln2 / 2, so exp(x) = 2^k (1 + exp_taylor(r))."""
+    k = np.floor(x * LOG2E + 0.5)
+    r = (x - k * LN2_HI) - k * LN2_LO
+    value = (1.0 + exp_taylor(r)) * _pow2(max(k, -1022.0))
+    return 0.0 if x < -708.0 else value
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def expm1_nonpositive(x: float) -> float:
+    """exp(x) - 1 for x <= 0, accurate also near 0 (there the series itself, no cancellation).
+    Both values are computed and one kept: a select, so the loops around it vectorize."""
+    far = exp_nonpositive(x) - 1.0  # x < -ln2/2: exp(x) <= 0.71, cancellation <= 2 bits
+    return far if x < -0.34657359 else exp_taylor(x)
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def log1p_unit(e: float) -> float:
+    """log(1 + e) for e in [0, 1]: 2 atanh(s) with s = e / (2 + e) <= 1/3, by its series
+    2 s (1 + t/3 + t^2/5 + ...), t = s^2, to t^15 (the first term left out is below 2^-53
+    relative)."""
+    s = e / (2.0 + e)
+    t = s * s
+    t2 = t * t
+    t4 = t2 * t2
+    low = (1.0 + t * (1.0 / 3)) + t2 * (1.0 / 5 + t * (1.0 / 7))
+    mid = (1.0 / 9 + t * (1.0 / 11)) + t2 * (1.0 / 13 + t * (1.0 / 15))
+    high = (1.0 / 17 + t * (1.0 / 19)) + t2 * (1.0 / 21 + t * (1.0 / 23))
+    top = (1.0 / 25 + t * (1.0 / 27)) + t2 * (1.0 / 29 + t * (1.0 / 31))
+    p = low + t4 * (mid + t4 * (high + t4 * top))  # Estrin's scheme, as in exp_taylor
+    return 2.0 * s * p
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def tanh(x: float) -> float:
+    """tanh(x), NaN stays NaN. With e = exp(-2|x|): (1 - e) / (1 + e) and the sign of x, or
+    near 0 (|x| < ln2 / 4, where 1 - e would cancel) the odd Taylor series to x^17 (the first
+    term left out is below 2^-53 relative). Both computed, one kept: a select."""
+    e = exp_nonpositive(-2.0 * abs(x))
+    far = math.copysign((1.0 - e) / (1.0 + e), x)
+    t = x * x
+    t2 = t * t
+    t4 = t2 * t2
+    p = (1.0 - t * (1.0 / 3)) + t2 * (2.0 / 15 - t * (17.0 / 315))
+    q = (62.0 / 2835 - t * (1382.0 / 155925)) + t2 * (21844.0 / 6081075 - t * (929569.0 / 638512875))
+    near = x * (p + t4 * (q + t4 * (6404582.0 / 10854718875)))
+    return near if abs(x) < 0.17328679 else far
+
+
+# Each kernel: z -> a = act(z) and slope = act'(z), in one pass over flat contiguous arrays
+# (a flat loop over three arrays vectorizes better than nested loops).
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _tanh(z: Any, a: Any, slope: Any) -> None:
+    for k in range(z.size):
+        t = tanh(np.float64(z[k]))
+        a[k] = t
+        slope[k] = 1.0 - t * t
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _softplus(z: Any, a: Any, slope: Any) -> None:
+    for k in range(z.size):
+        x = np.float64(z[k])
+        e = exp_nonpositive(-abs(x))  # softplus(x) = max(x, 0) + log(1 + e^-|x|)
+        a[k] = (0.0 if x <= 0 else x) + log1p_unit(e)
+        slope[k] = (1.0 if x >= 0 else e) / (1.0 + e)  # sigmoid(x)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _sigmoid(z: Any, a: Any, slope: Any) -> None:
+    for k in range(z.size):
+        x = np.float64(z[k])
+        e = exp_nonpositive(-abs(x))
+        s = (1.0 if x >= 0 else e) / (1.0 + e)
+        a[k] = s
+        slope[k] = s * (1.0 - s)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _relu(z: Any, a: Any, slope: Any) -> None:
+    for k in range(z.size):
+        x = z[k]
+        a[k] = 0.0 if x <= 0 else x  # NaN stays NaN, as in np.maximum
+        slope[k] = 1.0 if x > 0 else 0.0
+
+
+KERNELS = {"tanh": _tanh, "softplus": _softplus, "sigmoid": _sigmoid, "relu": _relu}
+from services.engine.numba_float32 import KERNELS as FLOAT32_KERNELS  # noqa: E402 (after ours)
+
+
+def contiguous_parts(*arrays: Any) -> list[tuple[Any, ...]]:
+    """Flat views of the arrays: whole when all are C-contiguous, else member by member (model
+    first, a is a view that skips the row of ones between members; each member's part is
+    contiguous). LLVM vectorizes only loops over contiguous memory."""
+    if all(a.flags.c_contiguous for a in arrays):
+        return [tuple(a.reshape(-1) for a in arrays)]
+    return [tuple(a[i].reshape(-1) for a in arrays) for i in range(arrays[0].shape[0])]
+
+
+class NumbaKernels:
+    """Activation forward/backward for NumPy arrays (the interface of ``PlainKernels``).
+
+    ``forward`` also stores act'(z) in ``buf.slope``, so ``backward`` is one multiply."""
+
+    def forward(self, name: str, buf: Any) -> Any:
+        """buf.a = act(buf.z) and buf.slope = act'(buf.z); returns buf.a."""
+        if name == "identity":
+            if buf.a is not buf.z:
+                np.copyto(buf.a, buf.z)
+            return buf.a
+        kernel = KERNELS[name]
+        if buf.z.dtype == np.float32 and name in FLOAT32_KERNELS:  # float32 math, twice the lanes
+            kernel = FLOAT32_KERNELS[name]
+        for z, a, slope in contiguous_parts(buf.z, buf.a, buf.slope):
+            kernel(z, a, slope)
+        return buf.a
+
+    def backward(self, name: str, buf: Any) -> Any:
+        """buf.d *= act'(z), in place (returned)."""
+        if name == "identity":
+            return buf.d
+        return np.multiply(buf.d, buf.slope, out=buf.d)
