@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import empty_tables
-from tests.e2e.conftest import ROOT, Running, descent, free_port, kill_leftovers, stack_env, wait_ready
+from tests.e2e.conftest import Running, descent_up, stack_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +41,9 @@ RUN_TIMEOUT_S = 300
 @pytest.fixture
 def stack(pg_url: str, tmp_path: Path) -> Iterator[Running]:
     empty_tables(pg_url)
-    home, port, log = tmp_path / "home", free_port(), tmp_path / "up.log"
-    env = stack_env(home, DESCENT_DATABASE_URL=pg_url, DESCENT_API_KEYS=f"schemathesis:{KEY}", **LIMITS)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            descent("up", "--port", str(port), "--workers", "1", "--api-workers", "1"), cwd=ROOT, env=env,
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    running = Running(f"http://127.0.0.1:{port}", home, proc, log)
-    try:
-        wait_ready(running.url, proc, log)
+    with descent_up(tmp_path, "--api-workers", "1", DESCENT_DATABASE_URL=pg_url,
+                    DESCENT_API_KEYS=f"schemathesis:{KEY}", **LIMITS) as running:
         yield running
-    finally:
-        running.stop()
-        kill_leftovers(home)
 
 
 def test_schemathesis_finds_nothing(stack: Running, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,25 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.
         wait_until_ready(url, timeout, alive)
     except StackError as exc:
         pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
+
+
+@contextmanager
+def descent_up(folder: Path, *flags: str, **env: str) -> Iterator[Running]:
+    """``descent up --workers 1 [flags]`` on a free port, home and log in ``folder``, ready;
+    stopped like Ctrl-C at the end, leftovers killed."""
+    home, port, log = folder / "home", free_port(), folder / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            descent("up", "--port", str(port), "--workers", "1", *flags), cwd=ROOT, env=stack_env(home, **env),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    running = Running(f"http://127.0.0.1:{port}", home, proc, log)
+    try:
+        wait_ready(running.url, proc, log)
+        yield running
+    finally:
+        running.stop()
+        kill_leftovers(home)
 
 
 @pytest.fixture
