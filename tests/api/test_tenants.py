@@ -160,3 +160,17 @@ def test_key_ring_formats_and_refusals() -> None:
             KeyRing.parse(bad)
     with pytest.raises(ValueError, match="differ"):
         KeyRing.parse(f"a:{ALICE}", ALICE)
+
+
+def test_descent_up_without_keys_serves_this_machine_only() -> None:
+    from services.config import Settings
+    from services.stack import StackError, auth_note, check_binding
+
+    off, on = Settings(api_keys=""), Settings(api_keys=KEYS)
+    check_binding("127.0.0.1", off)  # loopback: fine without keys
+    with pytest.raises(StackError, match="auth is off"):
+        check_binding("0.0.0.0", off)
+    check_binding("0.0.0.0", on)
+    with pytest.raises(StackError, match="entry 1"):
+        check_binding("127.0.0.1", Settings(api_keys="alice:short"))
+    assert auth_note(off).startswith("auth off") and "2 tenant(s)" in auth_note(on)
