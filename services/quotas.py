@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from services.config import Settings, get_settings
 from services.db.models import Job
 from services.errors import InvalidInput, TooMany
+from services.packing import member_cost
 from services.spec import JobCreate
 
 # When a tenant over its queue limit may try again: about the time a few packs take to finish.
@@ -22,10 +23,9 @@ RETRY_AFTER_SECONDS = 30
 
 
 def training_cost(spec: JobCreate, n_points: int) -> float:
-    """Parameters x points x steps: proportional to the multiply-adds of the whole training."""
-    layers = spec.architecture.layers
-    parameters = sum(a * b + b for a, b in zip(layers, layers[1:]))
-    return float(parameters) * n_points * spec.stop.max_steps
+    """Parameters x points x steps: proportional to the multiply-adds of the whole training
+    (the scheduler's per-step cost of a member, times its steps)."""
+    return member_cost(spec.architecture.layers, n_points) * spec.stop.max_steps
 
 
 def check_cost(settings: Settings, members: Sequence[tuple[JobCreate, int]],
