@@ -22,7 +22,10 @@ def keys_of(request: Request) -> KeyRing:
     return request.app.state.keys
 
 
-def current_tenant(request: Request, credentials: Credentials) -> str:
+# The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hop per request for a hash and a comparison.
+
+async def current_tenant(request: Request, credentials: Credentials) -> str:
     ring = keys_of(request)
     if not ring.enabled:
         return DEFAULT_TENANT
@@ -34,7 +37,7 @@ def current_tenant(request: Request, credentials: Credentials) -> str:
     return tenant
 
 
-def metrics_reader(request: Request, credentials: Credentials) -> None:
+async def metrics_reader(request: Request, credentials: Credentials) -> None:
     """Operators only: the metrics name every tenant's sweeps."""
     ring = keys_of(request)
     if not ring.enabled:

@@ -18,7 +18,7 @@ from services.errors import InvalidInput
 from services.spec import DatasetCreate
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:  # async: no thread hop (see api.auth)
     return request.app.state.settings
 
 

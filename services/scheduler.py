@@ -17,12 +17,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from services import halving, metrics, packing
 from services.config import Settings, get_settings
 from services.db import scheduling as store
 from services.db.session import session_scope
 from services.errors import DomainError
+
+if TYPE_CHECKING:
+    from services.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ class PassReport:
     cancelled: int = 0
     cut: list[tuple[str, int, int, int]] = field(default_factory=list)  # sweep, rung, kept, stopped
     packs: list[packing.PackPlan] = field(default_factory=list)
+    saturated: bool = False  # jobs wait and every worker of their queues is busy
 
 
 def holder_name() -> str:
@@ -66,7 +71,7 @@ def run_pass(holder: str, settings: Settings | None = None,
         metrics.count_finished({"failed": report.failed, "cancelled": report.cancelled})
     report.leader = True
     report.cut = cut_rungs()
-    report.packs = dispatch(settings, publish or _publish)
+    report.packs, report.saturated = dispatch(settings, publish or _publish)
     metrics.SCHEDULER_PASS.observe(time.perf_counter() - started)
     return report
 
@@ -92,18 +97,20 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
     return done
 
 
-def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> list[packing.PackPlan]:
+def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> tuple[list[packing.PackPlan], bool]:
     """Publish one task per pack, as many packs as a queue has free workers: jobs that arrive
     while every worker is busy wait in the database and go out together, as one larger pack,
     when a worker frees up (it rings the doorbell). A queue with no live worker known gets its
     new jobs at once (its messages wait in the broker for a worker to start), but no re-sends.
-    Each queue is read apart, so one queue's backlog never hides another's jobs."""
-    plans = []
+    Each queue is read apart, so one queue's backlog never hides another's jobs. Also says
+    whether every queue with jobs waiting had no free worker (then only a freed one helps)."""
+    plans, saturated = [], False
     with session_scope() as session:
         now = store.db_now(session)
         queues = store.waiting_queues(session)
         free = store.free_slots(session, now, settings.lease_seconds, settings.redispatch_seconds) if queues else {}
         in_flight = store.in_flight_by_tenant(session, now, settings.redispatch_seconds) if queues else {}
+        saturated = bool(queues) and all(free.get(device) is not None and free[device] <= 0 for device in queues)
         for device in queues:
             slots = free.get(device)
             if slots is not None and slots <= 0:
@@ -130,7 +137,7 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> l
         metrics.SCHEDULER_DISPATCHED.labels(plan.device).inc(len(plan.job_ids))
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
-    return plans
+    return plans, saturated
 
 
 def _count_in_flight(in_flight: dict[str, int], queued: list[packing.QueuedJob], plans: list[packing.PackPlan]) -> None:
@@ -165,13 +172,21 @@ def serve(settings: Settings | None = None, stop: Callable[[], bool] = lambda: F
             if report is not None and maintain:
                 maintained = started  # the lease was renewed no earlier than this
             if report is not None and report.leader:
-                bell.wait(max(0.0, maintained + settings.scheduler_period - time.monotonic()))
+                _wait(bell, maintained + settings.scheduler_period, report.saturated)
             else:
                 maintained = -float("inf")  # not the leader (or failed): try again next period
                 time.sleep(settings.scheduler_period)
     finally:
         bell.close()
         _resign(holder)
+
+
+def _wait(bell: Doorbell, until: float, saturated: bool) -> None:
+    """Until a ring or the monotonic time ``until``. While every worker is busy (``saturated``),
+    a ring that only announces new work is let pass: the pass it would cause finds no free
+    slot. A freed worker's ring, or the period, ends the wait."""
+    while bell.wait(max(0.0, until - time.monotonic())) and saturated and not bell.freed:
+        pass
 
 
 def _safe_pass(holder: str, settings: Settings, maintain: bool) -> PassReport | None:

@@ -98,7 +98,7 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
     finally:
         if _stopping.is_set():
             heartbeat.leave()  # no longer a free worker in the scheduler's eyes
-        doorbell.ring()  # a worker is free: the scheduler may send what waited for one
+        doorbell.ring(freed=True)  # the scheduler may send what waited for a free worker
 
 
 @_storage_retry
@@ -115,7 +115,7 @@ def _hand_back(job_ids: list[str]) -> None:
     with session_scope() as session:
         mark_dispatched(session, job_ids, None)
     heartbeat.leave()
-    doorbell.ring()
+    doorbell.ring(freed=True)
 
 
 def _release(claims: list[ckpt.Claim]) -> None:
@@ -203,7 +203,8 @@ def _read_claimed(claims: list[ckpt.Claim]) -> tuple[list[Member], Dataset, dict
         sweep_ids = {r.sweep_id for r in rows.values() if r.sweep_id}
         sweeps = dict(session.execute(select(Sweep.id, Sweep.spec).where(Sweep.id.in_(sweep_ids))).all())
         dataset = session.get(Dataset, rows[ids[0]].dataset_id)
-        saved = ckpt.load_latest(session, ids)
+        # A first claim has no checkpoint yet (only claims write them, fenced by attempt).
+        saved = ckpt.load_latest(session, [c.job_id for c in claims if c.attempt > 1])
     members = [Member(c, JobCreate.model_validate(rows[c.job_id].spec), _rule(sweeps.get(rows[c.job_id].sweep_id)))
                for c in claims]
     return members, dataset, saved

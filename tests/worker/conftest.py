@@ -7,6 +7,7 @@ Helpers to wait for jobs and to read what a worker wrote live here too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,14 +93,19 @@ def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def stop_worker(process: subprocess.Popen) -> None:
-    """Cold shutdown (a test may leave a long task running), then kill what is left."""
+    """Cold shutdown (a test may leave a long task running), then kill what is left of the
+    group: a prefork child outlives a main process that a test killed, and would take the next
+    run's messages from the shared broker."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGQUIT)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
 
 
 @contextmanager

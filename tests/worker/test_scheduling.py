@@ -100,6 +100,43 @@ def test_one_queue_backlog_does_not_hide_another_queue(configured) -> None:
     assert all(row(j).dispatched_at is None for j in backlog)
 
 
+def test_a_pass_says_when_every_worker_of_the_waiting_jobs_is_busy(configured) -> None:
+    with session_scope() as session:
+        scheduling.register_worker(session, "only", "cpu", "host", 1)
+    first = submit(seed_job()).id
+    report = scheduler.run_pass("a")
+    assert [p.job_ids for p in report.packs] == [[first]] and not report.saturated
+    waiting = submit(seed_job(learning_rate=0.02)).id
+    report = scheduler.run_pass("a")  # the one worker has a pack on its way: no free slot
+    assert report.packs == [] and report.saturated and row(waiting).dispatched_at is None
+    submit(seed_job(device="gpu"))  # a queue with no worker known is never saturated
+    assert not scheduler.run_pass("a").saturated
+
+
+def test_a_saturated_scheduler_waits_for_a_freed_worker_not_for_new_work(configured) -> None:
+    """While every worker is busy, a submit's ring would only cause a pass that finds no free
+    slot; a worker's "freed" ring, or the period, ends the wait."""
+    from services import doorbell
+
+    bell = doorbell.Doorbell(configured)
+    try:
+        doorbell.ring(configured)
+        started = time.monotonic()
+        scheduler._wait(bell, started + 0.6, saturated=True)
+        assert time.monotonic() - started >= 0.6  # the submit's ring was let pass
+        doorbell.ring(configured, freed=True)
+        started = time.monotonic()
+        scheduler._wait(bell, started + 5.0, saturated=True)
+        assert time.monotonic() - started < 2.0 and bell.freed
+        doorbell.ring(configured)
+        started = time.monotonic()
+        scheduler._wait(bell, started + 5.0, saturated=False)  # a free slot: any ring wakes it
+        assert time.monotonic() - started < 2.0 and not bell.freed
+    finally:
+        bell.close()
+        doorbell.forget()
+
+
 def test_a_lapsed_lease_is_requeued_and_a_job_that_keeps_losing_it_fails(configured) -> None:
     configured.max_attempts = 2
     job_id = submit(seed_job()).id

@@ -57,7 +57,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     env = {"DESCENT_HOME": str(home), "DESCENT_LEASE_SECONDS": str(LEASE_SECONDS),
            "DESCENT_HEARTBEAT_SECONDS": "0.5", "DESCENT_ENGINE_BACKEND": "numpy",
            "DESCENT_REDISPATCH_SECONDS": str(REDISPATCH_SECONDS), "DESCENT_SCHEDULER_LEASE_SECONDS": "2",
-           "DESCENT_MAX_CHECKPOINT_EVERY": "10000000"}  # long chunks of one small job on purpose
+           "DESCENT_MAX_CHECKPOINT_EVERY": "100000000", "DESCENT_MAX_STEPS": "100000000",
+           "DESCENT_TENANT_MAX_COST": "1e15"}  # long chunks of one small job on purpose
     if request.param == "filesystem-sqlite":
         from services.db.migrate import upgrade
 
@@ -140,9 +141,12 @@ def steps_lasting(seconds: float) -> int:
     engine itself, so the timing tests below keep their meaning however fast the engine gets."""
     sample = 20_000
     document = seed_job(max_steps=sample, checkpoint_every=sample)
-    started = time.perf_counter()
-    uninterrupted_parameters(document)
-    rate = sample / (time.perf_counter() - started)
+    times = []
+    for _ in range(3):  # the fastest run: the first pays for compiling, others may share the CPU
+        started = time.perf_counter()
+        uninterrupted_parameters(document)
+        times.append(time.perf_counter() - started)
+    rate = sample / min(times)
     return int(rate * seconds) // 1000 * 1000 + 1000
 
 
