@@ -117,7 +117,7 @@ def running_stack(env: dict[str, str], log: Path) -> Iterator[Stack]:
         try:
             yield stack
         finally:
-            for other in (scheduler, *stack.extra):
+            for other in (scheduler, *stack.extra, stack.process):  # a test may replace the worker
                 stop_worker(other)
             stop_worker(process)
 
