@@ -79,20 +79,26 @@ class WideNetwork(Network):
         return self.xp.matmul(self.xp.swapaxes(layer.block, 1, 2), a, out=buf.z)
 
     def affine_backward(self, layer: WideLayer, dz: Any, a: Any, grad: WideLayer, da: Any | None,
-                        buf: LayerBuffers) -> None:
+                        buf: LayerBuffers, below: tuple[str, LayerBuffers] | None = None) -> bool:
         """From dz (M, o, P): grad.block [dW | db]^T (M, i + 1, o) = [a; 1] dz^T and, unless
-        None, da (M, i, P) = W^T dz, the gradient for the layer below."""
+        None, da (M, i, P) = W^T dz, the gradient for the layer below. With ``below`` (its
+        activation and buffers) a one-output layer may fold the slope of that activation into
+        da (the kernels' ``outer_backward``): returns True when da holds dSSR/dz below."""
         xp = self.xp
         if xp is np:  # straight into the gradient buffer (a strided view of it)
             xp.matmul(a, xp.swapaxes(dz, 1, 2), out=grad.block)
         else:  # other namespaces get a fresh product, then one copy into the strided view
             grad.block[...] = xp.matmul(a, xp.swapaxes(dz, 1, 2))
         if da is None:
-            return
-        if layer.weight_t.shape[2] == 1:  # one output: an outer product
-            xp.multiply(layer.weight_t, dz, out=da)
-        else:
+            return False
+        if layer.weight_t.shape[2] > 1:
             xp.matmul(layer.weight_t, dz, out=da)
+            return False
+        outer_backward = getattr(self.kernels, "outer_backward", None)  # numba kernels only
+        if below is not None and outer_backward is not None and outer_backward(below[0], layer.weight_t, dz, below[1]):
+            return True
+        xp.multiply(layer.weight_t, dz, out=da)  # one output: an outer product
+        return False
 
     def chunks(self, points: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Member ranges and point ranges of the chunked passes for ``points`` points."""

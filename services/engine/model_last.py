@@ -85,9 +85,10 @@ class TinyNetwork(Network):
         return z
 
     def affine_backward(self, layer: TinyLayer, dz: Any, a: Any, grad: TinyLayer, da: Any | None,
-                        buf: LayerBuffers) -> None:
+                        buf: LayerBuffers, below: tuple[str, LayerBuffers] | None = None) -> bool:
         """From dz (o, P, M): grad.weight (o, i, M), grad.bias (o, M) and, unless None, da
-        (i, P, M) = W^T dz, the gradient for the layer below."""
+        (i, P, M) = W^T dz, the gradient for the layer below. ``below`` (its activation and
+        buffers) is unused here: returns False, da is dSSR/da (see ``Network.step``)."""
         xp, w = self.xp, layer.weight
         n_out, n_in = w.shape[0], w.shape[1]
         sum_into(xp, dz, 1, grad.bias)
@@ -100,7 +101,7 @@ class TinyNetwork(Network):
         else:
             einsum_into(xp, "opm,ipm->oim", dz, a, grad.weight)
         if da is None:
-            return
+            return False
         if n_out <= min(n_in, LOOP_MAX):
             xp.multiply(w[0][:, None, :], dz[0], out=da)
             for j in range(1, n_out):
@@ -110,6 +111,7 @@ class TinyNetwork(Network):
                 sum_into(xp, xp.multiply(w[:, k, None, :], dz, out=buf.temp_out), 0, da[k])
         else:
             einsum_into(xp, "oim,opm->ipm", w, dz, da)
+        return False
 
     def loss_and_grad(self, views: list[TinyLayer], x: Any, y: Any, grads: list[TinyLayer] | None,
                       out: Any = None) -> Any:

@@ -91,9 +91,11 @@ class Network:
         if grads is None:
             return ssr
         last.d *= 2  # dSSR/dprediction = 2 (prediction - y)
+        done = False  # True: the layer above left dSSR/dz (not dSSR/da) in this layer's d
         for i in range(len(views) - 1, -1, -1):
-            dz = self.kernels.backward(self.activations[i], buffers[i])
+            dz = buffers[i].d if done else self.kernels.backward(self.activations[i], buffers[i])
             below = buffers[i - 1] if i > 0 else None
             inputs = below.next_input if below else x
-            self.affine_backward(views[i], dz, inputs, grads[i], below.d if below else None, buffers[i])
+            done = self.affine_backward(views[i], dz, inputs, grads[i], below.d if below else None, buffers[i],
+                                        below=(self.activations[i - 1], below) if below else None)
         return ssr

@@ -15,34 +15,63 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from services.engine.numba_target import prefer_wide_vectors
+
+prefer_wide_vectors()  # before the first compile: 512-bit vectors on AVX-512 CPUs
+
 FLAGS = dict(error_model="numpy", fastmath={"contract"})
 F = np.float32
 LN2_HI, LN2_LO = F(0.693145751953125), F(1.428606765330187e-06)  # ln 2 = HI + LO in float32
 LOG2E, HALF, ONE, TWO = F(1.4426950408889634), F(0.5), F(1.0), F(2.0)
+SHIFT = F(8388608.0 + 127.0)  # 2^23 + 127: adding it rounds to an integer, biased
 
 
 @intrinsic
-def _pow2(typingctx: Any, k: Any) -> Any:
-    """2.0 ** k for an integer-valued float32 k in [-126, 127]: in 2^23 + (k + 127) the low
+def _pow2_of_shifted(typingctx: Any, shifted: Any) -> Any:
+    """2.0 ** k from the float32 shifted = 2^23 + 127 + k (k an integer in [-126, 127]): the low
     mantissa bits hold k + 127, which a shift by 23 moves into the exponent field."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        shifted = builder.fadd(args[0], ir.Constant(ir.FloatType(), 8388608.0 + 127.0))
-        bits = builder.bitcast(shifted, ir.IntType(32))
+        bits = builder.bitcast(args[0], ir.IntType(32))
         return builder.bitcast(builder.shl(bits, ir.Constant(ir.IntType(32), 23)), ir.FloatType())
     return types.float32(types.float32), codegen
 
 
 @njit(inline="always", **FLAGS)
+def reduce_ln2(x: float) -> tuple[float, float]:
+    """(r, 2^k) with x = k ln2 + r, |r| <= ln2 / 2, for float32 x in [-87, 0] (else garbage,
+    which callers select away); as ``numba_kernels.reduce_ln2``."""
+    shifted = x * LOG2E + SHIFT
+    k = shifted - SHIFT
+    r = (x - k * LN2_HI) - k * LN2_LO
+    return r, _pow2_of_shifted(shifted)
+
+
+@njit(inline="always", **FLAGS)
+def expm1_taylor(r: float) -> float:
+    """exp(r) - 1 for float32 |r| <= ln2 / 2 by its Taylor series to degree 7 (below 2^-26
+    relative), in Estrin's scheme."""
+    r2 = r * r
+    low = (ONE + r * HALF) + r2 * (F(1 / 6) + r * F(1 / 24))
+    high = (F(1 / 120) + r * F(1 / 720)) + r2 * F(1 / 5040)
+    return r * (low + r2 * r2 * high)
+
+
+@njit(inline="always", **FLAGS)
 def exp_nonpositive(x: float) -> float:
     """exp(x) for float32 x <= 0 (below -87, where float32 goes subnormal, 0; NaN stays NaN):
-    2^k exp(r) with |r| <= ln2 / 2 and exp(r) by its Taylor series to degree 7."""
-    k = np.floor(x * LOG2E + HALF)
-    r = (x - k * LN2_HI) - k * LN2_LO
-    r2 = r * r
-    low = (ONE + r) + r2 * (HALF + r * F(1 / 6))
-    high = (F(1 / 24) + r * F(1 / 120)) + r2 * (F(1 / 720) + r * F(1 / 5040))
-    value = (low + r2 * r2 * high) * _pow2(max(k, F(-126)))
+    2^k exp(r) with |r| <= ln2 / 2."""
+    r, scale = reduce_ln2(x)
+    value = (ONE + expm1_taylor(r)) * scale
     return F(0) if x < F(-87) else value
+
+
+@njit(inline="always", **FLAGS)
+def expm1_nonpositive(x: float) -> float:
+    """exp(x) - 1 for float32 x <= 0 (below -87, -1; NaN stays NaN): 2^k p + (2^k - 1) with
+    p = expm1_taylor(r), exact near 0 (see ``numba_kernels.expm1_nonpositive``)."""
+    r, scale = reduce_ln2(x)
+    value = scale * expm1_taylor(r) + (scale - ONE)
+    return F(-1) if x < F(-87) else value
 
 
 @njit(inline="always", **FLAGS)
@@ -58,15 +87,10 @@ def log1p_unit(e: float) -> float:
 
 @njit(inline="always", **FLAGS)
 def tanh(x: float) -> float:
-    """tanh(x) in float32: (1 - e) / (1 + e), e = exp(-2|x|), with the sign of x; for |x| < 0.3
-    (where 1 - e would cancel more than a bit) the odd series to x^11."""
-    e = exp_nonpositive(-TWO * abs(x))
-    far = math.copysign((ONE - e) / (ONE + e), x)
-    t = x * x
-    t2 = t * t
-    near = x * ((ONE - t * F(1 / 3)) + t2 * (F(2 / 15) - t * F(17 / 315))
-                + t2 * t2 * (F(62 / 2835) - t * F(1382 / 155925)))
-    return near if abs(x) < F(0.3) else far
+    """tanh(x) in float32: -m / (2 + m) with m = expm1(-2|x|), and the sign of x (one formula
+    for the whole range, as ``numba_kernels.tanh``)."""
+    m = expm1_nonpositive(-TWO * abs(x))
+    return math.copysign(-m / (TWO + m), x)
 
 
 @njit(cache=True, nogil=True, **FLAGS)

@@ -24,20 +24,35 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from services.engine.numba_target import prefer_wide_vectors
+
+prefer_wide_vectors()  # before the first compile: 512-bit vectors on AVX-512 CPUs
+
 LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = HI + LO
 LOG2E = 1.44269504088896338700e+00
+SHIFT = 4503599627370496.0 + 1023.0  # 2^52 + 1023: adding it rounds to an integer, biased
 
 
 @intrinsic
-def _pow2(typingctx: Any, k: Any) -> Any:
-    """2.0 ** k for an integer-valued float64 k in [-1022, 1023], without a float-to-int
-    conversion (AVX2 has none for vectors): in 2^52 + (k + 1023) the low mantissa bits hold
-    k + 1023, which a shift by 52 moves into the exponent field."""
+def _pow2_of_shifted(typingctx: Any, shifted: Any) -> Any:
+    """2.0 ** k from shifted = 2^52 + 1023 + k (k an integer in [-1022, 1023]), without a
+    float-to-int conversion (AVX2 has none for vectors): the low mantissa bits of ``shifted``
+    hold k + 1023, which a shift by 52 moves into the exponent field."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        shifted = builder.fadd(args[0], ir.Constant(ir.DoubleType(), 4503599627370496.0 + 1023.0))
-        bits = builder.bitcast(shifted, ir.IntType(64))
+        bits = builder.bitcast(args[0], ir.IntType(64))
         return builder.bitcast(builder.shl(bits, ir.Constant(ir.IntType(64), 52)), ir.DoubleType())
     return types.float64(types.float64), codegen
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def reduce_ln2(x: float) -> tuple[float, float]:
+    """(r, 2^k) with x = k ln2 + r, |r| <= ln2 / 2, for x in [-708, 0] (else garbage, which
+    callers select away). x log2(e) + SHIFT rounds to the integer k (the ulp there is 1) in
+    one fused multiply-add, which also leaves k + 1023 in the bits for 2^k."""
+    shifted = x * LOG2E + SHIFT
+    k = shifted - SHIFT
+    r = (x - k * LN2_HI) - k * LN2_LO
+    return r, _pow2_of_shifted(shifted)
 
 
 @njit(inline="always", error_model="numpy", fastmath={"contract"})
@@ -60,18 +75,19 @@ def exp_taylor(r: float) -> float:
 def exp_nonpositive(x: float) -> float:
     """exp(x) for x <= 0 (NaN stays NaN; below -708, where float64 goes subnormal, 0).
     x = k ln2 + r with |r| <= ln2 / 2, so exp(x) = 2^k (1 + exp_taylor(r))."""
-    k = np.floor(x * LOG2E + 0.5)
-    r = (x - k * LN2_HI) - k * LN2_LO
-    value = (1.0 + exp_taylor(r)) * _pow2(max(k, -1022.0))
+    r, scale = reduce_ln2(x)
+    value = (1.0 + exp_taylor(r)) * scale
     return 0.0 if x < -708.0 else value
 
 
 @njit(inline="always", error_model="numpy", fastmath={"contract"})
 def expm1_nonpositive(x: float) -> float:
-    """exp(x) - 1 for x <= 0, accurate also near 0 (there the series itself, no cancellation).
-    Both values are computed and one kept: a select, so the loops around it vectorize."""
-    far = exp_nonpositive(x) - 1.0  # x < -ln2/2: exp(x) <= 0.71, cancellation <= 2 bits
-    return far if x < -0.34657359 else exp_taylor(x)
+    """exp(x) - 1 for x <= 0 (NaN stays NaN; below -708, -1), accurate also near 0:
+    2^k (1 + p) - 1 = 2^k p + (2^k - 1) with p = exp_taylor(r); 2^k - 1 is exact, and for
+    k = 0 the result is p itself (no cancellation), so no second formula is needed near 0."""
+    r, scale = reduce_ln2(x)
+    value = scale * exp_taylor(r) + (scale - 1.0)
+    return -1.0 if x < -708.0 else value
 
 
 @njit(inline="always", error_model="numpy", fastmath={"contract"})
@@ -93,18 +109,11 @@ def log1p_unit(e: float) -> float:
 
 @njit(inline="always", error_model="numpy", fastmath={"contract"})
 def tanh(x: float) -> float:
-    """tanh(x), NaN stays NaN. With e = exp(-2|x|): (1 - e) / (1 + e) and the sign of x, or
-    near 0 (|x| < ln2 / 4, where 1 - e would cancel) the odd Taylor series to x^17 (the first
-    term left out is below 2^-53 relative). Both computed, one kept: a select."""
-    e = exp_nonpositive(-2.0 * abs(x))
-    far = math.copysign((1.0 - e) / (1.0 + e), x)
-    t = x * x
-    t2 = t * t
-    t4 = t2 * t2
-    p = (1.0 - t * (1.0 / 3)) + t2 * (2.0 / 15 - t * (17.0 / 315))
-    q = (62.0 / 2835 - t * (1382.0 / 155925)) + t2 * (21844.0 / 6081075 - t * (929569.0 / 638512875))
-    near = x * (p + t4 * (q + t4 * (6404582.0 / 10854718875)))
-    return near if abs(x) < 0.17328679 else far
+    """tanh(x), NaN stays NaN: with m = expm1(-2|x|) in [-1, 0], tanh|x| = -m / (2 + m), and
+    the sign of x. One formula for the whole range (expm1 is accurate near 0), so each value
+    costs one polynomial and one division: the kernels are bound by arithmetic throughput."""
+    m = expm1_nonpositive(-2.0 * abs(x))
+    return math.copysign(-m / (2.0 + m), x)
 
 
 # Each kernel: z -> a = act(z) and slope = act'(z), in one pass over flat contiguous arrays
@@ -146,6 +155,20 @@ def _relu(z: Any, a: Any, slope: Any) -> None:
 
 
 KERNELS = {"tanh": _tanh, "softplus": _softplus, "sigmoid": _sigmoid, "relu": _relu}
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _outer_times_slope(w: Any, dz: Any, slope: Any, out: Any) -> None:
+    """out[m, i, p] = (w[m, i] dz[m, p]) slope[m, i, p]: the gradient through a one-output
+    layer (an outer product) and the activation below it, in one pass. Rounded exactly like the
+    two NumPy multiplies it replaces (product first, then the slope)."""
+    for m in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            weight = w[m, i]
+            for p in range(out.shape[2]):
+                out[m, i, p] = (weight * dz[m, p]) * slope[m, i, p]
+
+
 from services.engine.numba_float32 import KERNELS as FLOAT32_KERNELS  # noqa: E402 (after ours)
 
 
@@ -181,3 +204,16 @@ class NumbaKernels:
         if name == "identity":
             return buf.d
         return np.multiply(buf.d, buf.slope, out=buf.d)
+
+    def outer_backward(self, name: str, weight_t: Any, dz: Any, below: Any) -> bool:
+        """below.d = W^T dz act'(z_below) for a one-output layer (weight_t (M, i, 1), dz (M, 1, P)):
+        its backward product and the backward of the activation below, fused; True when done.
+
+        Why: as NumPy ops this is an outer product (with a copy of the strided weights), then a
+        second pass over d for the slope; fused, d is written once. False (nothing done) for an
+        identity activation below or non-contiguous buffers: the caller then does both steps."""
+        arrays = (dz, below.slope, below.d)
+        if name == "identity" or not all(a.flags.c_contiguous for a in arrays):
+            return False
+        _outer_times_slope(weight_t[:, :, 0], dz[:, 0, :], below.slope, below.d)
+        return True

@@ -102,7 +102,7 @@ def test_blas_thread_limit_is_one_only_for_many_small_products() -> None:
     assert limit((1, 32, 32, 1), 64, 1000) == 1          # W4: ~2 MFLOP per product
     assert limit((1, 64, 64, 1), 1, 1000, "softplus") is None  # one chunk of big products: threads
     assert limit((1, 2, 1), 1000, 3, "softplus") is None  # W2: model axis last, no BLAS
-    if cores() > 1:  # W3: five point chunks on parallel threads, one core each
+    if cores() > 1:  # W3: six point chunks on parallel threads, one core each
         assert limit((1, 64, 64, 1), 1, 10_000, "softplus") == 1
 
 
@@ -154,3 +154,11 @@ def test_networks_are_reused_between_calls(monkeypatch: pytest.MonkeyPatch) -> N
     for _ in range(4):
         state, _ = train(np, ARCH, config(3), state, x, y, 5)
     assert len(built) == 1
+
+
+def test_point_chunks_come_in_even_numbers() -> None:
+    """Two cores finish a pass together (W3: 10 MB of activations in 2 MiB chunks: 6, not 5)."""
+    arch = Architecture((1, 64, 64, 1), "softplus")
+    for points in (10_000, 3_000, 25_001):
+        point_ranges = chunks.plan_chunks(arch, layout_for(np, arch, 1, "float64"), points)[1]
+        assert len(point_ranges) % 2 == 0, (points, point_ranges)

@@ -3,6 +3,8 @@ over the whole range the kernels use, with NaN and infinities (skipped without n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,77 @@ def test_float32_functions_are_within_a_few_ulps(name: str, numpy_name: str, dom
     want = getattr(np, numpy_name)(x.astype(np.float64)).astype(np.float32)
     tiny = np.finfo(np.float32).tiny
     assert (np.abs(out - want) / np.spacing(np.maximum(np.abs(want), tiny))).max() <= 4
+
+
+def all_kernels() -> list[tuple[str, str, object]]:
+    """(dtype, name, kernel) of every activation kernel, float64 and float32."""
+    out = [("float64", name, kernel) for name, kernel in nk.KERNELS.items()]
+    return out + [("float32", name, nk.FLOAT32_KERNELS.get(name, kernel)) for name, kernel in nk.KERNELS.items()]
+
+
+def kernel_outputs(dtype: str, kernel, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    z = z.astype(dtype)
+    a, slope = np.empty_like(z), np.empty_like(z)
+    kernel(z, a, slope)
+    return a, slope
+
+
+def test_kernel_values_do_not_depend_on_their_position() -> None:
+    """Vector loop and scalar remainder round alike: a value is the same at any offset."""
+    z = np.random.default_rng(3).normal(scale=3, size=301)
+    for dtype, name, kernel in all_kernels():
+        a, slope = kernel_outputs(dtype, kernel, z)
+        for start in range(1, 20):
+            a2, slope2 = kernel_outputs(dtype, kernel, z[start:])
+            np.testing.assert_array_equal(a2, a[start:], err_msg=f"{dtype} {name}")
+            np.testing.assert_array_equal(slope2, slope[start:], err_msg=f"{dtype} {name}")
+
+
+WIDTH_SCRIPT = """
+import sys, numpy as np
+from services.engine import numba_kernels as nk
+z = np.random.default_rng(4).normal(scale=3, size=1000)
+out = []
+for kernels, dtype in ((nk.KERNELS, "float64"), ({**nk.KERNELS, **nk.FLOAT32_KERNELS}, "float32")):
+    for name in sorted(nk.KERNELS):
+        x = z.astype(dtype); a, s = np.empty_like(x), np.empty_like(x)
+        kernels[name](x, a, s)
+        out += [a.astype(np.float64), s.astype(np.float64)]
+np.save(sys.argv[1], np.concatenate(out))
+"""
+
+
+def test_kernel_values_do_not_depend_on_the_vector_width(tmp_path) -> None:  # noqa: ANN001
+    """Compiled for 256-bit vectors (as on AVX2 CPUs) and for this CPU's widest: the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    from llvmlite import binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    if not features.get("avx512f"):
+        pytest.skip("one vector width only: no AVX-512 here")
+    results = []
+    for label, extra in (("narrow", ""), ("wide", ",-prefer-256-bit")):
+        env = dict(os.environ, NUMBA_CPU_FEATURES=features.flatten() + extra,
+                   NUMBA_CACHE_DIR=str(tmp_path / label))
+        subprocess.run([sys.executable, "-c", WIDTH_SCRIPT, str(tmp_path / f"{label}.npy")], check=True, env=env,
+                       cwd=Path(__file__).resolve().parents[2])
+        results.append(np.load(tmp_path / f"{label}.npy"))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_outer_backward_rounds_like_the_two_numpy_steps(dtype: str) -> None:
+    from services.engine.network import LayerBuffers
+
+    rng = np.random.default_rng(5)
+    flat = rng.normal(size=(3, 50)).astype(dtype)
+    weight_t = flat[:, 7:7 + 9].reshape(3, 9, 1)[:, :8, :]  # strided, as in the parameter buffer
+    dz = rng.normal(size=(3, 1, 41)).astype(dtype)
+    slope = rng.uniform(size=(3, 8, 41)).astype(dtype)
+    below = LayerBuffers(*(None,) * 2, np.empty((3, 8, 41), dtype), None, slope, *(None,) * 3)
+    assert nk.NumbaKernels().outer_backward("tanh", weight_t, dz, below)
+    np.testing.assert_array_equal(below.d, np.multiply(weight_t, dz) * slope)
+    assert not nk.NumbaKernels().outer_backward("identity", weight_t, dz, below)

@@ -16,8 +16,10 @@ from tests.engine.helpers import run, sine_data, stacked
 ENGINE = Path(__file__).resolve().parents[2] / "services" / "engine"
 
 
+# lr 0.002, not 0.005, for tanh: with momentum 0.9 at 0.005 the SSR still spikes (x10) around
+# step 2000, so whether it ended 100x lower there hung on the last bits of tanh.
 @pytest.mark.parametrize(("layers", "activation", "lr", "seed"),
-                         [((1, 8, 1), "tanh", 0.005, 0), ((1, 16, 16, 1), "softplus", 0.001, 1)])
+                         [((1, 8, 1), "tanh", 0.002, 0), ((1, 16, 16, 1), "softplus", 0.001, 1)])
 def test_sine_ssr_drops_a_hundredfold(layers: tuple, activation: str, lr: float, seed: int) -> None:
     arch = Architecture(layers, activation)
     x = np.linspace(-3, 3, 60)[:, None]
