@@ -78,6 +78,12 @@ class WideNetwork(Network):
         """buf.z (M, o, P) = [W | b] [a; 1] for a (M, i + 1, P) or the shared input (i + 1, P)."""
         return self.xp.matmul(self.xp.swapaxes(layer.block, 1, 2), a, out=buf.z)
 
+    def first_layer(self, layer: WideLayer, x: Any, buf: LayerBuffers, name: str) -> bool:
+        """One input feature (x (2, P): the data row and the ones): the numba kernels' fused
+        ``affine_forward`` when they have it for this activation."""
+        fused = getattr(self.kernels, "affine_forward", None)
+        return fused is not None and x.shape[0] == 2 and fused(name, layer.block, x[0], buf)
+
     def affine_backward(self, layer: WideLayer, dz: Any, a: Any, grad: WideLayer, da: Any | None,
                         buf: LayerBuffers, below: tuple[str, LayerBuffers] | None = None) -> bool:
         """From dz (M, o, P): grad.block [dW | db]^T (M, i + 1, o) = [a; 1] dz^T and, unless

@@ -71,11 +71,17 @@ class Network:
         """All layers on layout data x; every layer's outputs stay in the returned buffers."""
         buffers = self.workspace(self.points_of(x), self.members_of(views), slot)
         inputs = x
-        for layer, buf, name in zip(views, buffers, self.activations):
-            self.affine(layer, inputs, buf)
-            self.kernels.forward(name, buf)
+        for i, (layer, buf, name) in enumerate(zip(views, buffers, self.activations)):
+            if not (i == 0 and self.first_layer(layer, inputs, buf, name)):
+                self.affine(layer, inputs, buf)
+                self.kernels.forward(name, buf)
             inputs = buf.next_input
         return buffers
+
+    def first_layer(self, layer: Any, x: Any, buf: LayerBuffers, name: str) -> bool:
+        """Affine and activation of the first layer in one go where a layout and its kernels
+        can (True: buf.a and buf.slope are set, buf.z is not); here never."""
+        return False
 
     def loss(self, views: list[Any], x: Any, y: Any, out: Any = None) -> Any:
         """(M,) SSR of layout data (x, y), forward pass only."""

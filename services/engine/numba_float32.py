@@ -121,3 +121,30 @@ def _sigmoid(z: Any, a: Any, slope: Any) -> None:
 
 
 KERNELS = {"tanh": _tanh, "softplus": _softplus, "sigmoid": _sigmoid}
+
+
+@njit(cache=True, nogil=True, **FLAGS)
+def _affine_tanh(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
+    """The first layer and its activation in one pass (see ``numba_kernels._affine_tanh``)."""
+    for m in range(slope.shape[0]):
+        for j in range(slope.shape[1]):
+            wj, bj = w[m, j], b[m, j]
+            for p in range(x.size):
+                t = tanh(wj * x[p] + bj)
+                a[m, j, p] = t
+                slope[m, j, p] = ONE - t * t
+
+
+@njit(cache=True, nogil=True, **FLAGS)
+def _affine_softplus(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
+    for m in range(slope.shape[0]):
+        for j in range(slope.shape[1]):
+            wj, bj = w[m, j], b[m, j]
+            for p in range(x.size):
+                v = wj * x[p] + bj
+                e = exp_nonpositive(-abs(v))
+                a[m, j, p] = (F(0) if v <= 0 else v) + log1p_unit(e)
+                slope[m, j, p] = (ONE if v >= 0 else e) / (ONE + e)
+
+
+AFFINE_KERNELS = {"tanh": _affine_tanh, "softplus": _affine_softplus}

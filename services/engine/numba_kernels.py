@@ -169,7 +169,37 @@ def _outer_times_slope(w: Any, dz: Any, slope: Any, out: Any) -> None:
                 out[m, i, p] = (weight * dz[m, p]) * slope[m, i, p]
 
 
-from services.engine.numba_float32 import KERNELS as FLOAT32_KERNELS  # noqa: E402 (after ours)
+# The first layer of a network with one input feature, with its activation, in one pass:
+# a[m, j, p] = act(w[m, j] x[p] + b[m, j]) and the slope. As a matrix product its inner
+# dimension is 2 (x and the row of ones), which BLAS runs far below its peak, and z then makes
+# one more trip through memory; here z never leaves a register. (W3: 6% of the step.)
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _affine_tanh(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
+    for m in range(slope.shape[0]):
+        for j in range(slope.shape[1]):
+            wj, bj = np.float64(w[m, j]), np.float64(b[m, j])
+            for p in range(x.size):
+                t = tanh(wj * np.float64(x[p]) + bj)
+                a[m, j, p] = t
+                slope[m, j, p] = 1.0 - t * t
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _affine_softplus(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
+    for m in range(slope.shape[0]):
+        for j in range(slope.shape[1]):
+            wj, bj = np.float64(w[m, j]), np.float64(b[m, j])
+            for p in range(x.size):
+                v = wj * np.float64(x[p]) + bj
+                e = exp_nonpositive(-abs(v))
+                a[m, j, p] = (0.0 if v <= 0 else v) + log1p_unit(e)
+                slope[m, j, p] = (1.0 if v >= 0 else e) / (1.0 + e)
+
+
+AFFINE_KERNELS = {"tanh": _affine_tanh, "softplus": _affine_softplus}
+from services.engine.numba_float32 import AFFINE_KERNELS as FLOAT32_AFFINE_KERNELS  # noqa: E402 (after ours)
+from services.engine.numba_float32 import KERNELS as FLOAT32_KERNELS  # noqa: E402
 
 
 def contiguous_parts(*arrays: Any) -> list[tuple[Any, ...]]:
@@ -198,6 +228,22 @@ class NumbaKernels:
         for z, a, slope in contiguous_parts(buf.z, buf.a, buf.slope):
             kernel(z, a, slope)
         return buf.a
+
+    def affine_forward(self, name: str, block: Any, x: Any, buf: Any) -> bool:
+        """buf.a = act(W x + b) and buf.slope for a first layer of one input feature (model
+        first: block [W | b]^T (M, 2, o), x the data row (P,)), without writing buf.z; True when
+        done, False (nothing done) for activations without a fused kernel."""
+        kernels = FLOAT32_AFFINE_KERNELS if buf.slope.dtype == np.float32 else AFFINE_KERNELS
+        if name not in kernels or block.shape[1] != 2:
+            return False
+        # a is a view of next_input that skips each member's row of ones: the kernel writes into
+        # next_input itself, whose C layout tells numba that points are contiguous (a strided
+        # view would not vectorize); the ones rows are left alone (j < width).
+        target = buf.next_input if buf.next_input.shape[1] == buf.a.shape[1] + 1 else buf.a
+        if not (target.flags.c_contiguous and buf.slope.flags.c_contiguous and x.flags.c_contiguous):
+            return False
+        kernels[name](block[:, 0, :], block[:, 1, :], x, target, buf.slope)
+        return True
 
     def backward(self, name: str, buf: Any) -> Any:
         """buf.d *= act'(z), in place (returned)."""

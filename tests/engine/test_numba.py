@@ -147,3 +147,36 @@ def test_fused_outer_backward_rounds_like_the_two_numpy_steps(dtype: str) -> Non
     assert nk.NumbaKernels().outer_backward("tanh", weight_t, dz, below)
     np.testing.assert_array_equal(below.d, np.multiply(weight_t, dz) * slope)
     assert not nk.NumbaKernels().outer_backward("identity", weight_t, dz, below)
+
+
+def first_layer_buffers(members: int, width: int, points: int, dtype: str):  # noqa: ANN201
+    """A first layer's model-first buffers: a is a view of next_input above its row of ones."""
+    from services.engine.network import LayerBuffers
+
+    next_input = np.full((members, width + 1, points), 7.0, dtype)
+    next_input[:, width, :] = 1
+    z, slope = np.empty((members, width, points), dtype), np.empty((members, width, points), dtype)
+    return LayerBuffers(z, next_input[:, :width, :], None, next_input, slope, *(None,) * 3)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["tanh", "softplus"])
+def test_fused_first_layer_matches_the_product_then_the_kernel(name: str, dtype: str) -> None:
+    """act(w x + b) in one pass: within the kernels' tolerance of the matrix product and the
+    activation kernel (w x + b is one fused multiply-add there, two roundings in BLAS), the
+    same bits at any offset into the points, and the row of ones untouched."""
+    rng = np.random.default_rng(6)
+    block = rng.normal(scale=2, size=(3, 2, 5)).astype(dtype)  # [W | b]^T of 3 members, 5 units
+    x = np.concatenate([rng.normal(scale=3, size=97), [0.0, -0.0]]).astype(dtype)
+    fused, plain = first_layer_buffers(3, 5, x.size, dtype), first_layer_buffers(3, 5, x.size, dtype)
+    assert nk.NumbaKernels().affine_forward(name, block, x, fused)
+    np.matmul(np.swapaxes(block, 1, 2), np.stack([x, np.ones_like(x)]), out=plain.z)
+    nk.NumbaKernels().forward(name, plain)
+    tol = 1e-14 if dtype == "float64" else 4e-6
+    np.testing.assert_allclose(fused.a, plain.a, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fused.slope, plain.slope, rtol=tol, atol=tol)
+    assert (fused.next_input[:, 5, :] == 1).all()
+    shifted = first_layer_buffers(3, 5, x.size - 13, dtype)
+    assert nk.NumbaKernels().affine_forward(name, block, x[13:], shifted)
+    np.testing.assert_array_equal(shifted.a, fused.a[:, :, 13:])
+    assert not nk.NumbaKernels().affine_forward("relu", block, x, fused)  # no fused kernel: caller's job
