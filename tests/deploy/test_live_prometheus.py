@@ -169,6 +169,12 @@ def wait_for(prometheus: str, expr: str, what: str, timeout: float = 60) -> None
         time.sleep(0.5)
 
 
+def empty_panels(prometheus: str) -> list[str]:
+    """Every dashboard query (alert rules may be empty: nothing is firing) without a series."""
+    return [f"{where}: {expr}" for where, expr in prometheus_queries()
+            if not where.startswith("rules/") and not query(prometheus, expr)["result"]]
+
+
 TARGETS_UP = 'count(up{job=~"descent-api|descent-scheduler|descent-worker"} == 1) == 3'
 
 
@@ -187,11 +193,11 @@ def test_every_dashboard_and_alert_query_runs_on_a_live_scrape(stack: Stack, pro
         raise AssertionError(f"{exc}\ntargets: {targets(prometheus)}") from None
     sweep_id, job_id = workload(stack.api)
     wait_for(prometheus, "sum(rate(descent_training_steps_total[1m])) > 0", "the training steps scraped")
-    empty = []
-    for where, expr in prometheus_queries():
-        data = query(prometheus, expr)
-        if not where.startswith("rules/") and not data["result"]:
-            empty.append(f"{where}: {expr}")
+    # A rate needs two scrapes of a series: one made by the workload's last requests may have
+    # been scraped once so far. Panels get a few more scrapes, and none may stay empty.
+    deadline = time.monotonic() + 30
+    while (empty := empty_panels(prometheus)) and time.monotonic() < deadline:
+        time.sleep(1)
     assert empty == [], "panels without a series:\n" + "\n".join(empty)
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert rules and all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
