@@ -69,7 +69,8 @@ def ring(settings: Settings | None = None, freed: bool = False) -> None:
                     ringer.stop()
                 ringer = _ringers[os.getpid()] = _Ringer(settings)
     if freed:
-        ringer.freed = True
+        with ringer.lock:
+            ringer.freed = True
     ringer.pending.set()
 
 
@@ -79,7 +80,8 @@ class _Ringer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pending = threading.Event()
-        self.freed = False  # set before ``pending``; read after clearing it, so never lost
+        self.freed = False  # set before ``pending``, taken after clearing it (under ``lock``)
+        self.lock = threading.Lock()
         self.stopped = False
         threading.Thread(target=self._run, name="descent-doorbell", daemon=True).start()
 
@@ -90,7 +92,8 @@ class _Ringer:
             self.pending.wait()
             time.sleep(max(0.0, sent + RING_GAP_SECONDS - time.monotonic()))
             self.pending.clear()
-            freed, self.freed = self.freed, False
+            with self.lock:
+                freed, self.freed = self.freed, False
             if self.stopped:
                 break
             try:
