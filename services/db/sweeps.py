@@ -4,11 +4,14 @@ members' job rows so they can never disagree with the members."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, insert, select, tuple_, update
+from sqlalchemy import Dialect, case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import sqltypes
+from sqlalchemy.types import TypeEngine
 
 from services.db.models import Job, Sweep, utcnow
 from services.db.repository import as_utc, finite_or_none, new_id
@@ -29,9 +32,36 @@ def insert_sweep(session: Session, *, tenant: str, name: str, spec: dict, paths:
 
 
 def insert_members(session: Session, rows: Sequence[dict], batch: int = 2000) -> None:
-    """One executemany per batch: a 10,000-member sweep is a few round trips, not 10,000."""
+    """One executemany per batch: a 10,000-member sweep is a few round trips, not 10,000. On
+    PostgreSQL, one COPY instead (``_copy_members``)."""
+    if rows and session.get_bind().dialect.name == "postgresql":
+        _copy_members(session, rows)
+        return
     for start in range(0, len(rows), batch):
         session.execute(insert(_jobs), list(rows[start:start + batch]))
+
+
+def _copy_members(session: Session, rows: Sequence[dict]) -> None:
+    """``COPY jobs FROM STDIN`` in the session's transaction: the multi-row INSERTs spent most
+    of a 10,000-member sweep's acceptance on PostgreSQL (0.5-1.3 s of 1.2-2.1 s) building and
+    parsing statements. Each value goes through its column type's own bind processing, so a
+    row is stored exactly as the INSERT would store it (JSON documents as JSON text)."""
+    columns = list(rows[0])
+    dialect = session.get_bind().dialect
+    processors = [_copy_processor(_jobs.c[name].type, dialect) for name in columns]
+    connection = session.connection().connection.driver_connection  # psycopg's, same transaction
+    with connection.cursor() as cursor, cursor.copy(f"COPY jobs ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([value if process is None else process(value)
+                            for process, value in zip(processors, (row[name] for name in columns))])
+
+
+def _copy_processor(column_type: TypeEngine, dialect: Dialect) -> Callable[[object], object] | None:
+    """How a value of this column goes into COPY's text: JSON as its JSON text (None as JSON
+    null, as the column stores it), other types as the INSERT would bind them."""
+    if isinstance(column_type.dialect_impl(dialect), sqltypes.JSON):
+        return json.dumps
+    return column_type.bind_processor(dialect)
 
 
 def get_sweep_row(session: Session, sweep_id: str, *, tenant: str) -> Sweep:
