@@ -132,6 +132,12 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Running]]:
             )
         started.append(Running(f"http://127.0.0.1:{port}", home, proc, log))
         wait_ready(started[-1].url, proc, log)
+        # The API answering is not enough: until `descent up` has seen it ready too (its banner),
+        # a child that dies ends the start instead of being restarted.
+        deadline = time.monotonic() + 30
+        while b"Descent is serving at" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
         return started[-1]
 
     yield start
