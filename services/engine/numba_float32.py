@@ -93,21 +93,28 @@ def tanh(x: float) -> float:
     return math.copysign(-m / (TWO + m), x)
 
 
+@njit(inline="always", **FLAGS)
+def tanh_and_slope(x: float) -> tuple[float, float]:
+    t = tanh(x)
+    return t, ONE - t * t
+
+
+@njit(inline="always", **FLAGS)
+def softplus_and_slope(x: float) -> tuple[float, float]:
+    e = exp_nonpositive(-abs(x))
+    return (F(0) if x <= 0 else x) + log1p_unit(e), (ONE if x >= 0 else e) / (ONE + e)
+
+
 @njit(cache=True, nogil=True, **FLAGS)
 def _tanh(z: Any, a: Any, slope: Any) -> None:
     for k in range(z.size):
-        t = tanh(z[k])
-        a[k] = t
-        slope[k] = ONE - t * t
+        a[k], slope[k] = tanh_and_slope(z[k])
 
 
 @njit(cache=True, nogil=True, **FLAGS)
 def _softplus(z: Any, a: Any, slope: Any) -> None:
     for k in range(z.size):
-        x = z[k]
-        e = exp_nonpositive(-abs(x))
-        a[k] = (F(0) if x <= 0 else x) + log1p_unit(e)
-        slope[k] = (ONE if x >= 0 else e) / (ONE + e)
+        a[k], slope[k] = softplus_and_slope(z[k])
 
 
 @njit(cache=True, nogil=True, **FLAGS)
@@ -130,9 +137,7 @@ def _affine_tanh(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
         for j in range(slope.shape[1]):
             wj, bj = w[m, j], b[m, j]
             for p in range(x.size):
-                t = tanh(wj * x[p] + bj)
-                a[m, j, p] = t
-                slope[m, j, p] = ONE - t * t
+                a[m, j, p], slope[m, j, p] = tanh_and_slope(wj * x[p] + bj)
 
 
 @njit(cache=True, nogil=True, **FLAGS)
@@ -141,10 +146,7 @@ def _affine_softplus(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
         for j in range(slope.shape[1]):
             wj, bj = w[m, j], b[m, j]
             for p in range(x.size):
-                v = wj * x[p] + bj
-                e = exp_nonpositive(-abs(v))
-                a[m, j, p] = (F(0) if v <= 0 else v) + log1p_unit(e)
-                slope[m, j, p] = (ONE if v >= 0 else e) / (ONE + e)
+                a[m, j, p], slope[m, j, p] = softplus_and_slope(wj * x[p] + bj)
 
 
 AFFINE_KERNELS = {"tanh": _affine_tanh, "softplus": _affine_softplus}

@@ -119,21 +119,29 @@ def tanh(x: float) -> float:
 # Each kernel: z -> a = act(z) and slope = act'(z), in one pass over flat contiguous arrays
 # (a flat loop over three arrays vectorizes better than nested loops).
 
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def tanh_and_slope(x: float) -> tuple[float, float]:
+    t = tanh(x)
+    return t, 1.0 - t * t
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def softplus_and_slope(x: float) -> tuple[float, float]:
+    """softplus(x) = max(x, 0) + log(1 + e^-|x|), and its slope sigmoid(x)."""
+    e = exp_nonpositive(-abs(x))
+    return (0.0 if x <= 0 else x) + log1p_unit(e), (1.0 if x >= 0 else e) / (1.0 + e)
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _tanh(z: Any, a: Any, slope: Any) -> None:
     for k in range(z.size):
-        t = tanh(np.float64(z[k]))
-        a[k] = t
-        slope[k] = 1.0 - t * t
+        a[k], slope[k] = tanh_and_slope(np.float64(z[k]))
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _softplus(z: Any, a: Any, slope: Any) -> None:
     for k in range(z.size):
-        x = np.float64(z[k])
-        e = exp_nonpositive(-abs(x))  # softplus(x) = max(x, 0) + log(1 + e^-|x|)
-        a[k] = (0.0 if x <= 0 else x) + log1p_unit(e)
-        slope[k] = (1.0 if x >= 0 else e) / (1.0 + e)  # sigmoid(x)
+        a[k], slope[k] = softplus_and_slope(np.float64(z[k]))
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -180,9 +188,7 @@ def _affine_tanh(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
         for j in range(slope.shape[1]):
             wj, bj = np.float64(w[m, j]), np.float64(b[m, j])
             for p in range(x.size):
-                t = tanh(wj * np.float64(x[p]) + bj)
-                a[m, j, p] = t
-                slope[m, j, p] = 1.0 - t * t
+                a[m, j, p], slope[m, j, p] = tanh_and_slope(wj * np.float64(x[p]) + bj)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -191,10 +197,7 @@ def _affine_softplus(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:
         for j in range(slope.shape[1]):
             wj, bj = np.float64(w[m, j]), np.float64(b[m, j])
             for p in range(x.size):
-                v = wj * np.float64(x[p]) + bj
-                e = exp_nonpositive(-abs(v))
-                a[m, j, p] = (0.0 if v <= 0 else v) + log1p_unit(e)
-                slope[m, j, p] = (1.0 if v >= 0 else e) / (1.0 + e)
+                a[m, j, p], slope[m, j, p] = softplus_and_slope(wj * np.float64(x[p]) + bj)
 
 
 AFFINE_KERNELS = {"tanh": _affine_tanh, "softplus": _affine_softplus}
