@@ -20,6 +20,10 @@ from services.engine.network import Network
 from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR, TrainState
 from services.engine.stops import Stops, initial_reasons
 
+# Whether a network's compiled loop may take the updates that need no host decision (tests
+# switch it off to check the two ways give the same bits).
+PLAIN_UPDATES = True
+
 
 class Trainer:
     """State of one ``train`` call (host bookkeeping + device buffers).
@@ -36,6 +40,8 @@ class Trainer:
         self.x, self.y = net.data(x, y)
         self.params, self.spare, self.grad, self.delta = lay.pack(state.parameters), lay.empty(), lay.empty(), lay.empty()
         self.grad[...] = 0
+        self.grad_next = lay.empty()  # where a compiled loop puts the gradient at spare
+        self.grad_next_views = lay.views(self.grad_next)
         self.params_views, self.spare_views, self.grad_views = lay.views(self.params), lay.views(self.spare), lay.views(self.grad)
         self.momentum = config.momentum is not None
         self.velocity = lay.pack(state.velocity) if self.momentum else None
@@ -61,19 +67,34 @@ class Trainer:
     def run(self, max_updates: int) -> tuple[TrainState, np.ndarray]:
         """The loop; returns the new state and the host history (M, max_updates)."""
         hist = self.xp.empty((max(max_updates, 0), self.layout.members), dtype=self.layout.dtype)
-        n_iter = 0  # updates taken by the members still running; ``it`` below: the update index
+        it = 0  # the update index: updates taken by the members still running
         if self.stops.n_running and max_updates > 0:
             self._gradient(self.params_views, 0)
-            for it in range(max_updates):
-                if not self._update(it):
+            while it < max_updates and self.stops.n_running:
+                it += self._plain_updates(hist, it, max_updates)
+                if it == max_updates or not self._update(it):
                     break
                 ssr = self._evaluate(it + 1, it + 1 < max_updates, hist[it])
                 self._check(it, ssr)
                 self._swap()
-                n_iter = it + 1
-                if not self.stops.n_running:
-                    break
-        return self._finish(hist, n_iter)
+                it += 1
+        return self._finish(hist, it)
+
+    def _plain_updates(self, hist: Any, it: int, max_updates: int) -> int:
+        """From update ``it``, the updates that need no host decision, taken by the network in
+        one compiled call where it has one (the tiny model-last network with numba): up to the
+        next max_steps stop, stopping before an update whose stop tests would fire (the loop
+        below then takes it). None with momentum, mini-batches or min_step_size, or when
+        switched off (PLAIN_UPDATES). Same bits as taking them one at a time (tested)."""
+        stops = self.stops
+        if not PLAIN_UPDATES or self.momentum or self.batches is not None or stops.check_min:
+            return 0
+        count = min(max_updates, stops.next_max - 1) - it
+        if count <= 0:
+            return 0
+        return self.net.plain_updates(self.params, self.spare, self.spare_views, self.grad, self.grad_next,
+                                      self.grad_next_views, stops.lr, stops.target, self.x, self.y, hist, it,
+                                      count)
 
     def _swap(self) -> None:
         """The new values (spare) become the current ones; the old ones become the spare."""

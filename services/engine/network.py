@@ -83,6 +83,10 @@ class Network:
         can (True: buf.a and buf.slope are set, buf.z is not); here never."""
         return False
 
+    def plain_updates(self, *_args: Any) -> int:
+        """Updates taken in one compiled call (``loop.Trainer._plain_updates``); none here."""
+        return 0
+
     def loss(self, views: list[Any], x: Any, y: Any, out: Any = None) -> Any:
         """(M,) SSR of layout data (x, y), forward pass only."""
         return self.loss_and_grad(views, x, y, None, out)

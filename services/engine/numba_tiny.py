@@ -106,6 +106,46 @@ def layer_backward(w: Any, d: Any, slope: Any, a_in: Any, gw: Any, gb: Any, da: 
                         da[k, p, m] += w[o, k, m] * d[o, p, m]
 
 
+# No "contract" here: the update p - lr * g must round like NumPy's multiply then subtract (the
+# one-update-at-a-time loop), not as one fused multiply-add.
+@njit(cache=True, nogil=True, error_model="numpy")
+def plain_updates(params: Any, spare: Any, grad: Any, grad_next: Any, lr: Any, target: Any,
+                  weights: Any, biases: Any, grad_weights: Any, grad_biases: Any, x: Any, y: Any,
+                  z: Any, a: Any, slope: Any, d: Any, temp: Any, codes: Any, hist: Any,
+                  start: int, count: int) -> int:
+    """Up to ``count`` updates of the loop (``loop.Trainer``) without going back to Python: per
+    update, spare = params - lr * grad, the SSR at spare into hist[start + k] and its gradient
+    into grad_next (the kernel calls of ``FusedTinyNetwork.step``); then, unless a stop test
+    would fire (a number not finite, a member at its target SSR), spare and grad_next become
+    params and grad. Returns the updates taken: the one that would stop is left to the loop,
+    which computes it again, exactly. Per-layer arguments are tuples: views of spare and
+    grad_next, and the workspace's buffers."""
+    flat_p, flat_s, flat_lr = params.reshape(-1), spare.reshape(-1), lr.reshape(-1)
+    flat_g, flat_next = grad.reshape(-1), grad_next.reshape(-1)
+    last = len(weights) - 1
+    for k in range(count):
+        for j in range(flat_p.size):
+            flat_s[j] = flat_p[j] - flat_lr[j] * flat_g[j]
+        layer_forward(weights[0], biases[0], x, z[0], a[0], slope[0], codes[0])
+        for i in range(1, last + 1):
+            layer_forward(weights[i], biases[i], a[i - 1], z[i], a[i], slope[i], codes[i])
+        out = hist[start + k]
+        residual(a[last], y, d[last], out)
+        for i in range(last, 0, -1):
+            layer_backward(weights[i], d[i], slope[i], a[i - 1], grad_weights[i], grad_biases[i], d[i - 1],
+                           codes[i], True)
+        layer_backward(weights[0], d[0], slope[0], x, grad_weights[0], grad_biases[0], temp, codes[0], False)
+        for m in range(out.size):
+            if not (np.isfinite(out[m]) and out[m] > target[m]):
+                return k
+        for j in range(flat_s.size):
+            if not np.isfinite(flat_s[j]):
+                return k
+        flat_p[:] = flat_s
+        flat_g[:] = flat_next
+    return count
+
+
 class FusedTinyNetwork(TinyNetwork):
     """``TinyNetwork`` whose step runs as compiled loops, one call per layer and direction."""
 
@@ -138,3 +178,15 @@ class FusedTinyNetwork(TinyNetwork):
             layer_backward(views[i].weight, buffers[i].d, buffers[i].slope, inputs, grads[i].weight,
                            grads[i].bias, da, self.codes[i], below is not None)
         return out
+
+    def plain_updates(self, params: Any, spare: Any, spare_views: list[TinyLayer], grad: Any, grad_next: Any,
+                      next_views: list[TinyLayer], lr: Any, target: Any, x: Any, y: Any, hist: Any,
+                      start: int, count: int) -> int:
+        """The kernel ``plain_updates`` on this network's workspace; the updates taken."""
+        buffers = self.workspace(self.points_of(x), self.members_of(spare_views))
+        return plain_updates(params, spare, grad, grad_next, lr, target,
+                             tuple(v.weight for v in spare_views), tuple(v.bias for v in spare_views),
+                             tuple(v.weight for v in next_views), tuple(v.bias for v in next_views), x, y,
+                             tuple(b.z for b in buffers), tuple(b.a for b in buffers),
+                             tuple(b.slope for b in buffers), tuple(b.d for b in buffers), buffers[0].temp_in,
+                             tuple(self.codes), hist, start, count)

@@ -1,0 +1,105 @@
+"""The tiny network's compiled loop of updates (``numba_tiny.plain_updates``) gives the bits of
+the one-update-at-a-time loop, whatever stops members on the way (skipped without numba)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.engine import Architecture, PackConfig, init_state, loop, train
+from services.engine.state import DIVERGED, MAX_STEPS, TARGET_SSR
+from tests.engine.helpers import sine_data, stacked
+
+pytest.importorskip("services.engine.numba_tiny", exc_type=ImportError)
+pytestmark = pytest.mark.usefixtures("only_numba")
+
+M = 12
+STATQUEST = Architecture((1, 2, 1), "softplus")
+
+
+@pytest.fixture
+def only_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.engine import backend
+
+    monkeypatch.setattr(backend, "AUTO_KERNELS", "numba")
+
+
+def both_ways(arch: Architecture, config: PackConfig, updates: int, chunks: int = 1,
+              dtype: str = "float64") -> tuple[tuple, tuple]:
+    """(state, history) trained with the compiled loop, then one update at a time."""
+    x, y = sine_data(9, arch.layers[0], arch.layers[-1])
+    start = init_state(np, arch, config, stacked(arch, list(range(M)), dtype), x, y)
+    runs = []
+    for plain in (True, False):
+        loop.PLAIN_UPDATES = plain
+        try:
+            state, parts = start, []
+            for _ in range(chunks):
+                state, history = train(np, arch, config, state, x, y, updates // chunks)
+                parts.append(history)
+        finally:
+            loop.PLAIN_UPDATES = True
+        runs.append((state, np.concatenate(parts, axis=1)))
+    return runs[0], runs[1]
+
+
+def assert_same_bits(fast: tuple, slow: tuple) -> None:
+    (a, history_a), (b, history_b) = fast, slow
+    np.testing.assert_array_equal(history_a, history_b)
+    np.testing.assert_array_equal(a.step, b.step)
+    np.testing.assert_array_equal(a.stop_reason, b.stop_reason)
+    np.testing.assert_array_equal(a.ssr, b.ssr)
+    for name in a.parameters:
+        np.testing.assert_array_equal(a.parameters[name], b.parameters[name])
+
+
+def reasons(run: tuple) -> set[int]:
+    return set(run[0].stop_reason.tolist())
+
+
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_members_stopping_at_max_steps_and_diverging(chunks: int) -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.01, 500, M), max_steps=np.arange(M) * 37 + 3)
+    fast, slow = both_ways(STATQUEST, config, 400, chunks)
+    assert {MAX_STEPS, DIVERGED} <= reasons(slow)
+    assert_same_bits(fast, slow)
+
+
+def test_members_reaching_their_target() -> None:
+    free = PackConfig(learning_rate=np.full(M, 0.01))
+    (_, history), _ = both_ways(STATQUEST, free, 300)
+    config = PackConfig(learning_rate=np.full(M, 0.01), target_ssr=history[np.arange(M), np.arange(M) * 20 + 5])
+    fast, slow = both_ways(STATQUEST, config, 300)
+    assert reasons(slow) == {TARGET_SSR}
+    np.testing.assert_array_equal(slow[0].step, np.arange(M) * 20 + 6)
+    assert_same_bits(fast, slow)
+
+
+@pytest.mark.parametrize(("layers", "activation"), [((1, 3, 3, 1), "tanh"), ((2, 4, 2), "relu"), ((1, 1), "identity")])
+def test_depths_and_activations(layers: tuple, activation: str) -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.001, 0.3, M), max_steps=np.arange(M) * 20 + 1)
+    assert_same_bits(*both_ways(Architecture(layers, activation), config, 250))
+
+
+def test_float32_and_frozen_tensors() -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.01, 5, M), dtype="float32",
+                        trainable={"layers.0.weight": False, "layers.1.weight": np.arange(M) % 2 == 0})
+    fast, slow = both_ways(STATQUEST, config, 200, dtype="float32")
+    assert fast[0].parameters["layers.0.bias"].dtype == np.float32
+    assert_same_bits(fast, slow)
+
+
+def test_the_compiled_loop_takes_the_plain_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a silent fallback: with no stop in sight, one call takes every update."""
+    from services.engine import numba_tiny
+
+    calls = []
+    original = numba_tiny.FusedTinyNetwork.plain_updates
+
+    def counted(self, *args):  # noqa: ANN001, ANN202
+        calls.append(taken := original(self, *args))
+        return taken
+
+    monkeypatch.setattr(numba_tiny.FusedTinyNetwork, "plain_updates", counted)
+    both_ways(STATQUEST, PackConfig(learning_rate=np.full(M, 0.01)), 100)
+    assert calls == [100]
