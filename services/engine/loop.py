@@ -84,17 +84,15 @@ class Trainer:
         """From update ``it``, the updates that need no host decision, taken by the network in
         one compiled call where it has one (the tiny model-last network with numba): up to the
         next max_steps stop, stopping before an update whose stop tests would fire (the loop
-        below then takes it). None with momentum, mini-batches or min_step_size, or when
-        switched off (PLAIN_UPDATES). Same bits as taking them one at a time (tested)."""
+        then takes that one). None with mini-batches, or when switched off (PLAIN_UPDATES).
+        Same bits as taking them one at a time (tests/engine/test_plain_updates.py)."""
         stops = self.stops
-        if not PLAIN_UPDATES or self.momentum or self.batches is not None or stops.check_min:
-            return 0
         count = min(max_updates, stops.next_max - 1) - it
-        if count <= 0:
+        if not PLAIN_UPDATES or self.batches is not None or count <= 0:
             return 0
-        return self.net.plain_updates(self.params, self.spare, self.spare_views, self.grad, self.grad_next,
-                                      self.grad_next_views, stops.lr, stops.target, self.x, self.y, hist, it,
-                                      count)
+        buffers = (self.params, self.spare, self.grad, self.grad_next, self.velocity, self.spare_velocity)
+        return self.net.plain_updates(buffers, (stops.lr, stops.mu), (stops.threshold, stops.target),
+                                      self.spare_views, self.grad_next_views, self.x, self.y, hist, it, count)
 
     def _swap(self) -> None:
         """The new values (spare) become the current ones; the old ones become the spare."""

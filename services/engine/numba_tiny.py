@@ -106,43 +106,89 @@ def layer_backward(w: Any, d: Any, slope: Any, a_in: Any, gw: Any, gb: Any, da: 
                         da[k, p, m] += w[o, k, m] * d[o, p, m]
 
 
-# No "contract" here: the update p - lr * g must round like NumPy's multiply then subtract (the
-# one-update-at-a-time loop), not as one fused multiply-add.
+# No "contract" in these two: the update must round like NumPy's separate multiply and subtract
+# (the one-update-at-a-time loop), not as fused multiply-adds.
 @njit(cache=True, nogil=True, error_model="numpy")
-def plain_updates(params: Any, spare: Any, grad: Any, grad_next: Any, lr: Any, target: Any,
-                  weights: Any, biases: Any, grad_weights: Any, grad_biases: Any, x: Any, y: Any,
-                  z: Any, a: Any, slope: Any, d: Any, temp: Any, codes: Any, hist: Any,
-                  start: int, count: int) -> int:
-    """Up to ``count`` updates of the loop (``loop.Trainer``) without going back to Python: per
-    update, spare = params - lr * grad, the SSR at spare into hist[start + k] and its gradient
-    into grad_next (the kernel calls of ``FusedTinyNetwork.step``); then, unless a stop test
-    would fire (a number not finite, a member at its target SSR), spare and grad_next become
-    params and grad. Returns the updates taken: the one that would stop is left to the loop,
-    which computes it again, exactly. Per-layer arguments are tuples: views of spare and
-    grad_next, and the workspace's buffers."""
-    flat_p, flat_s, flat_lr = params.reshape(-1), spare.reshape(-1), lr.reshape(-1)
-    flat_g, flat_next = grad.reshape(-1), grad_next.reshape(-1)
+def _update(buffers: Any, rates: Any, threshold: Any, momentum: bool, check_min: bool) -> bool:
+    """``loop.Trainer._update`` on flat (n_params, M) buffers: spare = params - lr * grad, or
+    with momentum spare_velocity = mu * velocity - lr * grad, spare = params + spare_velocity.
+    False, with nothing decided, when a member's largest step is under its min_step_size."""
+    params, spare, grad, _, velocity, spare_velocity = buffers
+    lr, mu = rates
+    n_params, members = params.shape
+    if check_min:  # NaN-propagating max of |lr * grad| per member, as NumPy's max
+        largest = np.zeros(members, dtype=params.dtype)
+        for j in range(n_params):
+            for m in range(members):
+                step = abs(lr[j, m] * grad[j, m])
+                if not np.isnan(largest[m]) and (np.isnan(step) or step > largest[m]):
+                    largest[m] = step
+        for m in range(members):
+            if largest[m] < threshold[m]:
+                return False
+    for j in range(n_params):
+        for m in range(members):
+            delta = lr[j, m] * grad[j, m]
+            if momentum:
+                moved = mu[j, m] * velocity[j, m]
+                moved = moved - delta
+                spare_velocity[j, m] = moved
+                spare[j, m] = params[j, m] + moved
+            else:
+                spare[j, m] = params[j, m] - delta
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ssr_and_gradient(layers: Any, work: Any, x: Any, y: Any, codes: Any, out: Any) -> None:
+    """``FusedTinyNetwork.step`` as one compiled call: the SSR at the ``weights``/``biases``
+    views into ``out``, the gradient into the ``grad_weights``/``grad_biases`` views."""
+    weights, biases, grad_weights, grad_biases = layers
+    z, a, slope, d, temp = work
     last = len(weights) - 1
+    layer_forward(weights[0], biases[0], x, z[0], a[0], slope[0], codes[0])
+    for i in range(1, last + 1):
+        layer_forward(weights[i], biases[i], a[i - 1], z[i], a[i], slope[i], codes[i])
+    residual(a[last], y, d[last], out)
+    for i in range(last, 0, -1):
+        layer_backward(weights[i], d[i], slope[i], a[i - 1], grad_weights[i], grad_biases[i], d[i - 1],
+                       codes[i], True)
+    layer_backward(weights[0], d[0], slope[0], x, grad_weights[0], grad_biases[0], temp, codes[0], False)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def plain_updates(buffers: Any, rates: Any, limits: Any, layers: Any, work: Any, x: Any, y: Any, codes: Any,
+                  hist: Any, start: int, count: int, momentum: bool) -> int:
+    """Up to ``count`` updates of ``loop.Trainer`` without going back to Python. Per update:
+    ``_update`` into spare (and spare_velocity), the SSR at spare into hist[start + k] and its
+    gradient into grad_next; then, unless a stop test would fire (min_step_size, a number not
+    finite, a member at its target SSR), spare, spare_velocity and grad_next become params,
+    velocity and grad. Returns the updates taken: the one that would stop is left to the loop,
+    which computes it again, exactly.
+
+    buffers: flat (n_params, M) params, spare, grad, grad_next, velocity, spare_velocity (the
+    last two unused without momentum); rates: flat lr and mu; limits: (M,) min_step_size and
+    target SSR; layers: per-layer views of spare and grad_next; work: the workspace's buffers."""
+    params, spare, grad, grad_next, velocity, spare_velocity = buffers
+    threshold, target = limits
+    check_min = False
+    for m in range(threshold.size):
+        check_min = check_min or threshold[m] > 0
     for k in range(count):
-        for j in range(flat_p.size):
-            flat_s[j] = flat_p[j] - flat_lr[j] * flat_g[j]
-        layer_forward(weights[0], biases[0], x, z[0], a[0], slope[0], codes[0])
-        for i in range(1, last + 1):
-            layer_forward(weights[i], biases[i], a[i - 1], z[i], a[i], slope[i], codes[i])
+        if not _update(buffers, rates, threshold, momentum, check_min):
+            return k
         out = hist[start + k]
-        residual(a[last], y, d[last], out)
-        for i in range(last, 0, -1):
-            layer_backward(weights[i], d[i], slope[i], a[i - 1], grad_weights[i], grad_biases[i], d[i - 1],
-                           codes[i], True)
-        layer_backward(weights[0], d[0], slope[0], x, grad_weights[0], grad_biases[0], temp, codes[0], False)
+        _ssr_and_gradient(layers, work, x, y, codes, out)
         for m in range(out.size):
             if not (np.isfinite(out[m]) and out[m] > target[m]):
                 return k
-        for j in range(flat_s.size):
-            if not np.isfinite(flat_s[j]):
+        for value in spare.flat:
+            if not np.isfinite(value):
                 return k
-        flat_p[:] = flat_s
-        flat_g[:] = flat_next
+        params[:] = spare
+        grad[:] = grad_next
+        if momentum:
+            velocity[:] = spare_velocity
     return count
 
 
@@ -179,14 +225,18 @@ class FusedTinyNetwork(TinyNetwork):
                            grads[i].bias, da, self.codes[i], below is not None)
         return out
 
-    def plain_updates(self, params: Any, spare: Any, spare_views: list[TinyLayer], grad: Any, grad_next: Any,
-                      next_views: list[TinyLayer], lr: Any, target: Any, x: Any, y: Any, hist: Any,
-                      start: int, count: int) -> int:
-        """The kernel ``plain_updates`` on this network's workspace; the updates taken."""
-        buffers = self.workspace(self.points_of(x), self.members_of(spare_views))
-        return plain_updates(params, spare, grad, grad_next, lr, target,
-                             tuple(v.weight for v in spare_views), tuple(v.bias for v in spare_views),
-                             tuple(v.weight for v in next_views), tuple(v.bias for v in next_views), x, y,
-                             tuple(b.z for b in buffers), tuple(b.a for b in buffers),
-                             tuple(b.slope for b in buffers), tuple(b.d for b in buffers), buffers[0].temp_in,
-                             tuple(self.codes), hist, start, count)
+    def plain_updates(self, buffers: tuple, rates: tuple, limits: tuple, spare_views: list[TinyLayer],
+                      next_views: list[TinyLayer], x: Any, y: Any, hist: Any, start: int, count: int) -> int:
+        """The kernel ``plain_updates`` on this network's workspace; the updates taken. Without
+        momentum, ``buffers`` and ``rates`` hold None for velocity, spare_velocity and mu."""
+        workspace = self.workspace(self.points_of(x), self.members_of(spare_views))
+        momentum = buffers[4] is not None
+        if not momentum:  # numba needs arrays of one type here: zero-member stand-ins, never read
+            none = buffers[0][:, :0]
+            buffers, rates = buffers[:4] + (none, none), (rates[0], none)
+        layers = (tuple(v.weight for v in spare_views), tuple(v.bias for v in spare_views),
+                  tuple(v.weight for v in next_views), tuple(v.bias for v in next_views))
+        work = (tuple(b.z for b in workspace), tuple(b.a for b in workspace), tuple(b.slope for b in workspace),
+                tuple(b.d for b in workspace), workspace[0].temp_in)
+        return plain_updates(buffers, rates, limits, layers, work, x, y, tuple(self.codes), hist, start, count,
+                             momentum)

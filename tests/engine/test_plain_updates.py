@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.engine import Architecture, PackConfig, init_state, loop, train
-from services.engine.state import DIVERGED, MAX_STEPS, TARGET_SSR
+from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR
 from tests.engine.helpers import sine_data, stacked
 
 pytest.importorskip("services.engine.numba_tiny", exc_type=ImportError)
@@ -51,6 +51,7 @@ def assert_same_bits(fast: tuple, slow: tuple) -> None:
     np.testing.assert_array_equal(a.ssr, b.ssr)
     for name in a.parameters:
         np.testing.assert_array_equal(a.parameters[name], b.parameters[name])
+        np.testing.assert_array_equal(a.velocity[name], b.velocity[name])
 
 
 def reasons(run: tuple) -> set[int]:
@@ -72,6 +73,29 @@ def test_members_reaching_their_target() -> None:
     fast, slow = both_ways(STATQUEST, config, 300)
     assert reasons(slow) == {TARGET_SSR}
     np.testing.assert_array_equal(slow[0].step, np.arange(M) * 20 + 6)
+    assert_same_bits(fast, slow)
+
+
+def test_members_stopping_at_min_step_size() -> None:
+    config = PackConfig(learning_rate=np.full(M, 0.01), min_step_size=np.geomspace(1e-4, 1e-2, M))
+    fast, slow = both_ways(STATQUEST, config, 600)
+    assert (slow[0].stop_reason == MIN_STEP_SIZE).sum() >= M // 2
+    assert_same_bits(fast, slow)
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_momentum_and_min_step_size(chunks: int) -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.001, 0.5, M), momentum=np.linspace(0, 0.9, M),
+                        min_step_size=np.geomspace(1e-6, 1e-3, M), max_steps=np.arange(M) * 50 + 7)
+    fast, slow = both_ways(STATQUEST, config, 600, chunks)
+    assert {MAX_STEPS, MIN_STEP_SIZE} <= reasons(slow)
+    assert_same_bits(fast, slow)
+
+
+def test_momentum_diverging() -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.01, 50, M), momentum=np.linspace(0, 0.95, M))
+    fast, slow = both_ways(STATQUEST, config, 300)
+    assert DIVERGED in reasons(slow)
     assert_same_bits(fast, slow)
 
 
@@ -102,4 +126,6 @@ def test_the_compiled_loop_takes_the_plain_updates(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(numba_tiny.FusedTinyNetwork, "plain_updates", counted)
     both_ways(STATQUEST, PackConfig(learning_rate=np.full(M, 0.01)), 100)
-    assert calls == [100]
+    both_ways(STATQUEST, PackConfig(learning_rate=np.full(M, 0.01), momentum=np.full(M, 0.5),
+                                    min_step_size=np.full(M, 1e-12)), 100)
+    assert calls == [100, 100]
