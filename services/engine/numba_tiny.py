@@ -106,8 +106,9 @@ def layer_backward(w: Any, d: Any, slope: Any, a_in: Any, gw: Any, gb: Any, da: 
                         da[k, p, m] += w[o, k, m] * d[o, p, m]
 
 
-# No "contract" in these two: the update must round like NumPy's separate multiply and subtract
-# (the one-update-at-a-time loop), not as fused multiply-adds.
+# The functions below are compiled without fastmath's "contract" (the layer kernels they call keep
+# their own flags): an update must round like NumPy's separate multiply and subtract in the
+# one-update-at-a-time loop, not as a fused multiply-add.
 @njit(cache=True, nogil=True, error_model="numpy")
 def _update(buffers: Any, rates: Any, threshold: Any, momentum: bool, check_min: bool) -> bool:
     """``loop.Trainer._update`` on flat (n_params, M) buffers: spare = params - lr * grad, or
