@@ -21,7 +21,8 @@ supervisor: API, scheduler, workers as subprocesses):
 The reference is PyTorch's batched autograd (``benchmarks/engine.py``'s reference (a)) training
 the same 1000 networks from the same initial parameters and learning rates: compute only, best
 of 3; figures 1 and 2 are best of 3 as well, every run listed. Completion is read from the
-database (polling the API would compete with the work).
+database (polling the API would compete with the work). Figures 1 and 2 also list the CPU
+seconds of the stack's API, workers and scheduler during the run (from /proc), and the clients'.
 """
 
 from __future__ import annotations
@@ -210,13 +211,47 @@ def warm_up(stack: Stack, engine: Engine, plan: Plan) -> None:
 
 
 def measure_sweep(stack: Stack, engine: Engine, plan: Plan) -> tuple[float, dict]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), stack_cpu()
     httpx.post(f"{stack.url}/v1/sweeps", json=sweep_body(plan), timeout=60).raise_for_status()
     wait_all_finished(stack, engine, plan.timeout_s)
     seconds = time.perf_counter() - start
-    counts = stored_counts(engine, plan)
+    counts = stored_counts(engine, plan) | cpu_used(cpu)
     clear(engine)
     return seconds, counts
+
+
+ROLES = ("api", "worker", "scheduler")
+
+
+def stack_cpu() -> dict[str, float]:
+    """CPU seconds so far of the stack's processes by role (``descent api``, ``worker``,
+    ``scheduler``: each child of this process with its descendants), read from /proc (Linux;
+    empty elsewhere). Where the cores go is what decides a burst on 2 of them."""
+    proc, tick = Path("/proc"), os.sysconf("SC_CLK_TCK")
+    parents, cpu, roles = {}, {}, {}
+    for entry in proc.glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended meanwhile
+        pid = int(entry.name)
+        parents[pid], cpu[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        if parents[pid] == os.getpid():
+            roles[pid] = next((r for r in ROLES if f" {r}" in command), None)
+    totals = dict.fromkeys(ROLES, 0.0)
+    for pid, seconds in cpu.items():
+        top = pid
+        while parents.get(top) not in (os.getpid(), None, 0, 1):
+            top = parents[top]
+        if parents.get(top) == os.getpid() and roles.get(top):
+            totals[roles[top]] += seconds
+    return totals
+
+
+def cpu_used(before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by role since ``before`` (``stack_cpu()``), rounded for the report."""
+    return {f"CPU s {role}": round(seconds - before.get(role, 0.0), 2) for role, seconds in stack_cpu().items()}
 
 
 def post_json(url: str) -> Callable[[bytes], None]:
@@ -250,7 +285,7 @@ def measure_posts(stack: Stack, engine: Engine, plan: Plan) -> tuple[float, dict
             post(body)
             latencies.append(time.perf_counter() - t0)
 
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, stack_before = time.perf_counter(), time.process_time(), stack_cpu()
     with ThreadPoolExecutor(plan.clients) as pool:
         list(pool.map(client, chunks))
     posted, client_cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -258,7 +293,7 @@ def measure_posts(stack: Stack, engine: Engine, plan: Plan) -> tuple[float, dict
     seconds = time.perf_counter() - start
     counts = stored_counts(engine, plan) | {"all POSTs answered s": round(posted, 3),
                                             "POST p50 ms": round(1e3 * float(np.median(latencies)), 1),
-                                            "clients' CPU s": round(client_cpu, 2)}
+                                            "clients' CPU s": round(client_cpu, 2)} | cpu_used(stack_before)
     clear(engine)
     return seconds, counts
 

@@ -46,6 +46,9 @@ def test_sweep_benchmark_quick_run_stores_every_point() -> None:
         details = rows[name]["details"]
         assert details["history points"] == details["expected points"] > 20, details
         assert details["final checkpoints"] == details["jobs"] == 20
+        assert {"CPU s api", "CPU s worker", "CPU s scheduler"} <= set(details)
+    posts = rows["20 POSTs from 8 threads"]["details"]
+    assert posts["CPU s api"] > 0 and posts["CPU s worker"] > 0, posts  # 10 ms ticks from /proc
     assert rows["200-member sweep accepted"]["value"] > 0
 
 
