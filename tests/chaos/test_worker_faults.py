@@ -95,7 +95,9 @@ def test_sigstop_past_the_lease_then_sigcont(kind: str, where: str, make_stack: 
     ``inside``: paused with its checkpoint transaction open, at the worst moment: on PostgreSQL
     with a statement in flight (``active``: it stopped in the middle of a pipelined executemany,
     holding the row locks of its jobs). A pack of 150 members per worker makes each checkpoint
-    write long, and the worker is stopped, looked at and continued until a stop lands there.
+    write long, and the worker is stopped, looked at and continued until a stop lands there;
+    120 checkpoints a pack keep it writing for the dozen or so stops that may take (with 30, a
+    fast engine finished the packs first, and no stop could land any more).
     The lease must still decide: the scheduler takes the jobs over although the paused worker
     holds their rows. On SQLite the paused writer holds the database's one write lock, so nobody
     can write until it continues: there the case only asks that nothing be lost afterwards."""
@@ -104,7 +106,7 @@ def test_sigstop_past_the_lease_then_sigcont(kind: str, where: str, make_stack: 
         documents = {submit(d := chaos_job(30_000)).id: d}
         job = stack.running(next(iter(documents)), min_step=3000)
     else:
-        documents = submit_sweep(chaos_job(3000, every=100), seeds=range(300))
+        documents = submit_sweep(chaos_job(12_000, every=100), seeds=range(300))
         job = stack.running(next(iter(documents)), min_step=200, timeout=60)
     victim = stack.trainer(job)
     worst = "active" if kind == "production" else "locked"
