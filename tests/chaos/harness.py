@@ -58,9 +58,14 @@ FAST = {"DESCENT_LEASE_SECONDS": "5", "DESCENT_HEARTBEAT_SECONDS": "0.5", "DESCE
         "DESCENT_SCHEDULER_LEASE_SECONDS": "2", "DESCENT_ENGINE_BACKEND": "numpy"}
 
 
+# Updates of a job that a case hits mid-run: about 2 s of training and checkpoints on one worker
+# here (the engine takes a StatQuest update in ~2 us; 30,000 once took 3 s, then 0.2 s).
+LONG = 300_000
+
+
 def chaos_job(steps: int, seed: int = 0, learning_rate: float = 0.1, every: int = 1000, name: str = "chaos") -> dict:
     """The StatQuest network with every parameter trainable from a seeded init, for exactly
-    ``steps`` updates (no early stop): long enough to be hit mid-run: a worker here trains about 10k updates/s."""
+    ``steps`` updates (no early stop); ``LONG`` is long enough to be hit mid-run."""
     return statquest_job() | {
         "name": name, "trainable": None, "init": {"seed": seed}, "learning_rate": learning_rate,
         "stop": {"max_steps": steps, "min_step_size": 0}, "checkpoint_every": every,

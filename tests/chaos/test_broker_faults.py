@@ -21,7 +21,7 @@ from services.queue import TRAIN_PACK, make_celery
 from tests.worker.conftest import submit
 
 from .checks import assert_nothing_lost
-from .harness import ChaosStack, chaos_job, eventually
+from .harness import LONG, ChaosStack, chaos_job, eventually
 from .servers import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -47,9 +47,9 @@ def test_redis_restarted_killed_or_flushed(fault: str, redis: RedisServer, make_
     including one submitted after the fault, finishes as in a fault-free run."""
     stack = make_stack("production", workers=1, redis=redis)
     api_url = stack.add_api()[1] if fault == "kill" else None
-    first = chaos_job(30_000)
+    first = chaos_job(LONG)
     job = stack.running(submit(first).id, min_step=3000)
-    documents = {job.id: first} | {submit(d := chaos_job(30_000, seed=seed)).id: d for seed in (1, 2)}
+    documents = {job.id: first} | {submit(d := chaos_job(LONG, seed=seed)).id: d for seed in (1, 2)}
     fault_at = time.monotonic()
     if fault == "restart":
         redis.restart()
@@ -57,7 +57,7 @@ def test_redis_restarted_killed_or_flushed(fault: str, redis: RedisServer, make_
         redis.flush()
     else:
         redis.kill(signal.SIGKILL)
-        down = chaos_job(30_000, seed=3)
+        down = chaos_job(LONG, seed=3)
         answer = httpx.post(f"{api_url}/v1/jobs", json=down, timeout=10)
         assert answer.status_code == 201, answer.text
         documents[answer.json()["id"]] = down
@@ -68,7 +68,7 @@ def test_redis_restarted_killed_or_flushed(fault: str, redis: RedisServer, make_
     eventually(lambda: any(get_job(i).status != "queued" for i in waiting), 60,
                "the worker takes work from the broker again", stack)
     recovery(time.monotonic() - back, f"Redis {fault}, {back - fault_at:.1f} s down; until a waiting job starts")
-    later = submit(d := chaos_job(30_000, seed=4)).id
+    later = submit(d := chaos_job(LONG, seed=4)).id
     documents[later] = d
     stack.finish(list(documents), timeout=120)
     assert_nothing_lost(documents, stack.lease)
@@ -136,7 +136,7 @@ def test_garbage_in_the_embedded_broker_folder(make_stack: Callable[..., ChaosSt
             stack.faulted.add(proc.pid)
             proc.wait(timeout=30)
             stack.add_worker() if proc in stack.workers else stack.add_scheduler()
-    documents = {submit(d := chaos_job(30_000, seed=seed)).id: d for seed in (0, 1, 2)}
+    documents = {submit(d := chaos_job(LONG, seed=seed)).id: d for seed in (0, 1, 2)}
     stack.finish(list(documents), timeout=120)
     assert_nothing_lost(documents, stack.lease)
     assert fatal == [], "\n".join(fatal)

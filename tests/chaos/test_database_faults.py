@@ -10,7 +10,7 @@ import pytest
 from tests.worker.conftest import submit
 
 from .checks import assert_nothing_lost
-from .harness import ChaosStack, chaos_job, eventually, lost_leases, progressed
+from .harness import LONG, ChaosStack, chaos_job, eventually, lost_leases, progressed
 from .servers import PostgresCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -24,9 +24,9 @@ def test_postgresql_restarted_mid_job(outage: int, pg_cluster: PostgresCluster,
     database blinked, and all finish as in a fault-free run. A brief restart is within the
     worker's storage retries (half a lease), so it does not even cost a takeover."""
     stack = make_stack("production", workers=1, database_url=pg_cluster.new_database())
-    first = chaos_job(30_000)
+    first = chaos_job(LONG)
     job = stack.running(submit(first).id, min_step=3000)
-    documents = {job.id: first} | {submit(d := chaos_job(30_000, seed=seed)).id: d for seed in (1, 2)}
+    documents = {job.id: first} | {submit(d := chaos_job(LONG, seed=seed)).id: d for seed in (1, 2)}
     down = time.monotonic()
     pg_cluster.stop("fast")
     time.sleep(outage)

@@ -15,7 +15,7 @@ from services.db.session import session_scope
 from tests.worker.conftest import submit
 
 from .checks import assert_nothing_lost
-from .harness import ChaosStack, chaos_job, eventually, progressed
+from .harness import LONG, ChaosStack, chaos_job, eventually, progressed
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -32,9 +32,9 @@ def test_the_leader_scheduler_and_a_worker_child_killed_together(
     scheduler takes the lease over, requeues the lapsed job and dispatches it and the queued
     ones; everything finishes as in a fault-free run."""
     stack = make_stack(kind, workers=1, schedulers=2)
-    first = chaos_job(30_000)
+    first = chaos_job(LONG)
     job = stack.running(submit(first).id, min_step=3000)
-    documents = {job.id: first} | {submit(d := chaos_job(30_000, seed=seed)).id: d for seed in (1, 2)}
+    documents = {job.id: first} | {submit(d := chaos_job(LONG, seed=seed)).id: d for seed in (1, 2)}
     leader = eventually(leader_pid, 10, "a scheduler leads", stack)
     (killed,) = [p for p in stack.schedulers if p.pid == leader]
     stack.signal_group(killed, signal.SIGKILL)

@@ -14,7 +14,7 @@ from tests.e2e.conftest import Running, start_up  # noqa: F401 (the fixture)
 from tests.worker.conftest import environment
 
 from .checks import assert_nothing_lost
-from .harness import FAST, chaos_job, children, eventually
+from .harness import FAST, LONG, chaos_job, children, eventually
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def test_descent_up_restarts_a_killed_worker_and_api(start_up: Callable[..., Run
     (uvicorn's supervisor and its processes) while a job trains: ``descent up`` restarts both,
     /readyz answers 200 again within ~10 s (15 s allowed: a loaded 2-core machine), and the job finishes as in a fault-free run."""
     running = start_up(**FAST)
-    document = chaos_job(30_000)
+    document = chaos_job(LONG)
     with httpx.Client(base_url=running.url, timeout=10) as http:
         answer = http.post("/v1/jobs", json=document)
         assert answer.status_code == 201, answer.text

@@ -20,7 +20,7 @@ from services.sweep_spec import SweepCreate
 from tests.worker.conftest import checkpoint_attempts, submit
 
 from .checks import assert_nothing_lost
-from .harness import ChaosStack, chaos_job, eventually, finished, lost_leases, progressed, wait_exit
+from .harness import LONG, ChaosStack, chaos_job, eventually, finished, lost_leases, progressed, wait_exit
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def test_sigkill_of_the_training_child(kind: str, make_stack: Callable[..., Chao
     """1. The pool child dies mid-job: the worker forks a new one, the lease lapses, the job
     resumes from its last checkpoint."""
     stack = make_stack(kind)
-    document = chaos_job(30_000)
+    document = chaos_job(LONG)
     job = stack.running(submit(document).id, min_step=3000)
     os.kill(job.worker.pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -45,7 +45,7 @@ def test_sigkill_of_a_whole_worker(kind: str, make_stack: Callable[..., ChaosSta
                                    recovery: Callable[..., None]) -> None:
     """2. Parent and child gone at once (the process group): the other worker resumes the job."""
     stack = make_stack(kind, workers=2)
-    document = chaos_job(30_000)
+    document = chaos_job(LONG)
     job = stack.running(submit(document).id, min_step=3000)
     victim = stack.trainer(job)
     stack.signal_group(victim, signal.SIGKILL)
@@ -64,7 +64,7 @@ def test_sigterm_checkpoints_and_releases_before_the_lease(kind: str, make_stack
     back to ``queued`` and exits; the other worker resumes it long before the 30 s lease would
     have lapsed, and the release is not counted as a lost lease."""
     stack = make_stack(kind, workers=2, lease_seconds=30, heartbeat_seconds=1)
-    document = chaos_job(30_000)
+    document = chaos_job(LONG)
     job = stack.running(submit(document).id, min_step=3000)
     victim = stack.trainer(job)
     stack.faulted.add(victim.pid)
@@ -72,7 +72,7 @@ def test_sigterm_checkpoints_and_releases_before_the_lease(kind: str, make_stack
     asked = time.monotonic()
     wait_exit(victim, 10)  # fails if the worker still runs 10 s after SIGTERM
     by_victim = [step for step, attempt in checkpoint_attempts(job.id).items() if attempt == 1]
-    assert max(by_victim) < 30_000, "the stopped worker finished the job instead of releasing it"
+    assert max(by_victim) < LONG, "the stopped worker finished the job instead of releasing it"
     released = max(by_victim)
     resumed = eventually(lambda: (j := get_job(job.id)).attempts == 2 and (j.step > released or j.status in FINISHED)
                          and j, 20, "another worker resumes the released job", stack)
@@ -103,7 +103,7 @@ def test_sigstop_past_the_lease_then_sigcont(kind: str, where: str, make_stack: 
     can write until it continues: there the case only asks that nothing be lost afterwards."""
     stack = make_stack(kind, workers=2, db_lock_timeout=1, db_idle_transaction_timeout=3)
     if where == "outside":
-        documents = {submit(d := chaos_job(30_000)).id: d}
+        documents = {submit(d := chaos_job(LONG)).id: d}
         job = stack.running(next(iter(documents)), min_step=3000)
     else:
         documents = submit_sweep(chaos_job(12_000, every=100), seeds=range(300))
@@ -162,7 +162,7 @@ def test_the_same_message_twice_at_once(kind: str, make_stack: Callable[..., Cha
     at once (no scheduler, so these are the only messages): each job is claimed once, trains
     once, one SSR per step."""
     stack = make_stack(kind, workers=2, schedulers=0)
-    documents = {submit(d := chaos_job(30_000, seed=seed)).id: d for seed in range(3)}
+    documents = {submit(d := chaos_job(LONG, seed=seed)).id: d for seed in range(3)}
     ids = list(documents)
     for pack in (ids, ids, ids[::-1], ids[1:2]):
         queue.publish_pack(pack, "cpu")
@@ -188,8 +188,8 @@ def test_a_poison_job_fails_after_max_attempts(kind: str, make_stack: Callable[.
     segfault or the OOM killer would) ends ``failed`` after max_attempts lost leases, while the
     other jobs (another pack: another checkpoint cadence) finish untouched."""
     stack = make_stack(kind, workers=2, max_attempts=3)
-    poison = submit(chaos_job(30_000, every=500, name="poison")).id
-    documents = {submit(d := chaos_job(30_000, seed=seed)).id: d for seed in (0, 1)}
+    poison = submit(chaos_job(LONG, every=500, name="poison")).id
+    documents = {submit(d := chaos_job(LONG, seed=seed)).id: d for seed in (0, 1)}
     killed: list[int] = []
     started = time.monotonic()
 
