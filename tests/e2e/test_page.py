@@ -86,7 +86,7 @@ def test_the_page_lists_work_draws_the_ssr_curve_and_shows_a_leaderboard(
     start_up: Callable[..., Running], tmp_path: Path,
 ) -> None:
     binary = chromium()
-    running = start_up()
+    running = start_up(DESCENT_MAX_STEPS="20000000")  # a job that outlasts the browser (cancelled)
     job, history, _ = train_statquest(running)
     sweep = finished_sweep(running)
     page = f"{running.url}/#job/{job['id']}"
@@ -119,7 +119,8 @@ def test_the_page_lists_work_draws_the_ssr_curve_and_shows_a_leaderboard(
 
     with httpx.Client(base_url=running.url, timeout=10) as client:  # work running: the page refreshes
         long = client.post("/v1/jobs", json=statquest_job() | {
-            "name": "long-one", "trainable": None, "stop": {"max_steps": 1_000_000}, "checkpoint_every": 1000}).json()
+            "name": "long-one", "trainable": None, "stop": {"max_steps": 20_000_000},
+            "checkpoint_every": 1000}).json()
         while client.get(f"/v1/jobs/{long['id']}").json()["status"] == "queued":
             time.sleep(0.1)
         live = browse(binary, tmp_path / "profile", running.url, "--dump-dom").stdout.decode()
