@@ -91,7 +91,7 @@ class Trainer:
         if not PLAIN_UPDATES or self.batches is not None or count <= 0:
             return 0
         buffers = (self.params, self.spare, self.grad, self.grad_next, self.velocity, self.spare_velocity)
-        return self.net.plain_updates(buffers, (stops.lr, stops.mu), (stops.threshold, stops.target),
+        return self.net.plain_updates(buffers, (stops.lr, stops.mu), (stops.threshold, stops.target), stops.check_min,
                                       self.spare_views, self.grad_next_views, self.x, self.y, hist, it, count)
 
     def _swap(self) -> None:

@@ -142,8 +142,9 @@ def _update(buffers: Any, rates: Any, threshold: Any, momentum: bool, check_min:
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _ssr_and_gradient(layers: Any, work: Any, x: Any, y: Any, codes: Any, out: Any) -> None:
-    """``FusedTinyNetwork.step`` as one compiled call: the SSR at the ``weights``/``biases``
-    views into ``out``, the gradient into the ``grad_weights``/``grad_biases`` views."""
+    """A training step of the tiny network as one compiled call (``FusedTinyNetwork.step``):
+    the SSR at the ``weights``/``biases`` views into ``out``, the gradient into the
+    ``grad_weights``/``grad_biases`` views."""
     weights, biases, grad_weights, grad_biases = layers
     z, a, slope, d, temp = work
     last = len(weights) - 1
@@ -159,7 +160,7 @@ def _ssr_and_gradient(layers: Any, work: Any, x: Any, y: Any, codes: Any, out: A
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def plain_updates(buffers: Any, rates: Any, limits: Any, layers: Any, work: Any, x: Any, y: Any, codes: Any,
-                  hist: Any, start: int, count: int, momentum: bool) -> int:
+                  hist: Any, start: int, count: int, momentum: bool, check_min: bool) -> int:
     """Up to ``count`` updates of ``loop.Trainer`` without going back to Python. Per update:
     ``_update`` into spare (and spare_velocity), the SSR at spare into hist[start + k] and its
     gradient into grad_next; then, unless a stop test would fire (min_step_size, a number not
@@ -169,12 +170,10 @@ def plain_updates(buffers: Any, rates: Any, limits: Any, layers: Any, work: Any,
 
     buffers: flat (n_params, M) params, spare, grad, grad_next, velocity, spare_velocity (the
     last two unused without momentum); rates: flat lr and mu; limits: (M,) min_step_size and
-    target SSR; layers: per-layer views of spare and grad_next; work: the workspace's buffers."""
+    target SSR (``check_min``: some threshold is positive); layers: per-layer views of spare and
+    grad_next; work: the workspace's buffers."""
     params, spare, grad, grad_next, velocity, spare_velocity = buffers
     threshold, target = limits
-    check_min = False
-    for m in range(threshold.size):
-        check_min = check_min or threshold[m] > 0
     for k in range(count):
         if not _update(buffers, rates, threshold, momentum, check_min):
             return k
@@ -213,21 +212,18 @@ class FusedTinyNetwork(TinyNetwork):
              slot: int = 0) -> Any:
         """SSR into ``out`` (M,) (a new array if None) and, unless ``grads`` is None, the
         gradients into the views ``grads``."""
-        buffers = self.forward(views, x, slot)
         out = np.empty(self.members_of(views), dtype=self.layout.dtype) if out is None else out
-        residual(buffers[-1].a, y, buffers[-1].d, out)
         if grads is None:
+            buffers = self.forward(views, x, slot)
+            residual(buffers[-1].a, y, buffers[-1].d, out)
             return out
-        for i in range(len(views) - 1, -1, -1):
-            below = buffers[i - 1] if i > 0 else None
-            inputs = below.a if below else x
-            da = below.d if below else buffers[i].temp_in  # temp_in: unused placeholder
-            layer_backward(views[i].weight, buffers[i].d, buffers[i].slope, inputs, grads[i].weight,
-                           grads[i].bias, da, self.codes[i], below is not None)
+        workspace = self.workspace(self.points_of(x), self.members_of(views), slot)
+        _ssr_and_gradient(_layers(views, grads), _work(workspace), x, y, tuple(self.codes), out)
         return out
 
-    def plain_updates(self, buffers: tuple, rates: tuple, limits: tuple, spare_views: list[TinyLayer],
-                      next_views: list[TinyLayer], x: Any, y: Any, hist: Any, start: int, count: int) -> int:
+    def plain_updates(self, buffers: tuple, rates: tuple, limits: tuple, check_min: bool,
+                      spare_views: list[TinyLayer], next_views: list[TinyLayer], x: Any, y: Any, hist: Any,
+                      start: int, count: int) -> int:
         """The kernel ``plain_updates`` on this network's workspace; the updates taken. Without
         momentum, ``buffers`` and ``rates`` hold None for velocity, spare_velocity and mu."""
         workspace = self.workspace(self.points_of(x), self.members_of(spare_views))
@@ -235,9 +231,17 @@ class FusedTinyNetwork(TinyNetwork):
         if not momentum:  # numba needs arrays of one type here: zero-member stand-ins, never read
             none = buffers[0][:, :0]
             buffers, rates = buffers[:4] + (none, none), (rates[0], none)
-        layers = (tuple(v.weight for v in spare_views), tuple(v.bias for v in spare_views),
-                  tuple(v.weight for v in next_views), tuple(v.bias for v in next_views))
-        work = (tuple(b.z for b in workspace), tuple(b.a for b in workspace), tuple(b.slope for b in workspace),
-                tuple(b.d for b in workspace), workspace[0].temp_in)
-        return plain_updates(buffers, rates, limits, layers, work, x, y, tuple(self.codes), hist, start, count,
-                             momentum)
+        return plain_updates(buffers, rates, limits, _layers(spare_views, next_views), _work(workspace), x, y,
+                             tuple(self.codes), hist, start, count, momentum, check_min)
+
+
+def _layers(views: list[TinyLayer], grads: list[TinyLayer]) -> tuple:
+    """``_ssr_and_gradient``'s ``layers``: per-layer weights and biases, and their gradients' views."""
+    return (tuple(v.weight for v in views), tuple(v.bias for v in views),
+            tuple(g.weight for g in grads), tuple(g.bias for g in grads))
+
+
+def _work(workspace: list[LayerBuffers]) -> tuple:
+    """``_ssr_and_gradient``'s ``work``: per-layer z, a, slope, d, and the first layer's unused da."""
+    return (tuple(b.z for b in workspace), tuple(b.a for b in workspace), tuple(b.slope for b in workspace),
+            tuple(b.d for b in workspace), workspace[0].temp_in)
