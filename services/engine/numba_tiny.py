@@ -3,8 +3,9 @@
 For tiny layers the NumPy path spends its time in the ~40 small array calls of a step, not in
 arithmetic (W2: 1000 members x 3 points). Here each layer's forward (affine map, activation
 and its derivative), the residual with the SSR, and each layer's backward are one compiled
-call each, every innermost loop running over the M members (contiguous, vectorized). Sums run
-in a fixed order per member, so a member's numbers do not depend on the pack around it.
+loop each, every innermost loop running over the M members (contiguous, vectorized); a step
+calls them all from one compiled function, and ``plain_updates`` runs many steps in one call.
+Sums run in a fixed order per member, so a member's numbers do not depend on the pack around it.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def plain_updates(buffers: Any, rates: Any, limits: Any, layers: Any, work: Any,
 
 
 class FusedTinyNetwork(TinyNetwork):
-    """``TinyNetwork`` whose step runs as compiled loops, one call per layer and direction."""
+    """``TinyNetwork`` whose step is one compiled call (``_ssr_and_gradient``) of the layer loops."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
