@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # worker's open checkpoint transaction then releases its locks; our transactions never idle).
     db_lock_timeout: float = Field(default=10.0, gt=0)
     db_idle_transaction_timeout: float = Field(default=30.0, gt=0)
+    # A worker commits the checkpoints of fast chunks together, at most this long after its last
+    # commit (and at once when a pack ends or the worker stops): every checkpoint is still stored,
+    # but a pack of tiny networks costs one transaction per this period, not one per chunk. A
+    # crash loses at most this much training; 0 commits every chunk alone.
+    checkpoint_commit_seconds: float = Field(default=1.0, ge=0)
     # Claims that ended with an expired lease before a job is given up as failed.
     max_attempts: int = Field(default=3, ge=1)
     # Packs: members * parameters * points per pack, and members per pack, at most.

@@ -8,9 +8,12 @@ import logging
 import math
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
+from functools import partial
 from datetime import datetime
 from typing import get_args
 
+import anyio.to_thread
 import numpy as np
 
 from services import doorbell, engine, idempotency, metrics, packing, quotas
@@ -19,7 +22,8 @@ from services.datasets import content_hash, to_arrays
 from services.db import repository
 from services.db.models import DEFAULT_TENANT
 from services.db.session import session_scope
-from services.errors import Conflict, InvalidInput, NotFound, StorageError
+from services.errors import Conflict, DomainError, InvalidInput, NotFound, StorageError
+from services.group_commit import GroupCommit
 from services.idempotency import Claim, Created
 from services.spec import (
     FINISHED, ID_PATTERN, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
@@ -42,15 +46,97 @@ def submit_job(spec: JobCreate, *, tenant: str = DEFAULT_TENANT) -> JobRead:
 def submit_job_once(spec: JobCreate, idempotency_key: str | None, *, tenant: str = DEFAULT_TENANT) -> Created[JobRead]:
     """``submit_job``, once per idempotency key: a retry with the key and an equal spec gets
     the job as it is now (see ``services.idempotency``)."""
-    settings = get_settings()
-    check_limits(spec, settings)
-    inline = None
-    if isinstance(spec.data, InlineData):
-        x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
-        inline = (content_hash(x, y), x, y)
+    inline = _prepare(spec)
     claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "job", _request(spec, inline))
     return idempotency.once(claim, lambda: _submit(spec, inline, claim, tenant),
                             lambda session, job_id: repository.get_job(session, job_id, tenant=tenant))
+
+
+async def submit_job_async(spec: JobCreate, idempotency_key: str | None, *,
+                           tenant: str = DEFAULT_TENANT) -> Created[JobRead]:
+    """``submit_job_once`` for the API's event loop. Without a key the job is written by this
+    process's group commit, in one transaction with the others submitted meanwhile
+    (``services.group_commit``); a create with a key (it reads the key before it writes) runs
+    in a thread as ``submit_job_once``."""
+    if idempotency_key is not None:
+        return await anyio.to_thread.run_sync(partial(submit_job_once, spec, idempotency_key, tenant=tenant))
+    return Created(await _group.submit((spec, tenant)))
+
+
+def _prepare(spec: JobCreate) -> tuple | None:
+    """Check the configured limits; inline data as (content hash, x, y) arrays, else None."""
+    check_limits(spec, get_settings())
+    if not isinstance(spec.data, InlineData):
+        return None
+    x, y = to_arrays(spec.data.x, spec.data.y, ("data",))
+    return content_hash(x, y), x, y
+
+
+def _write_submits(items: Sequence[tuple[JobCreate, str]]) -> list[JobRead | BaseException]:
+    """The group commit's writer: each item is prepared alone (its input errors are its own),
+    then all are written in one transaction; should that transaction fail, each is written
+    alone as by ``submit_job``, so one bad item never fails the others."""
+    prepared: list[tuple | BaseException] = []
+    for spec, tenant in items:
+        try:
+            prepared.append((spec, _prepare(spec), tenant))
+        except Exception as exc:  # noqa: BLE001 (handed to that request, which answers it)
+            prepared.append(exc)
+    ready = [p for p in prepared if isinstance(p, tuple)]
+    try:
+        written = _insert_together(ready)
+    except StorageError:
+        _known.clear()
+        written = [_alone(*p) for p in ready]
+    answers = iter(written)
+    results = [p if isinstance(p, BaseException) else next(answers) for p in prepared]
+    stored = sum(not isinstance(r, BaseException) for r in results)
+    if stored:
+        metrics.JOBS_SUBMITTED.inc(stored)
+        doorbell.ring(get_settings())
+    return results
+
+
+def _alone(spec: JobCreate, inline: tuple | None, tenant: str) -> JobRead | BaseException:
+    try:
+        return _insert_retrying(spec, inline, None, tenant)
+    except Exception as exc:  # noqa: BLE001 (handed to that request)
+        return exc
+
+
+def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
+    """One transaction for many submits; a quota or dataset refusal is that item's answer."""
+    results: list[dict | BaseException] = []
+    seen: dict[tuple, DatasetRead] = {}
+    with session_scope(write=True) as session:
+        for spec, inline, tenant in items:
+            try:
+                quotas.check_queued(session, tenant, 1)
+                if inline is not None:  # refused before its data is stored, as in one transaction
+                    quotas.check_cost(get_settings(), [(spec, len(inline[1]))])
+                dataset = _dataset(session, spec, inline, tenant, seen)
+                quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
+            except DomainError as exc:
+                results.append(exc)
+                continue
+            results.append(repository.new_job_values(**job_row(spec, dataset, tenant)))
+        reads = iter(repository.insert_jobs(session, [r for r in results if isinstance(r, dict)]))
+    for key, dataset in seen.items():
+        _remember(key, dataset)
+    return [r if isinstance(r, BaseException) else next(reads) for r in results]
+
+
+def _dataset(session: Session, spec: JobCreate, inline: tuple | None, tenant: str,
+             seen: dict[tuple, DatasetRead]) -> DatasetRead:
+    """The job's dataset: remembered, stored now (inline data), or referenced by id."""
+    if inline is None:
+        return referenced_dataset(session, spec, tenant)
+    key = (get_settings().database_url, tenant, inline[0])
+    dataset = seen.get(key) or _known.get(key)
+    if dataset is None:
+        dataset = repository.store_dataset(session, *inline, tenant=tenant)
+    seen[key] = dataset
+    return dataset
 
 
 def _request(spec: JobCreate, inline: tuple | None) -> dict:
@@ -60,14 +146,18 @@ def _request(spec: JobCreate, inline: tuple | None) -> dict:
 
 
 def _submit(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: str) -> JobRead:
-    try:
-        job = _insert(spec, inline, claim, tenant, use_cache=True)
-    except StorageError:
-        _known.clear()  # a cached dataset may be gone (database restored or emptied): look again
-        job = _insert(spec, inline, claim, tenant, use_cache=False)
+    job = _insert_retrying(spec, inline, claim, tenant)
     metrics.JOBS_SUBMITTED.inc()
     doorbell.ring(get_settings())
     return job
+
+
+def _insert_retrying(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: str) -> JobRead:
+    try:
+        return _insert(spec, inline, claim, tenant, use_cache=True)
+    except StorageError:
+        _known.clear()  # a cached dataset may be gone (database restored or emptied): look again
+        return _insert(spec, inline, claim, tenant, use_cache=False)
 
 
 # Datasets are immutable and never deleted: a process remembers the ones it has seen by tenant
@@ -90,11 +180,18 @@ def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: 
         if claim is not None:
             claim.store(session, job.id)
     if key is not None:
-        _known[key] = dataset
-        _known.move_to_end(key)
-        while len(_known) > _KNOWN_MAX:
-            _known.popitem(last=False)
+        _remember(key, dataset)
     return job
+
+
+def _remember(key: tuple[str, str, str], dataset: DatasetRead) -> None:
+    _known[key] = dataset
+    _known.move_to_end(key)
+    while len(_known) > _KNOWN_MAX:
+        _known.popitem(last=False)
+
+
+_group: GroupCommit[tuple[JobCreate, str], JobRead] = GroupCommit(_write_submits, name="descent-submits")
 
 
 def forget_datasets() -> None:

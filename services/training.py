@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -62,6 +62,45 @@ class Member:
 
 
 @dataclass
+class Pending:
+    """Chunks trained but not committed yet (``Settings.checkpoint_commit_seconds``): their
+    checkpoints and history, and the members that stopped or reached a rung in them. One
+    transaction writes them all, so a pack of tiny networks whose chunks take a millisecond
+    costs one commit per period instead of one per chunk; slower chunks commit one by one."""
+
+    writes: list[ckpt.CheckpointWrite] = field(default_factory=list)
+    stopped: list[ckpt.Outcome] = field(default_factory=list)  # natural stops, final at the commit
+    parked: list[tuple[ckpt.Claim, int]] = field(default_factory=list)
+    committed: float = field(default_factory=time.monotonic)  # when the last commit ended
+    size: int = 0  # bytes of checkpoint data held
+
+    def due(self, training: int) -> bool:
+        """Commit now: no member trains on, a stop request, enough time or memory held."""
+        return (not training or _stopping.is_set() or self.size >= MAX_PENDING_BYTES
+                or time.monotonic() - self.committed >= get_settings().checkpoint_commit_seconds)
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.stopped or self.parked)
+
+    def clear(self) -> None:
+        """After a commit (in place: the parts of a mini-batch pack share one Pending)."""
+        self.writes, self.stopped, self.parked = [], [], []
+        self.committed, self.size = time.monotonic(), 0
+
+    def claims(self, members: list["Member"]) -> list[ckpt.Claim]:
+        """Every claim this commit writes for: those of the held chunks and the training members."""
+        found = {w.claim.job_id: w.claim for w in self.writes}
+        found.update({o.claim.job_id: o.claim for o in self.stopped})
+        found.update({c.job_id: c for c, _ in self.parked})
+        found.update({m.claim.job_id: m.claim for m in members})
+        return list(found.values())
+
+
+# Held checkpoint data above this many bytes is committed at once, whatever the period.
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
 class Pack:
     """One engine pack: members share architecture, data, dtype, batching and checkpoint cadence."""
 
@@ -74,6 +113,7 @@ class Pack:
     y: np.ndarray
     queue: str = "cpu"  # the metrics' queue label
     slice: int = 100  # updates per engine call, tuned to about SLICE_SECONDS
+    pending: Pending = field(default_factory=Pending)
 
 
 def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
@@ -141,18 +181,33 @@ def _train_claimed(claims: list[ckpt.Claim], backend: str) -> None:
     log.info("training %d job(s): %s", len(claims), _ids(claims))
     queue = metrics.queue_of(backend)
     metrics.PACK_MEMBERS.labels(queue).observe(len(claims))
+    part = None
     try:
         pack = _load_pack(claims, engine.get_namespace(backend), queue)
         for part in _lockstep(pack) if pack is not None else []:
             while part is not None and not _stopping.is_set():
                 part = _advance(part)
+            if part is not None and part.pending:
+                _flush(part)  # a stop request: what was trained is committed before the release
     except StorageError:
         # The database, not the job, failed (after the chunk write's retries): leave the jobs
         # running; their lease lapses and the scheduler requeues them from their last checkpoint.
         log.exception("storage failed while training %s; their leases will lapse", _ids(claims))
     except Exception as exc:  # noqa: BLE001 (any failure of a job is reported on the job)
         log.exception("training failed for %s", _ids(claims))
+        _flush_before_failing(part)
         _fail(claims, f"{type(exc).__name__}: {exc}")
+
+
+def _flush_before_failing(part: Pack | None) -> None:
+    """A job that fails keeps the checkpoints trained before the failure, as if each had been
+    committed at once; if that commit fails too, the failure is still recorded."""
+    if part is None or not part.pending:
+        return
+    try:
+        _flush(part)
+    except Exception:  # noqa: BLE001 (whatever broke the training may break this too)
+        log.exception("could not commit the checkpoints held before the failure")
 
 
 def _ids(claims: list[ckpt.Claim], shown: int = 5) -> str:
@@ -260,37 +315,59 @@ def _train_slices(pack: Pack, every: int) -> tuple[engine.TrainState, np.ndarray
 
 def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
             history: list[np.ndarray]) -> Pack | None:
-    """ONE transaction for the whole pack: renew fences, write the checkpoints of members that
-    advanced, finish stopped or cancelled ones. Returns the pack of members still training."""
-    steps = arrays["step"]
+    """Add the chunk to the pack's pending commit, and commit when that is due: ONE transaction
+    for the whole pack renews fences, writes the checkpoints of members that advanced, finishes
+    stopped or cancelled ones. Returns the pack of members still training."""
+    steps, pending = arrays["step"], pack.pending
     manifest, blobs = pack_members(arrays)
-    writes = [
-        ckpt.CheckpointWrite(m.claim, int(steps[i]), float(arrays["ssr"][i]), manifest, blobs[i],
-                             int(old[i]) + 1, history[i])
-        for i, m in enumerate(pack.members) if int(steps[i]) > int(old[i])
-    ]
-    outcomes, keep = _write(pack, writes, arrays["stop_reason"], steps, old)
-    if outcomes:
-        log.info("finished %d job(s) of %d: %s", len(outcomes), len(pack.members), _ids([o.claim for o in outcomes]))
+    for i, m in enumerate(pack.members):
+        if int(steps[i]) > int(old[i]):
+            pending.writes.append(ckpt.CheckpointWrite(m.claim, int(steps[i]), float(arrays["ssr"][i]), manifest,
+                                                       blobs[i], int(old[i]) + 1, history[i]))
+            pending.size += len(blobs[i]) + history[i].nbytes
+    stopped, keep = _natural_stops(pack.members, arrays["stop_reason"])
+    parked, keep = _at_rungs(pack.members, keep, steps, old)
+    pending.stopped += stopped
+    pending.parked += parked
+    if pending.due(len(keep)):
+        keep = _flush(pack, keep)
     return _select(pack, keep)
 
 
+def _flush(pack: Pack, keep: list[int] | None = None) -> list[int]:
+    """Commit the pending chunks; returns which of ``keep`` (members of ``pack`` still training,
+    all by default) go on: those whose fence held and that were not cancelled."""
+    keep = list(range(len(pack.members))) if keep is None else keep
+    training = [pack.members[i] for i in keep]
+    outcomes, held = _write(pack.queue, pack.pending, training)
+    pack.pending.clear()
+    if outcomes:
+        log.info("finished %d job(s) of %d: %s", len(outcomes), len(pack.members), _ids([o.claim for o in outcomes]))
+    ended = {o.claim.job_id for o in outcomes}
+    for m in training:
+        if m.claim.job_id not in held:
+            log.warning("job %s lost its fence (attempt %d); stopping it", m.claim.job_id, m.claim.attempt)
+    return [i for i in keep if pack.members[i].claim.job_id in held and pack.members[i].claim.job_id not in ended]
+
+
 @_storage_retry
-def _write(pack: Pack, writes: list[ckpt.CheckpointWrite], reasons: np.ndarray, steps: np.ndarray,
-           old: np.ndarray) -> tuple[list[ckpt.Outcome], list[int]]:
-    """The chunk's transaction, retried whole when the database fails it (a deadlock victim, a
+def _write(queue: str, pending: Pending, training: list[Member]) -> tuple[list[ckpt.Outcome], dict[str, ckpt.Claim]]:
+    """The commit's transaction, retried whole when the database fails it (a deadlock victim, a
     dropped connection): nothing of a failed transaction was written, so a retry is exact. The
-    heartbeat waits meanwhile, so its renewal never competes with this one for the same rows."""
+    heartbeat waits meanwhile, so its renewal never competes with this one for the same rows.
+    A cancel is read under the same row locks: a member still training ends ``cancelled`` here,
+    but a natural stop in the same chunks wins (the result is final)."""
     started = time.perf_counter()
     with heartbeat.current().paused(), session_scope() as session:
-        held = ckpt.hold_fences(session, [m.claim for m in pack.members], db_now(session))
-        ckpt.write_checkpoints(session, writes, held)
-        outcomes, keep = _outcomes(pack.members, reasons, held)
+        held = ckpt.hold_fences(session, pending.claims(training), db_now(session))
+        ckpt.write_checkpoints(session, pending.writes, held)
+        outcomes = [o for o in pending.stopped if o.claim.job_id in held]
+        outcomes += [ckpt.Outcome(m.claim, "cancelled", None) for m in training
+                     if m.claim.job_id in held and held[m.claim.job_id].cancel_requested]
         ckpt.finish_jobs(session, outcomes)
-        parked, keep = _at_rungs(pack.members, keep, steps, old)
-        ckpt.park_jobs(session, parked)
-    _count_chunk(pack.queue, time.perf_counter() - started, writes, held, outcomes)
-    return outcomes, keep
+        ckpt.park_jobs(session, [(c, rung) for c, rung in pending.parked if c.job_id in held])
+    _count_chunk(queue, time.perf_counter() - started, pending.writes, held, outcomes)
+    return outcomes, held
 
 
 def _count_chunk(queue: str, seconds: float, writes: list[ckpt.CheckpointWrite], held: dict[str, ckpt.Claim],
@@ -318,21 +395,16 @@ def _at_rungs(members: list[Member], keep: list[int], steps: np.ndarray,
     return parked, going
 
 
-def _outcomes(members: list[Member], reasons: np.ndarray,
-              held: dict[str, ckpt.Claim]) -> tuple[list[ckpt.Outcome], list[int]]:
-    """A natural stop wins over a cancel that arrived in the same chunk: the result is final."""
+def _natural_stops(members: list[Member], reasons: np.ndarray) -> tuple[list[ckpt.Outcome], list[int]]:
+    """Members the engine stopped (their final state, written at the next commit), and the
+    indices of those still training."""
     outcomes, keep = [], []
     for i, m in enumerate(members):
         reason = engine.STOP_REASONS[int(reasons[i])]
-        if m.claim.job_id not in held:
-            log.warning("job %s lost its fence (attempt %d); stopping it", m.claim.job_id, m.claim.attempt)
-        elif reason != "running":
-            status = "diverged" if reason == "diverged" else "succeeded"
-            outcomes.append(ckpt.Outcome(m.claim, status, reason))
-        elif held[m.claim.job_id].cancel_requested:
-            outcomes.append(ckpt.Outcome(m.claim, "cancelled", None))
-        else:
+        if reason == "running":
             keep.append(i)
+        else:
+            outcomes.append(ckpt.Outcome(m.claim, "diverged" if reason == "diverged" else "succeeded", reason))
     return outcomes, keep
 
 
@@ -344,7 +416,7 @@ def _select(pack: Pack, keep: list[int]) -> Pack | None:
     members = [pack.members[i] for i in keep]
     state = pack.state.select(keep)
     config = _config(pack.arch, [m.spec for m in members])
-    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y, pack.queue, pack.slice)
+    return Pack(members, pack.xp, pack.arch, config, state, pack.x, pack.y, pack.queue, pack.slice, pack.pending)
 
 
 def _lockstep(pack: Pack) -> list[Pack]:

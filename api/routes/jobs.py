@@ -24,9 +24,9 @@ BIG = 2**31 - 1  # steps are int32 columns in the database; larger numbers are n
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
-def create_job(spec: JobCreate, tenant: Tenant, idempotency_key: IdempotencyKey = None) -> Response:
+async def create_job(spec: JobCreate, tenant: Tenant, idempotency_key: IdempotencyKey = None) -> Response:
     """Validate, store and queue a training job; it starts as ``queued``."""
-    return idempotency.answer(jobs.submit_job_once(spec, idempotency_key, tenant=tenant), "/v1/jobs/{id}")
+    return idempotency.answer(await jobs.submit_job_async(spec, idempotency_key, tenant=tenant), "/v1/jobs/{id}")
 
 
 @router.get("", response_model=JobPage)

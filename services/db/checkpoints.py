@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -170,12 +170,28 @@ def write_checkpoints(
         {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
          "manifest": w.manifest, "data": w.data} for w in mine
     ])
+    runs = _runs(mine)
     write_history_chunks(session, [
         {"job_id": w.claim.job_id, "first_step": w.first_step, "ssr": w.history}
-        for w in mine if len(w.history)
+        for w in runs if len(w.history)
     ])
-    _update_summaries(session, mine)
+    _update_summaries(session, runs)
     return held
+
+
+def _runs(writes: Sequence[CheckpointWrite]) -> list[CheckpointWrite]:
+    """Consecutive checkpoints of one job (a commit of several chunks) as one write of their
+    joined history ending at the last: one history row and one summary update per job, not per
+    chunk. Every checkpoint row is still written by the caller."""
+    runs: dict[str, CheckpointWrite] = {}
+    for w in writes:
+        last = runs.get(w.claim.job_id)
+        if last is not None and last.step + 1 == w.first_step:
+            w = replace(w, first_step=last.first_step, history=np.concatenate([last.history, w.history]))
+        elif last is not None:
+            raise ValueError(f"checkpoints of job {w.claim.job_id} out of order: {last.step} then {w.first_step}")
+        runs[w.claim.job_id] = w
+    return list(runs.values())
 
 
 def write_history_chunks(session: Session, rows: Sequence[dict]) -> None:

@@ -121,7 +121,8 @@ def test_the_page_lists_work_draws_the_ssr_curve_and_shows_a_leaderboard(
         long = client.post("/v1/jobs", json=statquest_job() | {
             "name": "long-one", "trainable": None, "stop": {"max_steps": 20_000_000},
             "checkpoint_every": 1000}).json()
-        while client.get(f"/v1/jobs/{long['id']}").json()["status"] == "queued":
+        # Running, with its first checkpoints committed (a worker commits fast chunks about once a second).
+        while client.get(f"/v1/jobs/{long['id']}").json()["step"] < 2:
             time.sleep(0.1)
         live = browse(binary, tmp_path / "profile", running.url, "--dump-dom").stdout.decode()
         client.post(f"/v1/jobs/{long['id']}/cancel")

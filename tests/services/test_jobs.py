@@ -159,3 +159,85 @@ def test_cancel_by_state(configured, spec: JobCreate) -> None:
 def test_unknown_job_is_not_found(configured, use_case) -> None:
     with pytest.raises(NotFound):
         use_case("no-such-job")
+
+
+# --- the API's submit path: a group commit ------------------------------------------------------
+
+
+def submit_together(specs: list[JobCreate]) -> list:
+    """``submit_job_async`` for every spec at once on one event loop, as concurrent POSTs are;
+    each request's answer or exception, in order."""
+    import asyncio
+
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(jobs.submit_job_async(s, None) for s in specs), return_exceptions=True)
+
+    return asyncio.run(all_at_once())
+
+
+def count_commits() -> list[int]:
+    """Commits on this process's engine from now on (``len`` of the returned list)."""
+    from sqlalchemy import event
+
+    from services.db.session import get_engine
+
+    commits: list[int] = []
+    event.listen(get_engine(), "commit", lambda _conn: commits.append(1))
+    return commits
+
+
+def test_concurrent_submits_share_transactions_and_each_gets_its_own_job(configured) -> None:
+    specs = [make_spec(name=f"job-{i}", learning_rate=0.01 * (i + 1)) for i in range(40)]
+    jobs.submit_job(specs[0])  # the dataset is stored and remembered: the rest insert jobs only
+    commits = count_commits()
+    answers = submit_together(specs)
+    assert len(commits) < 40, f"{len(commits)} commits for 40 submits: no group commit"
+    assert [a.value.name for a in answers] == [s.name for s in specs]
+    assert len({a.value.id for a in answers}) == 40 and not any(a.replayed for a in answers)
+    for answer, spec in zip(answers, specs):
+        row = stored_row(answer.value.id)
+        assert (row.status, row.name, row.spec["learning_rate"]) == ("queued", spec.name, spec.learning_rate)
+
+
+def test_one_refused_submit_does_not_fail_the_others_in_its_transaction(configured) -> None:
+    good = [make_spec(name=f"good-{i}") for i in range(6)]
+    unknown = make_spec(name="unknown", data={"dataset_id": "0" * 32})
+    over = make_spec(name="too-wide", architecture={"layers": [1, 5000, 1]})
+    answers = submit_together([*good[:3], unknown, over, *good[3:]])
+    assert isinstance(answers[3], InvalidInput) and answers[3].loc == ("data", "dataset_id")
+    assert isinstance(answers[4], InvalidInput) and "layers" in answers[4].loc
+    stored = [a.value for a in answers if not isinstance(a, Exception)]
+    assert [j.name for j in stored] == [g.name for g in good]
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 6
+
+
+def test_a_failed_shared_transaction_writes_each_submit_alone(configured) -> None:
+    """A remembered dataset that is gone (database emptied) fails the shared insert; every
+    submit is then written alone, storing the dataset again, and none is lost."""
+    jobs.submit_job(make_spec(name="first"))  # remembers the dataset
+    with session_scope() as session:
+        session.execute(Job.__table__.delete())
+        session.execute(Dataset.__table__.delete())
+    answers = submit_together([make_spec(name=f"again-{i}") for i in range(5)])
+    assert all(not isinstance(a, Exception) for a in answers), answers
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 5
+        assert session.scalar(select(func.count()).select_from(Dataset)) == 1
+
+
+def test_an_error_of_the_writer_reaches_every_waiting_request() -> None:
+    import asyncio
+
+    from services.group_commit import GroupCommit
+
+    def broken(items: list[int]) -> list[int]:
+        raise RuntimeError(f"disk on fire ({len(items)} items)")
+
+    group: GroupCommit[int, int] = GroupCommit(broken)
+
+    async def three() -> list:
+        return await asyncio.gather(*(group.submit(i) for i in range(3)), return_exceptions=True)
+
+    answers = asyncio.run(three())
+    assert [type(a) for a in answers] == [RuntimeError] * 3 and "disk on fire" in str(answers[0])

@@ -10,9 +10,11 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from services import engine, jobs
+from services.config import get_settings
 from services.db import checkpoints as ckpt
 from services.db import scheduling
 from services.db import arrays as codec
@@ -54,6 +56,12 @@ def tokens(claims: list[ckpt.Claim]) -> list[tuple[str, int]]:
 
 def ssr_history(job_id: str) -> list[float]:
     return jobs.get_history(job_id).ssr
+
+
+def commit_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk's checkpoints in their own transaction (``monkeypatch.undo()`` restores the
+    default, which commits fast chunks together about once a second)."""
+    monkeypatch.setattr(get_settings(), "checkpoint_commit_seconds", 0.0)
 
 
 def crash_on_call(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
@@ -121,6 +129,7 @@ def test_resume_after_a_crash_continues_without_gap_or_repeat(configured, monkey
     document = seed_job(max_steps=95, checkpoint_every=10)
     reference, resumed = submit(document).id, submit(document).id
     run_pack([reference], hostname="h", pid=1)
+    commit_every_chunk(monkeypatch)
     crash_on_call(monkeypatch, 4)  # chunks 1-3 are checkpointed (step 30), the 4th never ends
     with pytest.raises(SimulatedCrash):
         run_pack([resumed], hostname="h", pid=1)
@@ -137,6 +146,50 @@ def test_resume_after_a_crash_continues_without_gap_or_repeat(configured, monkey
     assert expected.keys() == got.keys()
     assert all(np.array_equal(expected[k], got[k]) for k in expected)
     assert checkpoint_attempts(resumed) == {0: 1, 10: 1, 20: 1, 30: 1, 40: 2, 50: 2, 60: 2, 70: 2, 80: 2, 90: 2, 95: 2}
+
+
+def commits_counted() -> float:
+    """Checkpoint transactions so far, as the worker's metric counts them."""
+    return REGISTRY.get_sample_value("descent_checkpoint_write_seconds_count", {"queue": "cpu"}) or 0.0
+
+
+def test_fast_chunks_are_committed_together_with_every_checkpoint(configured, monkeypatch) -> None:
+    """Chunks that train in milliseconds are held and committed at the end: one transaction
+    (not five), every checkpoint stored, one history row per job, the same numbers."""
+    document = seed_job(max_steps=35, checkpoint_every=10)
+    together = [submit(document | {"learning_rate": lr}).id for lr in (0.05, 0.1)]
+    before = commits_counted()
+    run_pack(together, hostname="h", pid=1)
+    assert commits_counted() - before == 1
+    commit_every_chunk(monkeypatch)
+    alone = [submit(document | {"learning_rate": lr}).id for lr in (0.05, 0.1)]
+    run_pack(alone, hostname="h", pid=1)
+    for held, each in zip(together, alone):
+        assert checkpoint_steps(held) == checkpoint_steps(each) == [0, 10, 20, 30, 35]
+        assert history_rows(held) == [(0, 36)]
+        assert history_rows(each) == [(0, 1), (1, 10), (11, 10), (21, 10), (31, 5)]
+        assert ssr_history(held) == ssr_history(each)
+        assert (row(held).status, row(held).step, row(held).best_ssr) == ("succeeded", 35, row(each).best_ssr)
+        expected, got = final_parameters(each), final_parameters(held)
+        assert all(np.array_equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_crash_before_the_commit_resumes_from_the_last_committed_checkpoint(configured, monkeypatch) -> None:
+    """Held chunks that were never committed are trained again: same bits, no gap or repeat."""
+    document = seed_job(max_steps=95, checkpoint_every=10)
+    reference, resumed = submit(document).id, submit(document).id
+    run_pack([reference], hostname="h", pid=1)
+    crash_on_call(monkeypatch, 4)  # chunks 1-3 were held, not committed
+    with pytest.raises(SimulatedCrash):
+        run_pack([resumed], hostname="h", pid=1)
+    monkeypatch.undo()
+    assert (row(resumed).status, row(resumed).step, checkpoint_steps(resumed)) == ("running", 0, [])
+    expire_lease(resumed)
+    run_pack([resumed], hostname="h", pid=2)
+    assert (row(resumed).status, row(resumed).step) == ("succeeded", 95)
+    assert_contiguous(resumed, 95)
+    assert ssr_history(resumed) == ssr_history(reference)
+    assert set(checkpoint_attempts(resumed).values()) == {2}
 
 
 def test_a_duplicate_delivery_of_a_finished_job_changes_nothing(configured) -> None:
@@ -160,6 +213,7 @@ def test_a_training_error_fails_the_job_and_is_not_raised(configured) -> None:
 
 def test_cancel_requested_before_a_reclaim_cancels_at_once(configured, monkeypatch) -> None:
     job_id = submit(seed_job(max_steps=1000)).id
+    commit_every_chunk(monkeypatch)
     crash_on_call(monkeypatch, 2)
     with pytest.raises(SimulatedCrash):
         run_pack([job_id], hostname="h", pid=1)
@@ -200,6 +254,7 @@ def test_mini_batch_jobs_at_different_steps_resume_in_lockstep_packs(configured,
     data = {"x": [[v] for v in np.linspace(0, 1, 8).tolist()], "y": [[v * v] for v in np.linspace(0, 1, 8).tolist()]}
     document = seed_job(max_steps=40, batch_size=3, data=data)
     ahead, fresh = submit(document).id, submit(document).id
+    commit_every_chunk(monkeypatch)
     crash_on_call(monkeypatch, 3)
     with pytest.raises(SimulatedCrash):
         run_pack([ahead], hostname="h", pid=1)
