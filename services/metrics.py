@@ -38,7 +38,7 @@ TRAINING_STEPS = Counter("descent_training_steps", "Gradient-descent updates sto
 QUEUE_WAIT = Histogram("descent_queue_wait_seconds", "Submit to first claim by a worker", ["queue"],
                        buckets=_WAIT)
 CHECKPOINT_WRITE = Histogram("descent_checkpoint_write_seconds",
-                             "One pack chunk's transaction: checkpoints, history, final states",
+                             "One pack commit's transaction (one chunk or several held ones): checkpoints, history, final states",
                              ["queue"], buckets=_LATENCY)
 PACK_STEP = Histogram("descent_pack_step_seconds", "Engine time of one update of a whole pack",
                       ["queue"], buckets=_STEP)

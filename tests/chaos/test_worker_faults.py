@@ -101,7 +101,10 @@ def test_sigstop_past_the_lease_then_sigcont(kind: str, where: str, make_stack: 
     The lease must still decide: the scheduler takes the jobs over although the paused worker
     holds their rows. On SQLite the paused writer holds the database's one write lock, so nobody
     can write until it continues: there the case only asks that nothing be lost afterwards."""
-    stack = make_stack(kind, workers=2, db_lock_timeout=1, db_idle_transaction_timeout=3)
+    # Inside: each chunk commits alone (no held chunks), so the workers spend most of their
+    # time in checkpoint transactions and a stop can land in one.
+    every_chunk = {"checkpoint_commit_seconds": 0} if where == "inside" else {}
+    stack = make_stack(kind, workers=2, db_lock_timeout=1, db_idle_transaction_timeout=3, **every_chunk)
     if where == "outside":
         documents = {submit(d := chaos_job(LONG)).id: d}
         job = stack.running(next(iter(documents)), min_step=3000)
