@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 from sqlalchemy import select
@@ -238,15 +239,20 @@ def _load_pack(claims: list[ckpt.Claim], xp: object, queue: str = "cpu") -> Pack
     arch = first.architecture.to_engine()
     x, y = _dataset_arrays(dataset, first.dtype)
     fresh = [m for m in members if m.claim.job_id not in saved]
-    if fresh:
-        saved = saved | _initial_arrays(xp, arch, fresh, x, y)
-    arrays = [saved[m.claim.job_id] for m in members]
-    stacked = {name: np.stack([a[name] for a in arrays]) for name in arrays[0]}
+    if len(fresh) == len(members):  # nothing to resume (the usual case): the initial state as is
+        stacked = _initial_arrays(xp, arch, fresh, x, y)
+        old = np.full(len(members), -1)
+    else:
+        if fresh:
+            initial = _initial_arrays(xp, arch, fresh, x, y)
+            saved = saved | {m.claim.job_id: _member_arrays(initial, i) for i, m in enumerate(fresh)}
+        arrays = [saved[m.claim.job_id] for m in members]
+        stacked = {name: np.stack([a[name] for a in arrays]) for name in arrays[0]}
+        fresh_ids = {m.claim.job_id for m in fresh}
+        old = np.array([-1 if m.claim.job_id in fresh_ids else int(a["step"]) for m, a in zip(members, arrays)])
     state = engine.TrainState.from_arrays(stacked, xp)
     pack = Pack(members, xp, arch, _config(arch, [m.spec for m in members]), state, x, y, queue)
-    fresh_ids = {m.claim.job_id for m in fresh}
-    old = np.array([-1 if m.claim.job_id in fresh_ids else int(a["step"]) for m, a in zip(members, arrays)])
-    history = [np.asarray([a["ssr"]], dtype=np.float64) for a in arrays]
+    history = list(np.asarray(stacked["ssr"], dtype=np.float64).reshape(-1, 1))
     return _commit(pack, stacked, old, history)
 
 
@@ -273,13 +279,13 @@ def _rule(sweep: dict | None) -> halving.Halving | None:
 
 
 def _initial_arrays(xp: object, arch: engine.Architecture, fresh: list[Member], x: np.ndarray,
-                    y: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+                    y: np.ndarray) -> dict[str, np.ndarray]:
+    """The step-0 state of ``fresh`` as host arrays with the pack axis first (their SSR included)."""
     specs = [m.spec for m in fresh]
     params = [_initial_parameters(arch, spec) for spec in specs]
     stacked = {name: np.stack([p[name] for p in params]) for name in params[0]}
     state = engine.init_state(xp, arch, _config(arch, specs), stacked, x, y)
-    arrays = state.to_arrays()
-    return {m.claim.job_id: _member_arrays(arrays, i) for i, m in enumerate(fresh)}
+    return state.to_arrays()
 
 
 def _advance(pack: Pack) -> Pack | None:
@@ -320,10 +326,9 @@ def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,
     stopped or cancelled ones. Returns the pack of members still training."""
     steps, pending = arrays["step"], pack.pending
     manifest, blobs = pack_members(arrays)
-    for i, m in enumerate(pack.members):
-        if int(steps[i]) > int(old[i]):
-            pending.writes.append(ckpt.CheckpointWrite(m.claim, int(steps[i]), float(arrays["ssr"][i]), manifest,
-                                                       blobs[i], int(old[i]) + 1, history[i]))
+    for i, (m, step, before, ssr) in enumerate(zip(pack.members, steps.tolist(), old.tolist(), arrays["ssr"].tolist())):
+        if step > before:
+            pending.writes.append(ckpt.CheckpointWrite(m.claim, step, ssr, manifest, blobs[i], before + 1, history[i]))
             pending.size += len(blobs[i]) + history[i].nbytes
     stopped, keep = _natural_stops(pack.members, arrays["stop_reason"])
     parked, keep = _at_rungs(pack.members, keep, steps, old)
@@ -446,7 +451,18 @@ def _initial_parameters(arch: engine.Architecture, spec: JobCreate) -> dict[str,
             found[f"layers.{i}.weight"] = np.asarray(layer.weight, dtype=spec.dtype)
             found[f"layers.{i}.bias"] = np.asarray(layer.bias, dtype=spec.dtype)
         return found
-    return engine.init_parameters(arch, spec.init.seed, spec.dtype)
+    return _seeded_parameters(arch, spec.init.seed, spec.dtype)
+
+
+@lru_cache(maxsize=4096)
+def _seeded_parameters(arch: engine.Architecture, seed: int, dtype: str) -> dict[str, np.ndarray]:
+    """``engine.init_parameters``, remembered: sweeps repeat a few seeds over many jobs, and a
+    seeded generator costs more to build than a tiny network costs to train a chunk. Read-only,
+    as every caller stacks copies of them."""
+    arrays = engine.init_parameters(arch, seed, dtype)
+    for value in arrays.values():
+        value.flags.writeable = False
+    return arrays
 
 
 def _config(arch: engine.Architecture, specs: list[JobCreate]) -> engine.PackConfig:
