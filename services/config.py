@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     # Packs: members * parameters * points per pack, and members per pack, at most.
     pack_max_cost: float = Field(default=1e8, gt=0)
     pack_max_members: int = Field(default=5000, ge=1)
+    # A queue's tiny jobs (their summed cost under pack_linger_cost) wait up to pack_linger_seconds
+    # after the oldest was submitted while another pack of the queue trains, so that a stream of
+    # submits goes out as a few larger packs; an idle queue sends at once. 0 never waits.
+    pack_linger_seconds: float = Field(default=0.05, ge=0)
+    pack_linger_cost: float = Field(default=1e6, ge=0)
     # Jobs per scheduler pass (the rest wait for the next pass).
     scheduler_batch: int = Field(default=20_000, ge=1)
     # Queues this worker process serves (set by `descent worker`; read by its heartbeat).

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,24 @@ class QueuedJob:
     device: str
     cost: float
     tenant: str = "default"
+    created_at: datetime | None = None  # submitted (naive UTC on SQLite, as the driver returns it)
+
+
+def linger(jobs: Sequence[QueuedJob], busy: int, now: datetime, seconds: float, small: float) -> float:
+    """Seconds a queue's waiting jobs should still wait for more to join them (0: send now).
+
+    Every pack costs a worker a fixed amount (claim, load, one commit) whatever its size, so a
+    stream of tiny jobs sent one pack per free worker would be mostly that cost. They wait only
+    while another pack of the queue trains (``busy`` workers), only while their summed cost is
+    under ``small``, and at most ``seconds`` after the oldest was submitted. A job submitted to
+    an idle queue, a large job and a job whose message was lost (old) all go at once."""
+    if busy <= 0 or seconds <= 0 or not jobs or sum(job.cost for job in jobs) >= small:
+        return 0.0
+    oldest = min((job.created_at for job in jobs if job.created_at is not None), default=None)
+    if oldest is None:
+        return 0.0
+    waited = (now.replace(tzinfo=None) - oldest.replace(tzinfo=None)).total_seconds()
+    return min(seconds, max(0.0, seconds - waited))  # min: a clock ahead of ours waits no longer
 
 
 def within_tenant_limit(jobs: Sequence[QueuedJob], in_flight: dict[str, int], limit: int) -> list[QueuedJob]:

@@ -42,6 +42,7 @@ class PassReport:
     cut: list[tuple[str, int, int, int]] = field(default_factory=list)  # sweep, rung, kept, stopped
     packs: list[packing.PackPlan] = field(default_factory=list)
     saturated: bool = False  # jobs wait and every worker of their queues is busy
+    hold: float = 0.0  # seconds until jobs held back for a fuller pack are sent (packing.linger)
 
 
 def holder_name() -> str:
@@ -71,7 +72,7 @@ def run_pass(holder: str, settings: Settings | None = None,
         metrics.count_finished({"failed": report.failed, "cancelled": report.cancelled})
     report.leader = True
     report.cut = cut_rungs()
-    report.packs, report.saturated = dispatch(settings, publish or _publish)
+    report.packs, report.saturated, report.hold = dispatch(settings, publish or _publish)
     metrics.SCHEDULER_PASS.observe(time.perf_counter() - started)
     return report
 
@@ -97,18 +98,22 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
     return done
 
 
-def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> tuple[list[packing.PackPlan], bool]:
+def dispatch(settings: Settings,
+             publish: Callable[[list[str], str], None]) -> tuple[list[packing.PackPlan], bool, float]:
     """Publish one task per pack, as many packs as a queue has free workers: jobs that arrive
     while every worker is busy wait in the database and go out together, as one larger pack,
     when a worker frees up (it rings the doorbell). A queue with no live worker known gets its
     new jobs at once (its messages wait in the broker for a worker to start), but no re-sends.
-    Each queue is read apart, so one queue's backlog never hides another's jobs. Also says
-    whether every queue with jobs waiting had no free worker (then only a freed one helps)."""
-    plans, saturated = [], False
+    Each queue is read apart, so one queue's backlog never hides another's jobs. Tiny jobs may
+    be held back a moment for a fuller pack while another pack of their queue trains
+    (``packing.linger``). Also says whether every queue with jobs waiting had no free worker
+    (then only a freed one helps), and how long the soonest held queue waits."""
+    plans, saturated, hold = [], False, 0.0
     with session_scope() as session:
         now = store.db_now(session)
         queues = store.waiting_queues(session)
-        free = store.free_slots(session, now, settings.lease_seconds, settings.redispatch_seconds) if queues else {}
+        free, busy = (store.worker_slots(session, now, settings.lease_seconds, settings.redispatch_seconds)
+                      if queues else ({}, {}))
         in_flight = store.in_flight_by_tenant(session, now, settings.redispatch_seconds) if queues else {}
         saturated = bool(queues) and all(free.get(device) is not None and free[device] <= 0 for device in queues)
         for device in queues:
@@ -118,6 +123,11 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> t
             queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch,
                                         device, stale_too=slots is not None)
             queued = packing.within_tenant_limit(queued, in_flight, settings.tenant_max_running)
+            wait = packing.linger(queued, busy.get(device, 0), now, settings.pack_linger_seconds,
+                                  settings.pack_linger_cost)
+            if wait > 0:
+                hold = wait if hold == 0 else min(hold, wait)
+                continue
             cut = packing.plan_packs(queued, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members)
             cut = cut if slots is None else cut[:slots]
             _count_in_flight(in_flight, queued, cut)
@@ -137,7 +147,7 @@ def dispatch(settings: Settings, publish: Callable[[list[str], str], None]) -> t
         metrics.SCHEDULER_DISPATCHED.labels(plan.device).inc(len(plan.job_ids))
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
-    return plans, saturated
+    return plans, saturated, hold
 
 
 def _count_in_flight(in_flight: dict[str, int], queued: list[packing.QueuedJob], plans: list[packing.PackPlan]) -> None:
@@ -172,7 +182,10 @@ def serve(settings: Settings | None = None, stop: Callable[[], bool] = lambda: F
             if report is not None and maintain:
                 maintained = started  # the lease was renewed no earlier than this
             if report is not None and report.leader:
-                _wait(bell, maintained + settings.scheduler_period, report.saturated)
+                until = maintained + settings.scheduler_period
+                if report.hold > 0:  # held jobs are sent when their wait is over
+                    until = min(until, time.monotonic() + report.hold)
+                _wait(bell, until, report.saturated or report.hold > 0)
             else:
                 maintained = -float("inf")  # not the leader (or failed): try again next period
                 time.sleep(settings.scheduler_period)
@@ -182,9 +195,10 @@ def serve(settings: Settings | None = None, stop: Callable[[], bool] = lambda: F
 
 
 def _wait(bell: Doorbell, until: float, saturated: bool) -> None:
-    """Until a ring or the monotonic time ``until``. While every worker is busy (``saturated``),
-    a ring that only announces new work is let pass: the pass it would cause finds no free
-    slot. A freed worker's ring, or the period, ends the wait."""
+    """Until a ring or the monotonic time ``until``. While every worker is busy (``saturated``)
+    or jobs are held for a fuller pack, a ring that only announces new work is let pass: the
+    pass it would cause finds no free slot, or holds the jobs again. A freed worker's ring, or
+    ``until``, ends the wait."""
     while bell.wait(max(0.0, until - time.monotonic())) and saturated and not bell.freed:
         pass
 

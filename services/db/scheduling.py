@@ -101,11 +101,11 @@ def dispatchable(session: Session, now: datetime, redispatch_seconds: float, lim
     if stale_too:
         sent = or_(sent, _jobs.c.dispatched_at < now - timedelta(seconds=redispatch_seconds))
     query = (
-        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost, _jobs.c.tenant_id)
+        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost, _jobs.c.tenant_id, _jobs.c.created_at)
         .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None), _jobs.c.device == device, sent)
         .order_by(_jobs.c.created_at, _jobs.c.id).limit(limit)
     )
-    return [QueuedJob(r.id, r.pack_key, r.device, r.cost, r.tenant_id) for r in session.execute(query)]
+    return [QueuedJob(r.id, r.pack_key, r.device, r.cost, r.tenant_id, r.created_at) for r in session.execute(query)]
 
 
 def in_flight_by_tenant(session: Session, now: datetime, redispatch_seconds: float) -> dict[str, int]:
@@ -135,6 +135,12 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | No
 def free_slots(session: Session, now: datetime, lease_seconds: float, redispatch_seconds: float) -> dict[str, int]:
     """Per queue: live worker processes, less those training a pack, less packs published and
     not yet claimed. A queue missing from the result has no live worker known."""
+    return worker_slots(session, now, lease_seconds, redispatch_seconds)[0]
+
+
+def worker_slots(session: Session, now: datetime, lease_seconds: float,
+                 redispatch_seconds: float) -> tuple[dict[str, int], dict[str, int]]:
+    """``free_slots``, and per queue the packs training or on their way to a worker (busy)."""
     live: dict[str, int] = {}
     rows = session.execute(select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds)))
     for queues in rows.scalars():
@@ -151,10 +157,12 @@ def free_slots(session: Session, now: datetime, lease_seconds: float, redispatch
                _jobs.c.dispatched_at >= now - timedelta(seconds=redispatch_seconds))
         .group_by(_jobs.c.device)
     ).all()
+    taken: dict[str, int] = {}
     for device, n in [*busy, *in_flight]:
+        taken[device] = taken.get(device, 0) + n
         if device in live:
             live[device] -= n
-    return live
+    return live, taken
 
 
 def register_worker(session: Session, name: str, queues: str, hostname: str, pid: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from services.examples import statquest_job
 from services.halving import Halving, Parked, chunk_length, is_rung, next_rung, survivors
+from services import packing
 from services.packing import PackPlan, QueuedJob, member_cost, pack_key, plan_packs
 
 DATASET = "ds-statquest"
@@ -334,3 +335,19 @@ def test_each_tenant_keeps_at_most_its_running_limit_oldest_first() -> None:
     assert [j.id for j in kept if j.tenant == "b"] == ["b0", "b1", "b2", "b3"]
     assert not [j for j in kept if j.tenant == "c"]  # over its limit already: waits
     assert [j.id for j in within_tenant_limit(queue, {}, limit=100)] == [j.id for j in queue]
+
+
+def test_linger_holds_tiny_fresh_jobs_only_while_another_pack_trains() -> None:
+    from datetime import datetime, timedelta
+
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    fresh = [QueuedJob(f"j{i}", "k", "cpu", 21.0, created_at=now - timedelta(seconds=0.01 * i)) for i in range(3)]
+    assert packing.linger(fresh, busy=1, now=now, seconds=0.05, small=1e6) == pytest.approx(0.03)
+    assert packing.linger(fresh, busy=0, now=now, seconds=0.05, small=1e6) == 0  # idle queue: at once
+    assert packing.linger(fresh, busy=1, now=now, seconds=0.05, small=63) == 0  # 3 x 21: not tiny any more
+    assert packing.linger(fresh, busy=1, now=now, seconds=0, small=1e6) == 0  # switched off
+    old = [QueuedJob("lost", "k", "cpu", 21.0, created_at=now - timedelta(seconds=40))]
+    assert packing.linger(old + fresh, busy=2, now=now, seconds=0.05, small=1e6) == 0  # waited enough
+    ahead = [QueuedJob("skew", "k", "cpu", 21.0, created_at=now + timedelta(seconds=5))]
+    assert packing.linger(ahead, busy=1, now=now, seconds=0.05, small=1e6) == 0.05  # never longer
+    assert packing.linger([QueuedJob("x", "k", "cpu", 21.0)], busy=1, now=now, seconds=0.05, small=1e6) == 0

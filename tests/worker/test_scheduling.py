@@ -113,6 +113,31 @@ def test_a_pass_says_when_every_worker_of_the_waiting_jobs_is_busy(configured) -
     assert not scheduler.run_pass("a").saturated
 
 
+def test_tiny_jobs_wait_a_moment_for_a_fuller_pack_while_another_pack_trains(configured, monkeypatch) -> None:
+    """An idle queue sends a job at once; while another pack of the queue is on its way, fresh
+    tiny jobs wait until the oldest has waited ``pack_linger_seconds``, then go as one pack. A
+    job costing at least ``pack_linger_cost`` never waits."""
+    monkeypatch.setattr(configured, "pack_linger_seconds", 0.5)
+    with session_scope() as session:
+        for name in ("w1", "w2"):
+            scheduling.register_worker(session, name, "cpu", "host", 1)
+    first = submit(seed_job()).id
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [[first]]  # idle: at once
+    held = [submit(seed_job(learning_rate=lr)).id for lr in (0.02, 0.03)]
+    report = scheduler.run_pass("a")
+    assert report.packs == [] and 0 < report.hold <= 0.5 and not report.saturated
+    assert all(row(j).dispatched_at is None for j in held)
+    time.sleep(report.hold + 0.05)
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [held]
+    monkeypatch.setattr(configured, "pack_linger_cost", 21)  # the StatQuest network's cost: 7 x 3
+    third = submit(seed_job(learning_rate=0.04)).id
+    report = scheduler.run_pass("a")  # both workers busy now: saturated, not held
+    assert report.packs == [] and report.saturated and report.hold == 0
+    with session_scope() as session:
+        scheduling.register_worker(session, "w3", "cpu", "host", 1)
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [[third]]  # not tiny: at once
+
+
 def test_a_saturated_scheduler_waits_for_a_freed_worker_not_for_new_work(configured) -> None:
     """While every worker is busy, a submit's ring would only cause a pass that finds no free
     slot; a worker's "freed" ring, or the period, ends the wait."""
@@ -264,7 +289,8 @@ def test_sweep_accepts_and_lists_members_in_order(configured, members: int) -> N
     assert {m.name for m in listed} == {f"o-{i}" for i in range(members)}
 
 
-def test_only_free_workers_get_packs_and_jobs_that_wait_leave_together(configured) -> None:
+def test_only_free_workers_get_packs_and_jobs_that_wait_leave_together(configured, monkeypatch) -> None:
+    monkeypatch.setattr(configured, "pack_linger_seconds", 0.0)  # free slots alone decide here
     with session_scope() as session:
         for name in ("w1", "w2"):
             scheduling.register_worker(session, name, "cpu", "host", 1)
