@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.config import get_settings
@@ -46,7 +47,7 @@ def make_engine(url: str) -> Engine:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
@@ -57,7 +58,40 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)
     """A transaction that will write takes SQLite's write lock up front (BEGIN IMMEDIATE): one
     that read first and then wrote could not wait for the lock (SQLite refuses the upgrade at
     once, to avoid a deadlock) and would fail as "database is locked" under load."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("descent_write") else "BEGIN")
+    if conn.get_execution_options().get("descent_write"):
+        _begin_immediate(conn)
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+# How long a write transaction waits for SQLite's write lock (as the connection's busy timeout),
+# and the polls in between: every 0.5 ms for the first 50 ms (a checkpoint commit), then 2 ms.
+LOCK_WAIT_SECONDS = 30.0
+_SHORT_POLL, _SHORT_WAIT, _LONG_POLL = 0.0005, 0.05, 0.002
+
+
+def _begin_immediate(conn) -> None:  # noqa: ANN001 (SQLAlchemy Connection)
+    """BEGIN IMMEDIATE, polling for the write lock instead of SQLite's busy handler. That one
+    sleeps 1, 2, 5, 10, 15 ms... between tries, so a writer queued behind a worker's 7-10 ms
+    checkpoint commit took the lock up to 8 ms after it was free, and every submit of an API
+    process's group commit waited with it (in a burst of 1000 POSTs the polls took 4-13% off the
+    wall time in interleaved runs, within the machine's noise: benchmarks/RESULTS.md, sixth
+    session). Few transactions take this path (submits, sweeps, rung cuts), and a long wait
+    polls every 2 ms, so the polls cost little CPU."""
+    started = time.monotonic()
+    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                waited = time.monotonic() - started
+                if getattr(exc.orig, "sqlite_errorname", "") != "SQLITE_BUSY" or waited > LOCK_WAIT_SECONDS:
+                    raise
+            time.sleep(_SHORT_POLL if waited < _SHORT_WAIT else _LONG_POLL)
+    finally:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
 
 
 def dialect_insert(session: Session, table: object):  # noqa: ANN201 (a dialect's Insert)
@@ -91,9 +125,9 @@ def session_scope(write: bool = False) -> Iterator[Session]:
     ``write``: the transaction reads before it writes; on SQLite it then holds the write lock
     from its start (elsewhere the flag changes nothing)."""
     session = _factory()()
-    if write:
-        session.connection(execution_options={"descent_write": True})
     try:
+        if write:
+            session.connection(execution_options={"descent_write": True})
         yield session
         session.commit()
     except SQLAlchemyError as exc:
