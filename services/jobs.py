@@ -112,10 +112,12 @@ def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
         for spec, inline, tenant in items:
             try:
                 quotas.check_queued(session, tenant, 1)
-                if inline is not None:  # refused before its data is stored, as in one transaction
+                if inline is None:
+                    dataset = _dataset(session, spec, inline, tenant, seen)
+                    quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
+                else:  # refused before its data is stored, as a transaction of its own rolls back
                     quotas.check_cost(get_settings(), [(spec, len(inline[1]))])
-                dataset = _dataset(session, spec, inline, tenant, seen)
-                quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
+                    dataset = _dataset(session, spec, inline, tenant, seen)
             except DomainError as exc:
                 results.append(exc)
                 continue
@@ -127,12 +129,13 @@ def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
 
 
 def _dataset(session: Session, spec: JobCreate, inline: tuple | None, tenant: str,
-             seen: dict[tuple, DatasetRead]) -> DatasetRead:
-    """The job's dataset: remembered, stored now (inline data), or referenced by id."""
+             seen: dict[tuple, DatasetRead], use_cache: bool = True) -> DatasetRead:
+    """The job's dataset: remembered (``use_cache``), stored now (inline data), or referenced
+    by id. Inline datasets are added to ``seen``; the caller remembers them once committed."""
     if inline is None:
         return referenced_dataset(session, spec, tenant)
     key = (get_settings().database_url, tenant, inline[0])
-    dataset = seen.get(key) or _known.get(key)
+    dataset = seen.get(key) or (_known.get(key) if use_cache else None)
     if dataset is None:
         dataset = repository.store_dataset(session, *inline, tenant=tenant)
     seen[key] = dataset
@@ -168,19 +171,16 @@ _KNOWN_MAX = 256
 
 def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: str, use_cache: bool) -> JobRead:
     """One transaction: the dataset (unless remembered), the job and the idempotency key."""
-    key = (get_settings().database_url, tenant, inline[0]) if inline is not None else None
+    seen: dict[tuple, DatasetRead] = {}
     with session_scope(write=True) as session:
         quotas.check_queued(session, tenant, 1)
-        dataset = _known.get(key) if use_cache and key is not None else None
-        if dataset is None:
-            dataset = (repository.store_dataset(session, *inline, tenant=tenant) if inline
-                       else referenced_dataset(session, spec, tenant))
+        dataset = _dataset(session, spec, inline, tenant, seen, use_cache)
         quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
         job = repository.insert_job(session, **job_row(spec, dataset, tenant))
         if claim is not None:
             claim.store(session, job.id)
-    if key is not None:
-        _remember(key, dataset)
+    for key, stored in seen.items():
+        _remember(key, stored)
     return job
 
 

@@ -132,15 +132,11 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | No
     )
 
 
-def free_slots(session: Session, now: datetime, lease_seconds: float, redispatch_seconds: float) -> dict[str, int]:
-    """Per queue: live worker processes, less those training a pack, less packs published and
-    not yet claimed. A queue missing from the result has no live worker known."""
-    return worker_slots(session, now, lease_seconds, redispatch_seconds)[0]
-
-
 def worker_slots(session: Session, now: datetime, lease_seconds: float,
                  redispatch_seconds: float) -> tuple[dict[str, int], dict[str, int]]:
-    """``free_slots``, and per queue the packs training or on their way to a worker (busy)."""
+    """Per queue, free slots: live worker processes, less those training a pack, less packs
+    published and not yet claimed (a queue missing has no live worker known); and per queue the
+    packs training or on their way to a worker (busy)."""
     live: dict[str, int] = {}
     rows = session.execute(select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds)))
     for queues in rows.scalars():

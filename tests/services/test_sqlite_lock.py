@@ -34,15 +34,9 @@ def hold_write_lock(url: str, seconds: float) -> threading.Event:
 
 
 @pytest.fixture
-def sqlite_configured(sqlite_url: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("DESCENT_DATABASE_URL", sqlite_url)
-    from services.config import get_settings
-
-    get_settings.cache_clear()
-    db_session.reset_engine()
-    yield sqlite_url
-    get_settings.cache_clear()
-    db_session.reset_engine()
+def db_url(sqlite_url: str) -> str:
+    """SQLite only (the shared ``configured`` fixture points the settings at this database)."""
+    return sqlite_url
 
 
 def busy_timeout() -> int:
@@ -50,10 +44,10 @@ def busy_timeout() -> int:
         return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar())
 
 
-def test_a_writer_waits_for_the_lock_and_writes_once_it_is_free(sqlite_configured: str) -> None:
+def test_a_writer_waits_for_the_lock_and_writes_once_it_is_free(configured) -> None:
     with session_scope() as session:  # the connection exists, with its pragmas
         session.execute(text("SELECT 1"))
-    hold_write_lock(sqlite_configured, 0.3)
+    hold_write_lock(configured.database_url, 0.3)
     started = time.monotonic()
     with session_scope(write=True) as session:
         session.execute(text("CREATE TABLE waited (a INTEGER)"))
@@ -63,9 +57,9 @@ def test_a_writer_waits_for_the_lock_and_writes_once_it_is_free(sqlite_configure
     assert busy_timeout() == int(db_session.LOCK_WAIT_SECONDS * 1000)  # restored after the polls
 
 
-def test_a_writer_gives_up_after_the_lock_wait(sqlite_configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_gives_up_after_the_lock_wait(configured, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db_session, "LOCK_WAIT_SECONDS", 0.2)
-    hold_write_lock(sqlite_configured, 1.5)
+    hold_write_lock(configured.database_url, 1.5)
     with pytest.raises(StorageError, match="locked"):
         with session_scope(write=True) as session:
             session.execute(text("CREATE TABLE never (a INTEGER)"))
