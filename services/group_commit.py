@@ -66,11 +66,19 @@ class GroupCommit(Generic[Item, Result]):
             except BaseException as exc:  # noqa: BLE001 (every waiter must hear of it)
                 log.exception("group commit of %d item(s) failed", len(batch))
                 results = [exc] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
             for (_, future, loop), result in zip(batch, results):
+                by_loop.setdefault(loop, []).append((future, result))
+            for loop, settled in by_loop.items():  # one wake-up of each event loop per batch
                 try:
-                    loop.call_soon_threadsafe(_settle, future, result)
+                    loop.call_soon_threadsafe(_settle_all, settled)
                 except RuntimeError:
-                    pass  # that request's event loop has closed: nobody waits for this answer
+                    pass  # that event loop has closed: nobody waits for these answers
+
+
+def _settle_all(settled: list[tuple[asyncio.Future, object]]) -> None:
+    for future, result in settled:
+        _settle(future, result)
 
 
 def _settle(future: asyncio.Future, result: object) -> None:

@@ -10,13 +10,14 @@ All functions take the caller's session so one use case can write a whole pack i
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import ColumnElement, Float, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import JSON, ColumnElement, Float, Text, and_, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.db import pg_arrays
@@ -165,10 +166,11 @@ def write_checkpoints(
     mine = [w for w in writes if w.claim.job_id in held and held[w.claim.job_id].attempt == w.claim.attempt]
     if not mine:
         return held
-    now = utcnow()
-    session.execute(_insert_once(session, Checkpoint.__table__, ["job_id", "step"]), [
+    now, manifests = utcnow(), {}
+    insert = _insert_once(session, Checkpoint.__table__, ["job_id", "step"]).values(manifest=_manifest_json(session))
+    session.execute(insert, [
         {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
-         "manifest": w.manifest, "data": w.data} for w in mine
+         "manifest_json": _encoded(manifests, w.manifest), "data": w.data} for w in mine
     ])
     runs = _runs(mine)
     write_history_chunks(session, [
@@ -179,19 +181,41 @@ def write_checkpoints(
     return held
 
 
+def _manifest_json(session: Session) -> ColumnElement:
+    """The manifest column's value as JSON text encoded by the caller (PostgreSQL is told it is
+    JSON; SQLite stores JSON as that text)."""
+    param = bindparam("manifest_json", type_=Text())
+    return cast(param, JSON) if session.get_bind().dialect.name == "postgresql" else param
+
+
+def _encoded(done: dict[int, tuple[Manifest, str]], manifest: Manifest) -> str:
+    """A pack's members share one manifest object per chunk: encode it once, not per member
+    (``done`` holds the object too, so its id stays its own for the call)."""
+    found = done.get(id(manifest))
+    if found is None:
+        found = done[id(manifest)] = (manifest, json.dumps(manifest))
+    return found[1]
+
+
 def _runs(writes: Sequence[CheckpointWrite]) -> list[CheckpointWrite]:
     """Consecutive checkpoints of one job (a commit of several chunks) as one write of their
     joined history ending at the last: one history row and one summary update per job, not per
     chunk. Every checkpoint row is still written by the caller."""
-    runs: dict[str, CheckpointWrite] = {}
+    by_job: dict[str, list[CheckpointWrite]] = {}
     for w in writes:
-        last = runs.get(w.claim.job_id)
-        if last is not None and last.step + 1 == w.first_step:
-            w = replace(w, first_step=last.first_step, history=np.concatenate([last.history, w.history]))
-        elif last is not None:
-            raise ValueError(f"checkpoints of job {w.claim.job_id} out of order: {last.step} then {w.first_step}")
-        runs[w.claim.job_id] = w
-    return list(runs.values())
+        by_job.setdefault(w.claim.job_id, []).append(w)
+    return [_joined(chunks) for chunks in by_job.values()]
+
+
+def _joined(chunks: list[CheckpointWrite]) -> CheckpointWrite:
+    """One job's consecutive checkpoints as one, its history concatenated once."""
+    for before, after in zip(chunks, chunks[1:]):
+        if before.step + 1 != after.first_step:
+            raise ValueError(f"checkpoints of job {after.claim.job_id} out of order: {before.step} then {after.first_step}")
+    if len(chunks) == 1:
+        return chunks[0]
+    history = np.concatenate([w.history for w in chunks])
+    return replace(chunks[-1], first_step=chunks[0].first_step, history=history)
 
 
 def write_history_chunks(session: Session, rows: Sequence[dict]) -> None:
