@@ -4,6 +4,8 @@ halving checked from the members' histories, sweeps packed like jobs alone."""
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import time
@@ -157,6 +159,49 @@ def test_a_saturated_scheduler_waits_for_a_freed_worker_not_for_new_work(configu
         started = time.monotonic()
         scheduler._wait(bell, started + 5.0, saturated=False)  # a free slot: any ring wakes it
         assert time.monotonic() - started < 2.0 and not bell.freed
+    finally:
+        bell.close()
+        doorbell.forget()
+
+
+def test_a_burst_of_submits_rings_about_once_per_burst_gap_and_a_lone_submit_at_once(configured) -> None:
+    """Rings that carry several submits space the next by BURST_RING_GAP_SECONDS (a broker
+    message each saved); a ring after a quiet spell, and a freed worker's, go at once."""
+    import queue as stdlib_queue
+
+    from services import doorbell
+
+    bell = doorbell.Doorbell(configured)
+
+    def drained() -> int:
+        found = 0
+        with contextlib.suppress(stdlib_queue.Empty):
+            while True:
+                bell._open().get_nowait().ack()
+                found += 1
+        return found
+
+    try:
+        doorbell.ring(configured)  # a lone submit after a quiet spell
+        started = time.monotonic()
+        assert bell.wait(5.0) and time.monotonic() - started < 1.0
+        time.sleep(0.2)
+        drained()
+        burst = 0.5
+        started = time.monotonic()
+        while time.monotonic() - started < burst:  # a submit every 2 ms
+            doorbell.ring(configured)
+            time.sleep(0.002)
+        time.sleep(0.2)
+        sent = drained()
+        assert 2 <= sent <= burst / (3 * doorbell.RING_GAP_SECONDS)  # about one per 50 ms, not one per 10 ms
+        doorbell.ring(configured)
+        doorbell.ring(configured)  # a ring carrying two: the next would wait the burst gap...
+        time.sleep(0.05)
+        drained()
+        doorbell.ring(configured, freed=True)  # ...but a freed worker's does not
+        started = time.monotonic()
+        assert bell.wait(5.0) and bell.freed and time.monotonic() - started < 1.0
     finally:
         bell.close()
         doorbell.forget()
