@@ -78,6 +78,8 @@ def ring(settings: Settings | None = None, freed: bool = False) -> None:
         ringer.freed = ringer.freed or freed
         ringer.rings += 1
     ringer.pending.set()
+    if freed:
+        ringer.urgent.set()  # cuts a burst's wait short
 
 
 class _Ringer:
@@ -86,6 +88,7 @@ class _Ringer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pending = threading.Event()
+        self.urgent = threading.Event()  # a freed ring is waiting: no burst gap for it
         self.freed = False  # set before ``pending``, taken after clearing it (under ``lock``)
         self.rings = 0  # ``ring`` calls since the last send (under ``lock``)
         self.lock = threading.Lock()
@@ -97,10 +100,9 @@ class _Ringer:
         sent, gap = -float("inf"), RING_GAP_SECONDS
         while True:
             self.pending.wait()
-            with self.lock:
-                urgent = self.freed  # a freed worker is news the scheduler waits for
-            time.sleep(max(0.0, sent + (RING_GAP_SECONDS if urgent else gap) - time.monotonic()))
+            self._hold(sent, gap)
             self.pending.clear()
+            self.urgent.clear()
             with self.lock:
                 freed, self.freed = self.freed, False
                 gap = BURST_RING_GAP_SECONDS if self.rings > 1 else RING_GAP_SECONDS
@@ -119,9 +121,24 @@ class _Ringer:
                 connection = simple = None
         _release(connection)
 
+    def _hold(self, sent: float, gap: float) -> None:
+        """Until ``gap`` after the last send, or ``RING_GAP_SECONDS`` once a freed worker's ring
+        is waiting (a freed worker is news the scheduler waits for)."""
+        while True:
+            with self.lock:
+                urgent = self.freed
+            wait = sent + (RING_GAP_SECONDS if urgent else gap) - time.monotonic()
+            if wait <= 0 or self.stopped:
+                return
+            if urgent:
+                time.sleep(wait)
+            else:
+                self.urgent.wait(wait)
+
     def stop(self) -> None:
         self.stopped = True
         self.pending.set()
+        self.urgent.set()
 
 
 def _release(connection: Connection | None) -> None:

@@ -207,6 +207,28 @@ def test_a_burst_of_submits_rings_about_once_per_burst_gap_and_a_lone_submit_at_
         doorbell.forget()
 
 
+def test_a_freed_workers_ring_cuts_a_burst_gap_short(configured) -> None:
+    """The sending thread holds a burst's next ring for the burst gap, but a freed worker's ring
+    made meanwhile goes RING_GAP_SECONDS after the last send."""
+    import threading
+
+    from services import doorbell
+
+    ringer = doorbell._Ringer(configured)
+    try:
+        sent, gap = time.monotonic(), 0.6
+        done = threading.Event()
+        threading.Thread(target=lambda: (ringer._hold(sent, gap), done.set()), daemon=True).start()
+        assert not done.wait(0.1)  # a submit's ring waits out the gap...
+        with ringer.lock:
+            ringer.freed = True
+        ringer.urgent.set()  # ...until a worker comes free
+        assert done.wait(0.3)
+        assert time.monotonic() - sent < gap
+    finally:
+        ringer.stop()
+
+
 def test_a_lapsed_lease_is_requeued_and_a_job_that_keeps_losing_it_fails(configured) -> None:
     configured.max_attempts = 2
     job_id = submit(seed_job()).id
