@@ -25,7 +25,9 @@ BROKER_TIMEOUT_S = 2.0
 
 
 @router.get("/healthz")
-def read_health() -> dict[str, str]:
+async def read_health() -> dict[str, str]:
+    """On the event loop, not in the thread pool: a liveness probe must not queue behind slow
+    requests holding every pool thread (and it skips a thread hop per probe)."""
     return {"status": "ok"}
 
 

@@ -40,3 +40,38 @@ def test_a_database_that_is_down_is_503_not_500(limited: Callable[..., TestClien
     assert ready.status_code == 503 and set(ready.json()["failing"]) == {"database"}
     answer = down.get("/v1/jobs/some-id")
     assert answer.status_code == 503 and "detail" in answer.json()
+
+
+def test_healthz_answers_while_every_pool_thread_is_busy(client: TestClient) -> None:
+    """Liveness runs on the event loop: slow requests holding every thread of the pool (where
+    FastAPI runs plain ``def`` handlers) must not make an orchestrator kill a live API."""
+    import threading
+
+    import anyio.to_thread
+
+    def occupy() -> list[object]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        holders = [object() for _ in range(int(limiter.total_tokens))]
+        for holder in holders:
+            limiter.acquire_on_behalf_of_nowait(holder)
+        return holders
+
+    def release(holders: list[object]) -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+
+    answers: list[dict] = []
+    holders = client.portal.call(_in_loop, occupy)
+    try:
+        probe = threading.Thread(target=lambda: answers.append(client.get("/healthz").json()), daemon=True)
+        probe.start()
+        probe.join(5)
+        assert answers == [{"status": "ok"}]  # answered while no pool thread was free
+    finally:
+        client.portal.call(_in_loop, lambda: release(holders))
+        probe.join(5)
+
+
+async def _in_loop(function):  # noqa: ANN001, ANN202 (runs ``function`` on the app's event loop)
+    return function()
