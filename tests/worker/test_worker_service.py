@@ -97,7 +97,12 @@ def test_checkpoint_every_chunk_and_at_the_end(stack: Stack) -> None:
 
 
 def test_cancel_a_running_job_stops_it_at_a_checkpoint(stack: Stack) -> None:
-    job = submit(seed_job(max_steps=1_000_000, checkpoint_every=500))
+    # 2000 points, so the million steps take far longer than the commit period: on 3 points a
+    # fast machine trained them all before the commit that honours the cancel. The SSR sums
+    # over every point: a smaller rate keeps it from diverging.
+    x = [[i / 1999] for i in range(2000)]
+    data = {"x": x, "y": [[4 * v * (1 - v)] for (v,) in x]}
+    job = submit(seed_job(max_steps=1_000_000, checkpoint_every=500, data=data, learning_rate=1e-4))
     wait_for(job.id, stack, done=lambda j: j.status == "running" and j.step >= 500)
     jobs.cancel_job(job.id)
     done = wait_for(job.id, stack)
