@@ -166,11 +166,14 @@ def write_checkpoints(
     mine = [w for w in writes if w.claim.job_id in held and held[w.claim.job_id].attempt == w.claim.attempt]
     if not mine:
         return held
-    now, manifests = utcnow(), {}
+    now = utcnow()
+    # A chunk's members share one manifest object: each distinct one is encoded once (``mine``
+    # holds them all, so their ids stay theirs for the call).
+    encoded = {key: json.dumps(m) for key, m in {id(w.manifest): w.manifest for w in mine}.items()}
     insert = _insert_once(session, Checkpoint.__table__, ["job_id", "step"]).values(manifest=_manifest_json(session))
     session.execute(insert, [
         {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
-         "manifest_json": _encoded(manifests, w.manifest), "data": w.data} for w in mine
+         "manifest_json": encoded[id(w.manifest)], "data": w.data} for w in mine
     ])
     runs = _runs(mine)
     write_history_chunks(session, [
@@ -186,15 +189,6 @@ def _manifest_json(session: Session) -> ColumnElement:
     JSON; SQLite stores JSON as that text)."""
     param = bindparam("manifest_json", type_=Text())
     return cast(param, JSON) if session.get_bind().dialect.name == "postgresql" else param
-
-
-def _encoded(done: dict[int, tuple[Manifest, str]], manifest: Manifest) -> str:
-    """A pack's members share one manifest object per chunk: encode it once, not per member
-    (``done`` holds the object too, so its id stays its own for the call)."""
-    found = done.get(id(manifest))
-    if found is None:
-        found = done[id(manifest)] = (manifest, json.dumps(manifest))
-    return found[1]
 
 
 def _runs(writes: Sequence[CheckpointWrite]) -> list[CheckpointWrite]:
