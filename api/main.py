@@ -12,6 +12,7 @@ from api.errors import COMMON, install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import RequestMetrics
 from api.routes import datasets, health, jobs, metrics, page, plots, sweeps
+from services import heap
 from services.config import Settings, get_settings
 from services.keys import KeyRing
 from services.metrics_export import process_exited
@@ -59,3 +60,4 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 
 app = create_app()
+heap.freeze()  # what uvicorn's process imported and built lives as long as the process

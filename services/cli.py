@@ -92,7 +92,7 @@ def run_scheduler(metrics_port: MetricsPort = None) -> None:
     import logging
 
     metrics_dir.ensure()
-    from services import metrics_export
+    from services import heap, metrics_export
     from services.scheduler import serve
     from services.stack import raise_on_sigterm
 
@@ -100,6 +100,7 @@ def run_scheduler(metrics_port: MetricsPort = None) -> None:
     raise_on_sigterm()
     if metrics_port is not None:
         metrics_export.serve(metrics_port)
+    heap.freeze()
     try:
         serve()
     except KeyboardInterrupt:

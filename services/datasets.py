@@ -72,8 +72,8 @@ def to_arrays(x: Matrix, y: Matrix, loc: tuple[str | int, ...] = ()) -> tuple[np
             array = np.asarray(rows, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise InvalidInput((*loc, name), f"values must be numbers ({exc})") from None
-        bad = np.argwhere(~np.isfinite(array))
-        if len(bad):
+        if not np.isfinite(array).all():  # the common case costs one pass; a refusal finds its row
+            bad = np.argwhere(~np.isfinite(array))
             raise InvalidInput((*loc, name, int(bad[0][0])), "values must be finite numbers")
         result.append(array)
     return result[0], result[1]

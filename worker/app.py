@@ -14,7 +14,7 @@ import socket
 from billiard.process import active_children
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 
-from services import heartbeat, metrics_export, training
+from services import heap, heartbeat, metrics_export, training
 from services.config import get_settings
 from services.db.session import WORKER_APPLICATION, reset_engine, set_application_name
 from services.queue import make_celery
@@ -35,6 +35,7 @@ def _fresh_engine_per_child(**_: object) -> None:
     reset_engine()
     heartbeat.start(_child_name(), get_settings().worker_queues)
     signal.signal(STOP_SIGNAL, lambda *_: training.request_stop())
+    heap.freeze()
 
 
 @worker_shutting_down.connect

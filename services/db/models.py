@@ -7,13 +7,16 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
-    UniqueConstraint,
+    UniqueConstraint, text,
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+_MEMBERS_ONLY = {dialect + "_where": text("sweep_id IS NOT NULL") for dialect in ("sqlite", "postgresql")}
 
 
 class SsrArray(TypeDecorator):
@@ -119,9 +122,10 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
-        Index("ix_jobs_sweep_created", "sweep_id", "created_at", "id"),
+        # Sweep members only (migration 0007): an independent job's writes skip both.
+        Index("ix_jobs_sweep_created", "sweep_id", "created_at", "id", **_MEMBERS_ONLY),
         # The metrics scrape (services/db/gauges.py) reads these columns alone: index-only scans.
-        Index("ix_jobs_sweep_ssr", "sweep_id", "ssr", "status", "step", "max_steps"),
+        Index("ix_jobs_sweep_ssr", "sweep_id", "ssr", "status", "step", "max_steps", **_MEMBERS_ONLY),
         Index("ix_jobs_waiting", "status", "device", "rung", "created_at"),
     )
 

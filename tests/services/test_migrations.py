@@ -23,7 +23,7 @@ from services.db.models import Base
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "history_chunks",
           "sweeps", "scheduler_leases", "workers", "idempotency_keys"}
-HEAD = "0006_tenants"
+HEAD = "0007_partial_sweep_indexes"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:
@@ -174,3 +174,27 @@ def test_0006_gives_old_rows_the_default_tenant_and_keeps_idempotency_keys(db_ur
         conn.execute(text("INSERT INTO idempotency_keys (tenant_id, key, request_hash, resource, resource_id,"
                           " created_at) VALUES ('bob', 'k', 'other', 'dataset', 'd2', '2026-01-01')"))
     engine.dispose()
+
+
+def test_0007_sweep_indexes_hold_members_only_and_sweep_lookups_still_use_them(db_url: str) -> None:
+    """On both databases: the two sweep indexes carry ``sweep_id IS NOT NULL`` (an independent
+    job's writes skip them), and the lookups by sweep (listing, metrics scrape) are still
+    planned on them."""
+    engine = create_engine(db_url)
+    partial = {index["name"]: index.get("dialect_options", {}) for index in inspect(engine).get_indexes("jobs")}
+    lookups = {
+        "ix_jobs_sweep_created": "SELECT id FROM jobs WHERE sweep_id = 's' ORDER BY created_at DESC, id DESC",
+        "ix_jobs_sweep_ssr": "SELECT sweep_id, count(*), min(ssr) FROM jobs WHERE sweep_id IN ('s', 't')"
+                             " GROUP BY sweep_id",
+    }
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))  # an empty table: make the planner show its index
+        explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+        plans = {name: " ".join(str(row[-1]) for row in conn.execute(text(explain + query)))
+                 for name, query in lookups.items()}
+    engine.dispose()
+    for name in lookups:
+        where = partial[name].get(f"{engine.dialect.name}_where")
+        assert where is not None and "sweep_id IS NOT NULL" in str(where).replace("(", "").replace(")", ""), name
+        assert name in plans[name], plans[name]
