@@ -53,7 +53,7 @@ from benchmarks import engine as engine_bench  # noqa: E402
 from benchmarks.service import bench_database, environment, free_port  # noqa: E402
 from services.db.session import make_engine  # noqa: E402
 from services.examples import statquest_job  # noqa: E402
-from services.stack import Stack  # noqa: E402
+from services.stack import Stack, default_api_workers  # noqa: E402
 
 REDIS_URL = os.environ.get("DESCENT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 UNFINISHED = "('queued', 'running')"
@@ -132,7 +132,7 @@ def torch_seconds(plan: Plan) -> tuple[float | None, str]:
 
 @contextmanager
 def running_stack(kind: str, workers: int = 2, settings: dict[str, str] | None = None) -> Iterator[tuple[Stack, Engine]]:
-    """``descent up``'s supervisor with ``workers`` workers and 2 API processes, on SQLite +
+    """``descent up``'s supervisor with ``workers`` workers and its API processes, on SQLite +
     files or PostgreSQL + Redis; ``settings``: more DESCENT_* variables for the stack."""
     home = Path(tempfile.mkdtemp(prefix=f"descent-bench-{kind}-"))
     with (bench_database() if kind == "postgres" else _nothing()) as pg_url:
@@ -142,7 +142,7 @@ def running_stack(kind: str, workers: int = 2, settings: dict[str, str] | None =
             import redis
 
             redis.Redis.from_url(REDIS_URL).flushdb()
-        with environment(env), Stack(home, port=free_port(), workers=workers, api_workers=2,
+        with environment(env), Stack(home, port=free_port(), workers=workers, api_workers=default_api_workers(),
                                      log_dir=home / "logs") as stack:
             engine = make_engine(env["DESCENT_DATABASE_URL"])
             try:

@@ -112,14 +112,16 @@ def run_up(
     port: Port = 8000,
     host: Host = "127.0.0.1",
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (cpu queue)")] = 1,
-    api_workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port")] = 2,
+    api_workers: Annotated[int | None, typer.Option(
+        min=1, help="API processes sharing the port (default: one per two cores)")] = None,
 ) -> None:
     """Run the API, the scheduler and workers on this machine until Ctrl-C or SIGTERM (SQLite +
     filesystem broker by default). A process that dies is restarted; workers stopped by Ctrl-C
     checkpoint and release their jobs, which resume at the next start."""
-    from services.stack import Stack, StackError, auth_note, raise_on_sigterm
+    from services.stack import Stack, StackError, auth_note, default_api_workers, raise_on_sigterm
 
     raise_on_sigterm()
+    api_workers = api_workers or default_api_workers()
     home = Path(os.environ.get("DESCENT_HOME") or get_settings().home)
     try:
         with Stack(home, host=host, port=port, workers=workers, api_workers=api_workers) as stack:

@@ -80,6 +80,16 @@ class Child:
     restart_at: float | None = None  # when a dead child is due to start again
 
 
+def default_api_workers(cores: int | None = None) -> int:
+    """One API process per two cores. On a small machine the API, the scheduler and the workers
+    share the cores, and a second API process there costs more CPU than it adds: each process
+    group-commits only the submits of its own clients (smaller transactions), and the two
+    contend for SQLite's write lock. A burst of 1000 POSTs from 8 clients with 2 workers on 2
+    cores (benchmarks/RESULTS.md, eighth session): API CPU 0.55-0.71 s with two, 0.42-0.49 s
+    with one, the burst as fast or faster."""
+    return max(1, (cores or os.cpu_count() or 2) // 2)
+
+
 @dataclass
 class Stack:
     """Start with ``with Stack(...) as stack:``; leaving the block stops every child."""
