@@ -5,7 +5,7 @@ the operators' metrics key, never a tenant's."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,13 +22,18 @@ def keys_of(request: Request) -> KeyRing:
     return request.app.state.keys
 
 
-# The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
-# dependency in its thread pool, a thread hop per request for a hash and a comparison.
+# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread
+# pool, a thread hop per request for a hash and a comparison.
 
-async def current_tenant(request: Request, credentials: Credentials) -> str:
+async def current_tenant(request: Request) -> str:
+    """The tenant of the request's key. It reads the header itself rather than through a
+    ``Credentials`` sub-dependency: FastAPI's solving of each dependency cost a submit ~8 µs of
+    its ~130 µs in the API's handler (benchmarks/RESULTS.md, eighth session), so the OpenAPI
+    document gets the bearer scheme from ``document_security`` instead."""
     ring = keys_of(request)
     if not ring.enabled:
         return DEFAULT_TENANT
+    credentials = await _bearer(request)
     if credentials is None:
         raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>`")
     tenant = ring.tenant_of(credentials.credentials)
@@ -53,3 +58,17 @@ async def metrics_reader(request: Request, credentials: Credentials) -> None:
 
 Tenant = Annotated[str, Depends(current_tenant)]
 MetricsReader = Depends(metrics_reader)
+
+
+def document_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """The bearer scheme on every ``/v1`` operation: each one takes a tenant's key (tested for
+    every operation the document lists, tests/api/test_tenants.py); health checks take none."""
+    guarded = False
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"], guarded = [{_bearer.scheme_name: []}], True
+    if guarded:
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[_bearer.scheme_name] = _bearer.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return schema

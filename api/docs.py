@@ -19,6 +19,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.auth import document_security
 from api.errors import document_problems
 from services.config import Settings
 from services.spec import INT64_MAX
@@ -64,7 +65,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)  # caches itself in app.openapi_schema
-            document_links(document_limits(document_problems(schema), settings))
+            document_security(document_links(document_limits(document_problems(schema), settings)))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -54,6 +54,16 @@ def test_every_v1_operation_needs_a_valid_key(app_client: TestClient) -> None:
             assert answer.headers["www-authenticate"].startswith("Bearer"), (method, path)
 
 
+def test_the_openapi_document_puts_the_bearer_scheme_on_every_v1_operation_only(app_client: TestClient) -> None:
+    document = app_client.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer", "description": "An API key (DESCENT_API_KEYS); not needed when auth is off"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            expected = [{"HTTPBearer": []}] if path.startswith("/v1/") else None
+            assert operation.get("security") == expected, (method, path)
+
+
 def test_health_is_open_and_metrics_take_the_operators_key_only(app_client: TestClient) -> None:
     assert app_client.get("/healthz").status_code == 200
     assert app_client.get("/readyz").status_code == 200
