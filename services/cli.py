@@ -53,7 +53,7 @@ def run_api(
     metrics_dir.ensure()  # before anything imports prometheus-client
     import uvicorn
 
-    uvicorn.run("api.main:app", host=host, port=port, log_level="warning", workers=workers)
+    uvicorn.run("api.main:app", host=host, port=port, log_level="warning", access_log=False, workers=workers)
 
 
 @app.command("worker", rich_help_panel=RUN, short_help="Run a Celery training worker.")
