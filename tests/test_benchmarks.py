@@ -47,8 +47,11 @@ def test_sweep_benchmark_quick_run_stores_every_point() -> None:
         assert details["history points"] == details["expected points"] > 20, details
         assert details["final checkpoints"] == details["jobs"] == 20
         assert {"CPU s api", "CPU s worker", "CPU s scheduler"} <= set(details)
-    posts = rows["20 POSTs from 8 threads"]["details"]
-    assert posts["CPU s api"] > 0 and posts["CPU s worker"] > 0, posts  # 10 ms ticks from /proc
+    # /proc counts in 10 ms ticks, and 20 tiny jobs may cost a role less than one: the roles
+    # must be found and read (non-negative), and the stack as a whole must have used some CPU.
+    cpu = [rows[name]["details"][f"CPU s {role}"] for name in ("sweep of 20, POST to all stored",
+           "20 POSTs from 8 threads") for role in ("api", "worker", "scheduler")]
+    assert min(cpu) >= 0 and sum(cpu) > 0, cpu
     assert rows["200-member sweep accepted"]["value"] > 0
 
 
