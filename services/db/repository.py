@@ -6,10 +6,10 @@ never leave ``services/db``.
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import datetime, timezone
 
 import numpy as np
+from uuid6 import uuid7
 from sqlalchemy import Select, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
@@ -21,7 +21,14 @@ from services.spec import DatasetRead, JobRead, WorkerInfo
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7 (RFC 9562): its leading bits are the time it was made, so the ids of jobs
+    submitted together sort together. Each index keyed by them (the jobs' primary key, and the
+    checkpoints' and history's (job_id, step)) then takes a pack's rows on a few B-tree pages
+    instead of one page each, which makes a worker's commit write fewer pages while it holds
+    SQLite's lock (random ids: 200 checkpoint rows committed in 0.72 ms median, 1.69 mean; time-
+    ordered: 0.38 and 0.58; benchmarks/RESULTS.md, eighth session). PostgreSQL's B-trees and
+    WAL gain the same way."""
+    return str(uuid7())
 
 
 def as_utc(value: datetime | None) -> datetime | None:
