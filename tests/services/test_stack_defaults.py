@@ -12,7 +12,9 @@ def test_one_api_process_per_two_cores(cores: int, processes: int) -> None:
     assert default_api_workers(cores) == processes
 
 
-def test_the_default_reads_this_machine() -> None:
-    import os
-
-    assert default_api_workers() == max(1, (os.cpu_count() or 2) // 2)
+@pytest.mark.parametrize(("counted", "processes"), [(8, 4), (2, 1), (None, 1)])
+def test_the_default_counts_this_machines_cores(monkeypatch: pytest.MonkeyPatch, counted: int | None,
+                                                processes: int) -> None:
+    """``os.cpu_count()`` may answer None: then one process, as on two cores."""
+    monkeypatch.setattr("services.stack.os.cpu_count", lambda: counted)
+    assert default_api_workers() == processes
