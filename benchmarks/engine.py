@@ -114,6 +114,7 @@ class Workload:
     repeat: int  # default best-of-N
     data: str  # "statquest" or "sine"
     peak_bar: float | None = None  # minimum share of the matmul peak to pass
+    gpu_bar: float | None = None  # --backend cupy: minimum speed-up over descent on this host's CPU
 
 
 # Learning rates: the loss is the SSR (a sum over points, not a mean), so its curvature grows with
@@ -132,7 +133,8 @@ FULL = {
     "W3": Workload("W3", (1, 64, 64, 1), "softplus", members=1, points=10_000, steps=200,
                    dtypes=BOTH, lr=(1e-6, 1e-6), bar=1.0, repeat=3, data="sine", peak_bar=0.30),
     "W4": Workload("W4", (1, 32, 32, 1), "tanh", members=64, points=2_000, steps=200,
-                   dtypes=BOTH, lr=(1e-6, 3e-5), bar=1.0, repeat=3, data="sine", peak_bar=0.30),
+                   dtypes=BOTH, lr=(1e-6, 3e-5), bar=1.0, repeat=3, data="sine", peak_bar=0.30,
+                   gpu_bar=20.0),
 }
 
 # Same code paths at tiny sizes: the whole run takes seconds; the bars are not enforced.
@@ -549,7 +551,20 @@ def measure(w: Workload, dtype: str, torch: Any | None, repeat: int, peak: float
         row.update(torch_s=timed[variant][0], torch_variant=variant,
                    ratio=timed[variant][0] / descent_s)
         row["pass"] = bool(row["ratio"] >= w.bar and (w.peak_bar is None or row["peak_share"] >= w.peak_bar))
+    if sides.backend != "numpy" and w.gpu_bar is not None:
+        row["gpu_vs_cpu"] = gpu_vs_cpu(w, dtype, descent_s, w.repeat if repeat <= 0 else repeat)
     return row
+
+
+def gpu_vs_cpu(w: Workload, dtype: str, gpu_s: float, repeat: int) -> dict[str, Any]:
+    """The same descent run on this host's CPU (NumPy, every core), timed in the same process:
+    the GPU's speed-up over it, against the workload's ``gpu_bar``."""
+    once, final = prepare_descent(w, dtype)
+    cpu_s, state = best_of(once, repeat)
+    final(state)  # every member ran all its steps on the CPU too
+    speedup = cpu_s / gpu_s
+    return {"cpu_s": cpu_s, "gpu_s": gpu_s, "speedup": speedup, "bar": w.gpu_bar, "cores": os.cpu_count(),
+            "pass": bool(speedup >= w.gpu_bar)}
 
 
 def torch_variants(w: Workload) -> tuple[str, str]:
@@ -733,7 +748,10 @@ def main(argv: list[str] | None = None) -> int:
         say(render_markdown(rows) if args.markdown else render_text(rows))
         say(check_lines(rows))
         say(overhead_lines(rows))
-    if any(not row.get("service_overhead", {}).get("pass", True) for row in rows) and not args.quick:
+        say(gpu_lines(rows))
+    missed = [row for row in rows if not row.get("service_overhead", {}).get("pass", True)
+              or not row.get("gpu_vs_cpu", {}).get("pass", True)]
+    if missed and not args.quick:
         return 1
     if args.quick:  # a smoke test: tiny sizes say nothing about the bars
         say("(--quick: tiny sizes, the bars are not meaningful and not enforced)")
@@ -804,6 +822,18 @@ def overhead_lines(rows: list[dict[str, Any]]) -> str:
                          f"{o['checkpoint_every']}): {1000 * o['host_s']:.2f} ms host work vs "
                          f"{1000 * o['train_s']:.0f} ms training = {100 * o['share']:.2f}% "
                          f"[bar <= {100 * o['bar']:.0f}%: {'PASS' if o['pass'] else 'FAIL'}]")
+    return "\n".join(lines)
+
+
+def gpu_lines(rows: list[dict[str, Any]]) -> str:
+    """One line per GPU row that has a CPU comparison (``--backend cupy``, W4)."""
+    lines = []
+    for r in rows:
+        g = r.get("gpu_vs_cpu")
+        if g:
+            lines.append(f"GPU vs this host's CPU, {r['workload']} {r['dtype']}: descent {g['gpu_s']:.4f} s on "
+                         f"{r['device']['descent']} vs {g['cpu_s']:.4f} s on NumPy ({g['cores']} cores) = "
+                         f"{g['speedup']:.1f}x [bar >= {g['bar']:.0f}x: {'PASS' if g['pass'] else 'FAIL'}]")
     return "\n".join(lines)
 
 

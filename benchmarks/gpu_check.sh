@@ -2,8 +2,10 @@
 # The engine's GPU check, one script for a lent GPU machine: run from the repository root,
 #   bash benchmarks/gpu_check.sh
 # It prints the machine (nvidia-smi -L, Python, CuPy), picks a Python, runs the CuPy tests
-# (pytest -q -m gpu tests/engine/test_cupy.py, at most 180 s) and the engine benchmark on the GPU
-# (benchmarks/engine.py --backend cupy --markdown, at most 300 s), and writes every output under
+# (pytest -q -m gpu tests/engine/test_cupy.py, at most 150 s) and the engine benchmark on the GPU
+# (benchmarks/engine.py --backend cupy --markdown, at most 240 s; W4 also on this host's CPU, for
+# the speed-up bar), then the probe of where the GPU's time goes (benchmarks/gpu_probe.py, at most
+# 120 s), and writes every output under
 # "$OUT" if set, else ./gpu-results. One SUMMARY line per step gives its exit code (124: timed out).
 # The whole run stays under GPU_CHECK_BUDGET seconds (default 560); a step gets what is left.
 # Python: the project venv .venv if it works there; else, if pip reaches an index, a new .venv-gpu
@@ -131,11 +133,11 @@ fi
 echo "== pytest -q -m gpu tests/engine/test_cupy.py"
 if has_module "$PY" pytest; then
     T0=$(date +%s)
-    bounded 180 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --noconftest tests/engine/test_cupy.py \
+    bounded 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --noconftest tests/engine/test_cupy.py \
         > "$RESULTS/pytest.txt" 2>&1
     RC=$?
     tail -n 60 "$RESULTS/pytest.txt"
-    summary tests "$RC" "$(($(date +%s) - T0)) s, limit 180 s or what the budget left; pytest.txt"
+    summary tests "$RC" "$(($(date +%s) - T0)) s, limit 150 s or what the budget left; pytest.txt"
     TESTS_RC=$RC
 else
     summary tests 127 "pytest is not installed for $PY"
@@ -146,18 +148,32 @@ fi
 echo "== python benchmarks/engine.py --backend cupy --markdown"
 if [ "$GPU_OK" = 1 ]; then
     T0=$(date +%s)
-    bounded 300 "$PY" benchmarks/engine.py --backend cupy --markdown \
+    bounded 240 "$PY" benchmarks/engine.py --backend cupy --markdown \
         > "$RESULTS/engine-cupy.md" 2> "$RESULTS/engine-cupy.err"
     RC=$?
     cat "$RESULTS/engine-cupy.md"
     tail -n 30 "$RESULTS/engine-cupy.err"
-    note="$(($(date +%s) - T0)) s, limit 300 s or what the budget left; engine-cupy.md"
+    note="$(($(date +%s) - T0)) s, limit 240 s or what the budget left; engine-cupy.md"
     [ "$RC" = 1 ] && note="$note; rc 1 = finished, a CPU-era bar was missed"
     summary bench "$RC" "$note"
     BENCH_RC=$RC
 else
     summary bench 3 "not run: no usable CuPy/GPU"
     BENCH_RC=3
+fi
+
+# ----------------------------------------------------------------------------- 4. the probe
+# Where W4's time goes on the GPU (per-step cost, host synchronisation, CUDA graphs): what the
+# next change to the CuPy path needs to know (benchmarks/gpu_probe.py).
+echo "== python benchmarks/gpu_probe.py"
+if [ "$GPU_OK" = 1 ]; then
+    T0=$(date +%s)
+    bounded 120 "$PY" benchmarks/gpu_probe.py > "$RESULTS/probe.txt" 2>&1
+    RC=$?
+    cat "$RESULTS/probe.txt"
+    summary probe "$RC" "$(($(date +%s) - T0)) s, limit 120 s or what the budget left; probe.txt"
+else
+    summary probe 3 "not run: no usable CuPy/GPU"
 fi
 
 echo "== done in $(($(date +%s) - START)) s; results in $RESULTS"

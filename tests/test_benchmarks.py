@@ -28,6 +28,35 @@ def test_engine_benchmark_quick_run_reports_every_workload() -> None:
     assert len(overheads) == 2 and all(o["host_s"] > 0 and o["train_s"] > 0 for o in overheads)
 
 
+def test_gpu_rows_compare_with_this_hosts_cpu_against_the_bar() -> None:
+    """With ``--backend cupy`` W4 is also trained on the host's CPU in the same run; the speed-up
+    is the CPU time over the GPU time, judged against the workload's 20x bar."""
+    from benchmarks import engine
+
+    w = engine.QUICK["W4"]
+    fast, slow = (engine.gpu_vs_cpu(w, "float64", gpu_s, repeat=1) for gpu_s in (1e-9, 1e3))
+    assert fast["cpu_s"] > 0 and fast["speedup"] == pytest.approx(fast["cpu_s"] / 1e-9) and fast["pass"]
+    assert slow["speedup"] < 1 and not slow["pass"] and slow["bar"] == w.gpu_bar == 20
+    rows = [{"workload": "W4", "dtype": "float64", "device": {"descent": "cuda:0 (GPU)"}, "gpu_vs_cpu": g}
+            for g in (fast, slow)]
+    assert [line.endswith(("PASS]", "FAIL]")) for line in engine.gpu_lines(rows).splitlines()] == [True, True]
+    assert "PASS]" in engine.gpu_lines(rows[:1]) and "FAIL]" in engine.gpu_lines(rows[1:])
+
+
+def test_gpu_probe_says_when_there_is_no_cupy() -> None:
+    """The probe of benchmarks/gpu_check.sh runs from a bare checkout; without CuPy it says so
+    and exits 3, like the check script."""
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # noqa: BLE001 (missing, or a CuPy without CUDA libraries)
+        pass
+    else:
+        pytest.skip("CuPy is installed here: the probe would run")
+    out = subprocess.run([sys.executable, "benchmarks/gpu_probe.py"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 3 and "no CuPy" in out.stdout, out.stdout + out.stderr
+
+
 @pytest.mark.slow
 def test_service_benchmark_quick_run_ingests_history(pg_url: str) -> None:
     """``pg_url`` only makes this skip where no PostgreSQL answers; the script makes its own DB."""

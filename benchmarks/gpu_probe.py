@@ -1,0 +1,149 @@
+"""Where W4's time goes on CuPy, and what a CUDA graph of K training steps would give.
+
+Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine (``python benchmarks/gpu_probe.py``), so
+that one short device session answers the questions the next change to the CuPy path needs:
+
+1. ``train`` for 1, 20 and 200 steps: the fixed cost of a call and the cost of a step.
+2. CuPy's own profiler (``cupyx.profiler.benchmark``) on 20 steps: CPU time against GPU time. When
+   the two are close, the loop is bound by launching kernels, not by the GPU.
+3. The same updates without the per-step stop tests (``Trainer._check`` reads one number from the
+   device each step, a host synchronisation): what the synchronisation costs.
+4. Those updates captured as a CUDA graph of K steps and replayed: what the launches cost, and
+   whether a replay is bit-equal to the eager steps (the condition for using graphs at all).
+
+Steps 3 and 4 reach into ``services.engine.loop.Trainer`` on purpose: they time variants of the
+loop that the engine does not have yet. Each step prints its own line; a failure prints its
+traceback and the probe goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make `services` and `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import engine as bench  # noqa: E402
+from services.engine import Architecture, PackConfig, init_state, train  # noqa: E402
+from services.engine.loop import Trainer  # noqa: E402
+from services.engine.training import network  # noqa: E402
+
+W4 = bench.FULL["W4"]
+
+
+def setup(cp: Any, dtype: str) -> tuple[Architecture, PackConfig, dict[str, Any], Any, Any]:
+    """W4 on the device, with no stop rule that could end it early (max_steps far away)."""
+    arch = Architecture(layers=W4.layers, activation=W4.activation, output_activation="identity")
+    params = {k: cp.asarray(v) for k, v in bench.make_parameters(W4, dtype).items()}
+    x, y = (cp.asarray(a) for a in bench.make_data(W4, dtype))
+    config = PackConfig(learning_rate=bench.learning_rates(W4),
+                        trainable={n: np.ones(W4.members, dtype=bool) for n in params},
+                        max_steps=np.full(W4.members, 10**6, dtype=np.int64), min_step_size=np.zeros(W4.members),
+                        target_ssr=np.full(W4.members, -np.inf), dtype=dtype)
+    return arch, config, params, x, y
+
+
+def wall(cp: Any, fn: Callable[[], Any], repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls, the device synchronised before and after each."""
+    best = float("inf")
+    for _ in range(repeat):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        fn()
+        cp.cuda.Device().synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def per_step(label: str, seconds: float, steps: int) -> None:
+    print(f"{label}: {1000 * seconds:.2f} ms for {steps} steps ({1e6 * seconds / steps:.1f} us/step)", flush=True)
+
+
+def eager(cp: Any, dtype: str) -> None:
+    """Items 1 and 2: the engine's ``train`` as it is."""
+    arch, config, params, x, y = setup(cp, dtype)
+    state = init_state(cp, arch, config, params, x, y)
+    for steps in (1, 20, 200):
+        train(cp, arch, config, state, x, y, steps)  # warm: kernels compiled, pool filled
+        per_step(f"train {steps}", wall(cp, lambda: train(cp, arch, config, state, x, y, steps)), steps)
+    from cupyx.profiler import benchmark
+
+    print("cupyx.profiler.benchmark, train 20:",
+          benchmark(lambda: train(cp, arch, config, state, x, y, 20), n_repeat=5, n_warmup=1), flush=True)
+
+
+def unchecked(cp: Any, dtype: str) -> None:
+    """Items 3 and 4: the loop's updates without the per-step host read, eager and as graphs."""
+    arch, config, params, x, y = setup(cp, dtype)
+    state = init_state(cp, arch, config, params, x, y)
+    with network(cp, arch, W4.members, dtype, "auto") as net:
+        t = Trainer(cp, net, config, state, x, y)
+        hist, health = cp.empty((200, W4.members), dtype=dtype), cp.empty(200, dtype=dtype)
+        t._gradient(t.params_views, 0)
+
+        def steps(k: int) -> None:
+            for j in range(k):  # _update, _evaluate and _swap as Trainer.run does; the stop
+                t._update(j)  # tests' sums go to a device array instead of the host
+                ssr = t._evaluate(j + 1, True, hist[j])
+                health[j] = ssr.sum() + t.spare.sum()
+                t._swap()
+
+        steps(2)
+        per_step("updates without the per-step host read", wall(cp, lambda: steps(200)), 200)
+        for k in (10, 50):
+            graph_of(cp, t, steps, k)
+
+
+def graph_of(cp: Any, t: Trainer, steps: Callable[[int], None], k: int) -> None:
+    """Capture ``k`` steps as a CUDA graph, time 200 steps of replays, compare with eager bits."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        steps(k)  # this stream's memory-pool blocks exist before the capture
+        stream.synchronize()
+        stream.begin_capture()
+        steps(k)
+        graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+
+        def replay() -> None:
+            for _ in range(200 // k):
+                graph.launch(stream)
+            stream.synchronize()
+
+        per_step(f"CUDA graph of {k} steps, replayed", wall(cp, replay), 200)
+        start = [b.copy() for b in (t.params, t.spare, t.grad)]
+        graph.launch(stream)
+        stream.synchronize()
+        replayed = t.params.copy()
+    for buffer, value in zip((t.params, t.spare, t.grad), start):
+        buffer[...] = value
+    steps(k)
+    cp.cuda.Device().synchronize()
+    print(f"CUDA graph of {k} steps bit-equal to the eager steps: {bool((replayed == t.params).all())}", flush=True)
+
+
+def main() -> int:
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        print(f"no CuPy: {exc}")
+        return 3
+    for dtype in ("float64", "float32"):
+        print(f"== W4 {dtype} ({W4.members} x {list(W4.layers)} {W4.activation}, {W4.points} points)", flush=True)
+        for part in (eager, unchecked):
+            try:
+                part(cp, dtype)
+            except Exception:  # noqa: BLE001 (a probe: report and go on)
+                traceback.print_exc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
