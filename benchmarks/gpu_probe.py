@@ -3,11 +3,12 @@
 Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine (``python benchmarks/gpu_probe.py``), so
 that one short device session answers the questions the next change to the CuPy path needs:
 
-1. ``train`` for 1, 20 and 200 steps: the fixed cost of a call and the cost of a step.
+1. ``train`` for 1, 20 and 200 steps: the fixed cost of a call and the cost of a step; and 200
+   steps with the stop tests read after every update instead of once per block of updates
+   (``services.engine.blocks``, the default on a GPU): what the blocks gain.
 2. CuPy's own profiler (``cupyx.profiler.benchmark``) on 20 steps: CPU time against GPU time. When
    the two are close, the loop is bound by launching kernels, not by the GPU.
-3. The same updates without the per-step stop tests (``Trainer._check`` reads one number from the
-   device each step, a host synchronisation): what the synchronisation costs.
+3. The loop's updates with no stop tests at all: what the tests' kernels cost.
 4. Those updates captured as a CUDA graph of K steps and replayed: what the launches cost, and
    whether a replay is bit-equal to the eager steps (the condition for using graphs at all).
 
@@ -72,6 +73,15 @@ def eager(cp: Any, dtype: str) -> None:
     for steps in (1, 20, 200):
         train(cp, arch, config, state, x, y, steps)  # warm: kernels compiled, pool filled
         per_step(f"train {steps}", wall(cp, lambda: train(cp, arch, config, state, x, y, steps)), steps)
+    from services.engine import blocks
+
+    blocks.FORCE = 0
+    try:
+        train(cp, arch, config, state, x, y, 200)
+        per_step("train 200, stop tests read after every update (no blocks)",
+                 wall(cp, lambda: train(cp, arch, config, state, x, y, 200)), 200)
+    finally:
+        blocks.FORCE = None
     from cupyx.profiler import benchmark
 
     print("cupyx.profiler.benchmark, train 20:",
@@ -79,7 +89,7 @@ def eager(cp: Any, dtype: str) -> None:
 
 
 def unchecked(cp: Any, dtype: str) -> None:
-    """Items 3 and 4: the loop's updates without the per-step host read, eager and as graphs."""
+    """Items 3 and 4: the loop's updates with no stop tests, eager and as CUDA graphs."""
     arch, config, params, x, y = setup(cp, dtype)
     state = init_state(cp, arch, config, params, x, y)
     with network(cp, arch, W4.members, dtype, "auto") as net:
@@ -88,14 +98,14 @@ def unchecked(cp: Any, dtype: str) -> None:
         t._gradient(t.params_views, 0)
 
         def steps(k: int) -> None:
-            for j in range(k):  # _update, _evaluate and _swap as Trainer.run does; the stop
-                t._update(j)  # tests' sums go to a device array instead of the host
+            for j in range(k):  # _update, _evaluate and _swap as Trainer.run does; the health
+                t._update(j)  # sum goes to a device array, nothing is read
                 ssr = t._evaluate(j + 1, True, hist[j])
                 health[j] = ssr.sum() + t.spare.sum()
                 t._swap()
 
         steps(2)
-        per_step("updates without the per-step host read", wall(cp, lambda: steps(200)), 200)
+        per_step("updates with no stop tests", wall(cp, lambda: steps(200)), 200)
         for k in (10, 50):
             graph_of(cp, t, steps, k)
 

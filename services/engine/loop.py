@@ -3,7 +3,8 @@
 One iteration for the running members: step = lr * grad; (min_step_size test); update into the
 spare buffer; forward at the new parameters, which gives both the SSR to record and (full batch)
 the gradient for the next update; cheap stop tests; swap buffers. A stopped member has effective
-learning rate and momentum 0, so its parameters stay bit-for-bit where they are.
+learning rate and momentum 0, so its parameters stay bit-for-bit where they are. On a GPU the
+stop tests are read once per block of updates instead of after each (``blocks``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from services.engine.backend import to_host
 from services.engine.batches import Batches
+from services.engine.blocks import Blocks, block_size
 from services.engine.config import PackConfig
 from services.engine.network import Network
 from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR, TrainState
@@ -68,10 +70,14 @@ class Trainer:
         """The loop; returns the new state and the host history (M, max_updates)."""
         hist = self.xp.empty((max(max_updates, 0), self.layout.members), dtype=self.layout.dtype)
         it = 0  # the update index: updates taken by the members still running
+        size = block_size(self.xp)
+        blocks = Blocks(self, size) if size and self.stops.n_running else None
         if self.stops.n_running and max_updates > 0:
             self._gradient(self.params_views, 0)
             while it < max_updates and self.stops.n_running:
                 it += self._plain_updates(hist, it, max_updates)
+                if blocks is not None:
+                    it += blocks.take(hist, it, max_updates)
                 if it == max_updates or not self._update(it):
                     break
                 ssr = self._evaluate(it + 1, it + 1 < max_updates, hist[it])
@@ -121,23 +127,49 @@ class Trainer:
     def _update(self, it: int) -> bool:
         """spare = params - lr * grad, or with momentum mu: spare_velocity = mu * velocity - lr * grad,
         spare = params + spare_velocity. False when min_step_size stopped everyone."""
-        xp, stops, delta = self.xp, self.stops, self.delta
-        xp.multiply(stops.lr, self.grad, out=delta)
+        xp, stops = self.xp, self.stops
+        xp.multiply(stops.lr, self.grad, out=self.delta)
         if stops.check_min:
-            largest = self.layout.reduce_max(xp.abs(delta, out=self.spare))
-            small = largest < stops.threshold
+            small = self._small_steps()
             if bool(small.any()):
                 self._stop(to_host(xp, small), MIN_STEP_SIZE, it, self.velocity)
                 if not stops.n_running:
                     return False
-                xp.multiply(stops.lr, self.grad, out=delta)
+                xp.multiply(stops.lr, self.grad, out=self.delta)
+        self._apply()
+        return True
+
+    def _small_steps(self) -> Any:
+        """(M,) device bool: the members whose largest step (in delta) is under min_step_size."""
+        largest = self.layout.reduce_max(self.xp.abs(self.delta, out=self.spare))
+        return largest < self.stops.threshold
+
+    def _apply(self) -> None:
+        """The new parameters (and velocity) from delta = lr * grad, into the spare buffers."""
+        xp = self.xp
         if self.momentum:
-            xp.multiply(stops.mu, self.velocity, out=self.spare_velocity)
-            self.spare_velocity -= delta
+            xp.multiply(self.stops.mu, self.velocity, out=self.spare_velocity)
+            self.spare_velocity -= self.delta
             xp.add(self.params, self.spare_velocity, out=self.spare)
         else:
-            xp.subtract(self.params, delta, out=self.spare)
-        return True
+            xp.subtract(self.params, self.delta, out=self.spare)
+
+    def _flagged_update(self, it: int, max_updates: int, hist: Any, flag: Any) -> None:
+        """Update ``it`` as ``run`` takes it, the kernels in the same order, but with the stop
+        tests' outcome written to ``flag`` (device bool (1,)) instead of read and acted on:
+        one update of a block (``blocks``). Set when ``_update`` or ``_check`` would act."""
+        xp, stops = self.xp, self.stops
+        xp.multiply(stops.lr, self.grad, out=self.delta)
+        small = self._small_steps().any() if stops.check_min else None
+        self._apply()
+        ssr = self._evaluate(it + 1, it + 1 < max_updates, hist[it])
+        fired = ~xp.isfinite(ssr.sum() + self.spare.sum())
+        if stops.check_target:
+            fired = fired | (ssr <= stops.target).any()
+        if small is not None:
+            fired = fired | small
+        flag[...] = fired
+        self._swap()
 
     def _check(self, it: int, ssr: Any) -> None:
         """Stop tests after update ``it``: diverged, then target_ssr, then max_steps. One read

@@ -232,6 +232,33 @@ def test_divergence_is_isolated_on_cupy(cp: Any, layers: tuple, momentum: bool) 
     assert_matches(got.select([1]), history[[1]], ref.select([1]), ref_history[[1]], 1e-6)
 
 
+@pytest.mark.parametrize("layers", [(1, 2, 1), (1, 8, 8, 1)])
+def test_blocks_on_cupy_give_the_bits_of_one_update_at_a_time(cp: Any, layers: tuple,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU updates run in blocks with no read from the device (``services.engine.blocks``);
+    with members diverging, reaching min_step_size and max_steps inside blocks, the result is
+    bit-identical to the loop that reads the stop tests after every update."""
+    from services.engine import blocks
+
+    arch = Architecture(layers, "softplus")
+    x, y = sine_data(25)
+    config = PackConfig(learning_rate=np.array([0.005, 1e6, 0.01, 0.002, 0.004]), max_steps=[90, 90, 37, 90, 61],
+                        momentum=np.array([0.5, 0.0, 0.9, 0.0, 0.3]), min_step_size=[0, 0, 0, 1e-4, 0])
+    params = stacked(arch, [0, 1, 2, 3, 4])
+    runs = {}
+    for size in (blocks.SIZE, 5, 0):
+        monkeypatch.setattr(blocks, "FORCE", size)
+        state, history = run_on(cp, arch, config, params, x, y, 90)
+        runs[size] = (state.to_arrays(), history)
+    assert {STOP_REASONS[r] for r in runs[0][0]["stop_reason"]} >= {"diverged", "max_steps"}
+    for size in (blocks.SIZE, 5):
+        (got, got_history), (ref, ref_history) = runs[size], runs[0]
+        np.testing.assert_array_equal(got_history, ref_history)
+        assert got.keys() == ref.keys()
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key}, blocks of {size}")
+
+
 def test_non_finite_start_is_diverged_at_init_on_cupy(cp: Any) -> None:
     arch = Architecture((1, 2, 1), "relu")
     params = stacked(arch, [0, 1])

@@ -1,0 +1,121 @@
+"""Blocks of updates with no read from the device (``services.engine.blocks``, the default on a
+GPU) give the bits of the one-update-at-a-time loop, whatever stops members inside a block.
+
+Run here on NumPy, with blocks forced on (``blocks.FORCE``) and the compiled loop of the tiny
+network switched off, so that every update goes through the blocks or the plain loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.engine import Architecture, PackConfig, blocks, init_state, loop, train
+from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR
+from tests.engine.helpers import sine_data, stacked
+from tests.engine.test_plain_updates import assert_same_bits, reasons
+
+M = 10
+STATQUEST = Architecture((1, 2, 1), "softplus")
+WIDE = Architecture((1, 24, 24, 1), "tanh")  # the model-first layout
+
+
+@pytest.fixture(autouse=True)
+def plain_loop_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "PLAIN_UPDATES", False)
+
+
+def both_ways(arch: Architecture, config: PackConfig, updates: int, chunks: int = 1, size: int = 7,
+              points: int = 9) -> tuple[tuple, tuple]:
+    """(state, history) trained in blocks of ``size`` updates, then one update at a time."""
+    x, y = sine_data(points, arch.layers[0], arch.layers[-1])
+    start = init_state(np, arch, config, stacked(arch, list(range(M)), config.dtype), x, y)
+    runs = []
+    for force in (size, 0):
+        blocks.FORCE = force
+        try:
+            state, parts = start, []
+            for _ in range(chunks):
+                state, history = train(np, arch, config, state, x, y, updates // chunks)
+                parts.append(history)
+        finally:
+            blocks.FORCE = None
+        runs.append((state, np.concatenate(parts, axis=1)))
+    return runs[0], runs[1]
+
+
+@pytest.fixture
+def block_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
+    """(updates asked, first fired update or None) of every block run."""
+    seen: list[tuple[int, int | None]] = []
+    original = blocks.Blocks._run
+
+    def counted(self, hist, start, count, max_updates):  # noqa: ANN001, ANN202
+        seen.append((count, first := original(self, hist, start, count, max_updates)))
+        return first
+
+    monkeypatch.setattr(blocks.Blocks, "_run", counted)
+    return seen
+
+
+@pytest.mark.parametrize("arch", [STATQUEST, WIDE], ids=["model-last", "model-first"])
+def test_no_stop_in_sight_every_update_is_in_blocks(arch: Architecture, block_runs: list) -> None:
+    config = PackConfig(learning_rate=np.geomspace(1e-3, 1e-2, M))
+    fast, slow = both_ways(arch, config, 100, size=32)
+    assert_same_bits(fast, slow)
+    assert block_runs == [(32, None), (32, None), (32, None), (4, None)]  # 100 updates, none alone
+
+
+@pytest.mark.parametrize("chunks", [1, 4])
+@pytest.mark.parametrize("arch", [STATQUEST, WIDE], ids=["model-last", "model-first"])
+def test_members_diverging_and_stopping_at_max_steps(arch: Architecture, chunks: int, block_runs: list) -> None:
+    high = 500 if arch is STATQUEST else 50
+    config = PackConfig(learning_rate=np.geomspace(0.01, high, M), max_steps=np.arange(M) * 37 + 3)
+    fast, slow = both_ways(arch, config, 400, chunks)
+    assert {MAX_STEPS, DIVERGED} <= reasons(slow)
+    assert_same_bits(fast, slow)
+    assert any(first is not None for _, first in block_runs)  # a block was cut short and redone
+
+
+def test_members_reaching_their_target(block_runs: list) -> None:
+    free = PackConfig(learning_rate=np.full(M, 0.01))
+    (_, history), _ = both_ways(STATQUEST, free, 300)
+    config = PackConfig(learning_rate=np.full(M, 0.01), target_ssr=history[np.arange(M), np.arange(M) * 20 + 5])
+    block_runs.clear()
+    fast, slow = both_ways(STATQUEST, config, 300)
+    assert reasons(slow) == {TARGET_SSR}
+    np.testing.assert_array_equal(fast[0].step, np.arange(M) * 20 + 6)
+    assert_same_bits(fast, slow)
+    assert sum(first is not None for _, first in block_runs) >= M - 1  # one cut per stop or so
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_momentum_and_min_step_size(chunks: int) -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.001, 0.5, M), momentum=np.linspace(0, 0.9, M),
+                        min_step_size=np.geomspace(1e-6, 1e-3, M), max_steps=np.arange(M) * 50 + 7)
+    fast, slow = both_ways(STATQUEST, config, 600, chunks)
+    assert {MAX_STEPS, MIN_STEP_SIZE} <= reasons(slow)
+    assert_same_bits(fast, slow)
+
+
+def test_momentum_diverging_in_the_wide_layout() -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.01, 20, M), momentum=np.linspace(0, 0.95, M))
+    fast, slow = both_ways(WIDE, config, 200)
+    assert DIVERGED in reasons(slow)
+    assert_same_bits(fast, slow)
+
+
+def test_mini_batches_and_float32() -> None:
+    config = PackConfig(learning_rate=np.geomspace(0.001, 0.2, M), batch_size=4, batch_seed=3, dtype="float32",
+                        trainable={"layers.0.weight": np.arange(M) % 2 == 0})
+    fast, slow = both_ways(WIDE, config, 90, chunks=3, points=11)
+    assert fast[0].parameters["layers.0.weight"].dtype == np.float32
+    assert_same_bits(fast, slow)
+
+
+def test_blocks_are_the_default_off_numpy_only() -> None:
+    class FakeCupy:  # any namespace that is not NumPy
+        pass
+
+    assert blocks.FORCE is None
+    assert blocks.block_size(np) == 0 and blocks.block_size(FakeCupy) == blocks.SIZE >= 2
