@@ -44,7 +44,7 @@ class Blocks:
     update at a time (``eager_until``) after a block that a stop cut short."""
 
     def __init__(self, trainer: Trainer, size: int) -> None:
-        self.trainer, self.size = trainer, size
+        self.trainer, self.full, self.size = trainer, size, size
         self.flags = trainer.xp.zeros(size, dtype=bool)
         self.eager_until = 0  # update index from which blocks may run again
 
@@ -57,8 +57,12 @@ class Blocks:
             count = min(self.size, limit - (it + taken))
             first = self._run(hist, it + taken, count, max_updates)
             if first is not None:
+                # Shorter blocks while stops keep coming (a finite member whose sums overflow
+                # fires every block), back to full length after a block that stands.
+                self.size = max(2, self.size // 4)
                 self.eager_until = it + taken + first + 1
                 break
+            self.size = min(self.full, 2 * self.size)
             taken += count
         return taken
 

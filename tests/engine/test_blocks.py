@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.engine import Architecture, PackConfig, blocks, init_state, loop, train
-from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR
+from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, RUNNING, TARGET_SSR
 from tests.engine.helpers import sine_data, stacked
 from tests.engine.test_plain_updates import assert_same_bits, reasons
 
@@ -119,3 +119,27 @@ def test_blocks_are_the_default_off_numpy_only() -> None:
 
     assert blocks.FORCE is None
     assert blocks.block_size(np) == 0 and blocks.block_size(FakeCupy) == blocks.SIZE >= 2
+
+
+def test_stops_that_keep_firing_shorten_the_blocks(block_runs: list) -> None:
+    """Two members hold a huge but finite first-layer weight that no input reaches (relu of
+    negative points): the pack's sum overflows, so the cheap test fires on every update though
+    nobody diverges. Blocks shrink to 2 updates instead of redoing 32 each time; same bits."""
+    arch = Architecture((1, 2, 1), "relu")
+    x = -np.linspace(0.1, 2.0, 9).reshape(-1, 1)
+    y = np.sin(x)
+    params = stacked(arch, list(range(M)))
+    params["layers.0.weight"][:2] = 1e308  # z = w x <= -1e307: relu 0, every slope 0
+    params["layers.0.bias"][:2] = 0.0
+    config = PackConfig(learning_rate=np.full(M, 0.01))
+    runs = []
+    for force in (32, 0):
+        blocks.FORCE = force
+        try:
+            runs.append(train(np, arch, config, init_state(np, arch, config, params, x, y), x, y, 60))
+        finally:
+            blocks.FORCE = None
+    assert_same_bits(*runs)
+    assert set(runs[0][0].stop_reason.tolist()) == {RUNNING} and np.all(runs[0][0].step == 60)  # nobody stopped
+    assert [count for count, _ in block_runs[:3]] == [32, 8, 2]
+    assert all(first == 0 for _, first in block_runs) and max(c for c, _ in block_runs[2:]) == 2
