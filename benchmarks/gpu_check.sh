@@ -2,16 +2,20 @@
 # The engine's GPU check, one script for a lent GPU machine: run from the repository root,
 #   bash benchmarks/gpu_check.sh
 # It prints the machine (nvidia-smi -L, Python, CuPy), picks a Python, runs the CuPy tests
-# (pytest -q -m gpu tests/engine/test_cupy.py, at most 150 s) and the engine benchmark on the GPU
-# (benchmarks/engine.py --backend cupy --markdown, at most 240 s; W4 also on this host's CPU, for
-# the speed-up bar), then the probe of where the GPU's time goes (benchmarks/gpu_probe.py, at most
-# 120 s), and writes every output under
-# "$OUT" if set, else ./gpu-results. One SUMMARY line per step gives its exit code (124: timed out).
-# The whole run stays under GPU_CHECK_BUDGET seconds (default 560); a step gets what is left.
+# (pytest -q -m gpu tests/engine/test_cupy.py, at most 120 s), the engine benchmark on the GPU
+# (benchmarks/engine.py --backend cupy --markdown, at most 200 s; W4 also on this host's CPU, for
+# the speed-up bar), the worker's path on the GPU (benchmarks/gpu_service.py, at most 90 s: it
+# needs the service's dependencies, which the GPU image lacks: run benchmarks/gpu_wheels.sh first,
+# here, and name .whl in the device call's carry), then the probe of where the GPU's time goes
+# (benchmarks/gpu_probe.py, at most 100 s), and writes every output under "$OUT" if set, else
+# ./gpu-results. One SUMMARY line per step gives its exit code (124: timed out).
+# The whole run stays under GPU_CHECK_BUDGET seconds (default 540, inside the device tool's 600 s
+# a command); a step gets what is left.
 # Python: the project venv .venv if it works there; else, if pip reaches an index, a new .venv-gpu
 # (seeing the system's packages, e.g. CuPy and torch) with `pip install -e '.[dev]'`; else the
-# system python3 with whatever it has (what is missing is reported). Exit status: 0 when the tests
-# passed and the benchmark ran to its table, 3 when no usable CuPy/GPU was found, else 1.
+# system python3 with whatever it has, plus the carried wheels in .whl/ (what is missing is
+# reported). Exit status: 0 when the tests passed and the benchmark ran to its table, 3 when no
+# usable CuPy/GPU was found, else 1.
 set -u
 
 cd "$(dirname "$0")/.." || exit 2
@@ -21,7 +25,7 @@ SUMMARY="$RESULTS/summary.txt"
 : > "$SUMMARY"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 START=$(date +%s)
-BUDGET="${GPU_CHECK_BUDGET:-560}"
+BUDGET="${GPU_CHECK_BUDGET:-540}"
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 
@@ -104,8 +108,18 @@ if ! has_module "$PY" cupy && [ "$PY" != "$(command -v python3)" ] && has_module
     echo "python: $PY has no cupy but the system python3 has: using python3"
     PY=$(command -v python3)
 fi
+if ! has_module "$PY" sqlalchemy && ls .whl/*.whl >/dev/null 2>&1; then  # see benchmarks/gpu_wheels.sh
+    if bounded 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/descent-site .whl/*.whl > /tmp/descent-wheels.txt 2>&1; then
+        export PYTHONPATH="/tmp/descent-site${PYTHONPATH:+:$PYTHONPATH}"
+        echo "python: the carried wheels (.whl) are installed in /tmp/descent-site, on PYTHONPATH"
+    else
+        tail -n 5 /tmp/descent-wheels.txt
+        echo "python: installing the carried wheels failed (above)"
+    fi
+fi
 MISSING=""
-for module in numpy cupy torch pytest pytest_timeout; do
+for module in numpy cupy torch pytest pytest_timeout sqlalchemy; do
     has_module "$PY" "$module" || MISSING="$MISSING $module"
 done
 echo "python: $PY ($("$PY" --version 2>&1)); missing:${MISSING:- nothing}" | tee -a "$RESULTS/env.txt"
@@ -133,11 +147,11 @@ fi
 echo "== pytest -q -m gpu tests/engine/test_cupy.py"
 if has_module "$PY" pytest; then
     T0=$(date +%s)
-    bounded 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --noconftest tests/engine/test_cupy.py \
+    bounded 120 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --noconftest tests/engine/test_cupy.py \
         > "$RESULTS/pytest.txt" 2>&1
     RC=$?
     tail -n 60 "$RESULTS/pytest.txt"
-    summary tests "$RC" "$(($(date +%s) - T0)) s, limit 150 s or what the budget left; pytest.txt"
+    summary tests "$RC" "$(($(date +%s) - T0)) s, limit 120 s or what the budget left; pytest.txt"
     TESTS_RC=$RC
 else
     summary tests 127 "pytest is not installed for $PY"
@@ -148,12 +162,12 @@ fi
 echo "== python benchmarks/engine.py --backend cupy --markdown"
 if [ "$GPU_OK" = 1 ]; then
     T0=$(date +%s)
-    bounded 240 "$PY" benchmarks/engine.py --backend cupy --markdown \
+    bounded 200 "$PY" benchmarks/engine.py --backend cupy --markdown \
         > "$RESULTS/engine-cupy.md" 2> "$RESULTS/engine-cupy.err"
     RC=$?
     cat "$RESULTS/engine-cupy.md"
     tail -n 30 "$RESULTS/engine-cupy.err"
-    note="$(($(date +%s) - T0)) s, limit 240 s or what the budget left; engine-cupy.md"
+    note="$(($(date +%s) - T0)) s, limit 200 s or what the budget left; engine-cupy.md"
     [ "$RC" = 1 ] && note="$note; rc 1 = finished, a CPU-era bar was missed"
     summary bench "$RC" "$note"
     BENCH_RC=$RC
@@ -162,16 +176,31 @@ else
     BENCH_RC=3
 fi
 
-# ----------------------------------------------------------------------------- 4. the probe
+# ----------------------------------------------------------------------------- 4. the service
+# The worker's path with CuPy (claim, train, checkpoints and history in SQLite) against NumPy.
+echo "== python benchmarks/gpu_service.py"
+if [ "$GPU_OK" = 1 ] && has_module "$PY" sqlalchemy; then
+    T0=$(date +%s)
+    bounded 90 "$PY" benchmarks/gpu_service.py > "$RESULTS/service.txt" 2>&1
+    RC=$?
+    tail -n 40 "$RESULTS/service.txt"
+    summary service "$RC" "$(($(date +%s) - T0)) s, limit 90 s or what the budget left; service.txt"
+elif [ "$GPU_OK" = 1 ]; then
+    summary service 127 "not run: the service's dependencies are missing (benchmarks/gpu_wheels.sh, carry .whl)"
+else
+    summary service 3 "not run: no usable CuPy/GPU"
+fi
+
+# ----------------------------------------------------------------------------- 5. the probe
 # Where W4's time goes on the GPU (per-step cost, host synchronisation, CUDA graphs): what the
 # next change to the CuPy path needs to know (benchmarks/gpu_probe.py).
 echo "== python benchmarks/gpu_probe.py"
 if [ "$GPU_OK" = 1 ]; then
     T0=$(date +%s)
-    bounded 120 "$PY" benchmarks/gpu_probe.py > "$RESULTS/probe.txt" 2>&1
+    bounded 100 "$PY" benchmarks/gpu_probe.py > "$RESULTS/probe.txt" 2>&1
     RC=$?
     cat "$RESULTS/probe.txt"
-    summary probe "$RC" "$(($(date +%s) - T0)) s, limit 120 s or what the budget left; probe.txt"
+    summary probe "$RC" "$(($(date +%s) - T0)) s, limit 100 s or what the budget left; probe.txt"
 else
     summary probe 3 "not run: no usable CuPy/GPU"
 fi

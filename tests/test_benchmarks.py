@@ -73,6 +73,16 @@ def test_gpu_probe_says_when_there_is_no_cupy() -> None:
     assert out.returncode == 3 and "no CuPy" in out.stdout, out.stdout + out.stderr
 
 
+def test_gpu_service_check_runs_the_worker_path_on_numpy() -> None:
+    """benchmarks/gpu_service.py, which a GPU machine runs with CuPy, on NumPy here: StatQuest
+    and a small pack through claim, training, checkpoints and history, every check holding."""
+    out = subprocess.run([sys.executable, "benchmarks/gpu_service.py", "--backends", "numpy", "--quick"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert "b3 = 2.6085" in out.stdout and "pack of 8 W4 jobs" in out.stdout
+    assert out.stdout.rstrip().endswith("gpu_service: every check holds")
+
+
 @pytest.mark.slow
 def test_service_benchmark_quick_run_ingests_history(pg_url: str) -> None:
     """``pg_url`` only makes this skip where no PostgreSQL answers; the script makes its own DB."""
