@@ -1,8 +1,9 @@
 """The engine on CuPy (GPU): same results as on NumPy, exact resume, isolation, predict.
 
-Every test here is marked ``gpu`` and skipped unless CuPy imports and sees a CUDA device, so the
-file is collected (and skipped) on machines without one. Run on a GPU machine with
-``pytest -q -m gpu tests/engine/test_cupy.py`` (``benchmarks/gpu_check.sh`` does that).
+Every test here is marked ``gpu`` and runs twice: on CuPy, skipped unless CuPy imports and sees a
+CUDA device (run on a GPU machine with ``pytest -q -m gpu tests/engine/test_cupy.py``;
+``benchmarks/gpu_check.sh`` does that), and on a CPU stand-in for CuPy (``standin.py``: NumPy
+under another name), so that the engine's device paths run in every test run.
 
 GPU transcendentals (exp2, log1p, tanh) and cuBLAS/reduction summation orders differ from
 NumPy's in the last bits, so CuPy is compared with NumPy to a tolerance (1e-10 relative to each
@@ -20,15 +21,19 @@ import pytest
 
 from services.engine import STOP_REASONS, Architecture, PackConfig, TrainState, init_state, predict, train
 from tests.engine.helpers import SQ_X, SQ_Y, STATQUEST, assert_resume_matches, sine_data, stacked
+from tests.engine.standin import STANDIN
 
 pytestmark = pytest.mark.gpu
 
 STATQUEST_ARCH = Architecture((1, 2, 1), "softplus", "identity")
 
 
-@pytest.fixture(scope="module")
-def cp() -> Any:
-    """The cupy module, or skip: CuPy missing or broken, or no usable CUDA device (no driver, no GPU)."""
+@pytest.fixture(scope="module", params=["cupy", "standin"])
+def cp(request: pytest.FixtureRequest) -> Any:
+    """The cupy module, or skip: CuPy missing or broken, or no usable CUDA device (no driver, no
+    GPU); or the CPU stand-in."""
+    if request.param == "standin":
+        return STANDIN
     try:
         cupy = pytest.importorskip("cupy", exc_type=ImportError)  # also a CuPy whose CUDA libs fail
     except TypeError:  # pytest < 8.2: no exc_type, ImportError is caught anyway
