@@ -83,6 +83,18 @@ def test_gpu_service_check_runs_the_worker_path_on_numpy() -> None:
     assert out.stdout.rstrip().endswith("gpu_service: every check holds")
 
 
+def test_gpu_service_check_runs_the_device_path_with_a_cupy_standin() -> None:
+    """The same check with ``cupy`` imported as the CPU stand-in (tests/engine/standin.py): the
+    worker's path with a namespace that is not NumPy (device arrays copied to the host for
+    checkpoints) gives the NumPy run's histories."""
+    code = ("import sys; from tests.engine.standin import STANDIN; sys.modules['cupy'] = STANDIN; "
+            "from benchmarks import gpu_service; sys.exit(gpu_service.main(['--quick']))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert "[cupy] StatQuest: succeeded after 9 updates, b3 = 2.6085" in out.stdout
+    assert "largest relative SSR difference, CuPy against NumPy" in out.stdout
+
+
 @pytest.mark.slow
 def test_service_benchmark_quick_run_ingests_history(pg_url: str) -> None:
     """``pg_url`` only makes this skip where no PostgreSQL answers; the script makes its own DB."""
