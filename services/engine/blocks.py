@@ -47,6 +47,7 @@ class Blocks:
         self.trainer, self.full, self.size = trainer, size, size
         self.flags = trainer.xp.zeros(size, dtype=bool)
         self.eager_until = 0  # update index from which blocks may run again
+        self.backoff = 0  # more updates taken singly after a cut block, doubling while cuts repeat
 
     def take(self, hist: Any, it: int, max_updates: int) -> int:
         """Updates taken in blocks from update ``it``: none when a stop is near or was just
@@ -57,12 +58,14 @@ class Blocks:
             count = min(self.size, limit - (it + taken))
             first = self._run(hist, it + taken, count, max_updates)
             if first is not None:
-                # Shorter blocks while stops keep coming (a finite member whose sums overflow
-                # fires every block), back to full length after a block that stands.
+                # While stops keep coming (a finite member whose sums overflow fires every
+                # block), shorter blocks and more single updates between them; back to full
+                # length after a block that stands.
                 self.size = max(2, self.size // 4)
-                self.eager_until = it + taken + first + 1
+                self.eager_until = it + taken + first + 1 + self.backoff
+                self.backoff = min(self.full, max(1, 2 * self.backoff))
                 break
-            self.size = min(self.full, 2 * self.size)
+            self.size, self.backoff = min(self.full, 2 * self.size), 0
             taken += count
         return taken
 

@@ -143,3 +143,4 @@ def test_stops_that_keep_firing_shorten_the_blocks(block_runs: list) -> None:
     assert set(runs[0][0].stop_reason.tolist()) == {RUNNING} and np.all(runs[0][0].step == 60)  # nobody stopped
     assert [count for count, _ in block_runs[:3]] == [32, 8, 2]
     assert all(first == 0 for _, first in block_runs) and max(c for c, _ in block_runs[2:]) == 2
+    assert len(block_runs) <= 8  # single updates between tries double: 1, 1, 2, 4, 8, 16, 32
