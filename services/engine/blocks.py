@@ -10,7 +10,8 @@ target SSR, a step under min_step_size) and reads the flags once, at the end:
   one update at a time, so it left the same bits.
 - the first flag at update j of the block: parameters, gradient and velocity go back to what
   they were at the block's start, and the loop takes the updates up to and including j one at a
-  time, which applies the stop exactly where it falls; blocks resume after it.
+  time, which applies the stop exactly where it falls; blocks resume after it (shorter, and
+  later, while blocks keep being cut).
 A block never reaches a member's max_steps (the loop stops those one at a time), so that rule
 needs no flag. Blocks are used where the namespace is not NumPy: on the CPU a test costs no wait.
 """
