@@ -132,6 +132,7 @@ def graph_of(cp: Any, t: Trainer, steps: Callable[[int], None], k: int) -> None:
         graph.launch(stream)
         stream.synchronize()
         replayed = t.params.copy()
+        stream.synchronize()  # the default stream takes over below: nothing may still run here
     for buffer, value in zip((t.params, t.spare, t.grad), start):
         buffer[...] = value
     steps(k)
