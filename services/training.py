@@ -117,6 +117,24 @@ class Pack:
     pending: Pending = field(default_factory=Pending)
 
 
+def warm_up() -> None:
+    """Load the engine's compiled kernels now (numba's, from its on-disk cache), on NumPy.
+
+    The pool's parent calls this before it forks its children (``worker.app``), so that no child
+    spends its first pack on them: about 0.35 s of CPU in a fresh process, most of it for the
+    first pack of tiny networks (benchmarks/RESULTS.md, ninth session). Never for a GPU worker:
+    CUDA must not be started before a fork, and NumPy's kernels are not what it runs."""
+    shapes = [(layers, activation) for layers in ((1, 2, 1), (1, 8, 8, 1)) for activation in engine.ACTIVATIONS]
+    for layers, activation in shapes:  # both layouts, every activation's kernels
+        arch, points = engine.Architecture(layers, activation), 3 * layers[1] + 1
+        for dtype in ("float64", "float32"):
+            params = {k: np.stack([v, v]) for k, v in engine.init_parameters(arch, seed=0, dtype=dtype).items()}
+            config = engine.PackConfig(learning_rate=np.full(2, 1e-3), dtype=dtype)
+            x = np.linspace(-1.0, 1.0, points, dtype=dtype).reshape(-1, 1)
+            state = engine.init_state(np, arch, config, params, x, np.sin(x))
+            engine.train(np, arch, config, state, x, np.sin(x), 2)
+
+
 def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
     """Train whatever of ``job_ids`` this worker can claim. Never raises for a training error:
     the jobs are marked failed instead, so the broker does not redeliver a poison message.

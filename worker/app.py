@@ -52,6 +52,13 @@ def _stop_training(**_: object) -> None:
 
 
 @worker_init.connect
+def _warm_engine(**_: object) -> None:
+    """In the pool's parent, before it forks: every child starts with the engine's kernels loaded."""
+    if get_settings().engine_backend == "numpy":
+        training.warm_up()
+
+
+@worker_init.connect
 def _serve_metrics(**_: object) -> None:
     """The pool's parent is the one process that serves the children's merged metrics."""
     port = get_settings().metrics_port
