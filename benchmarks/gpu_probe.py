@@ -9,8 +9,9 @@ that one short device session answers the questions the next change to the CuPy 
 2. CuPy's own profiler (``cupyx.profiler.benchmark``) on 20 steps: CPU time against GPU time. When
    the two are close, the loop is bound by launching kernels, not by the GPU.
 3. The loop's updates with no stop tests at all: what the tests' kernels cost.
-4. Those updates captured as a CUDA graph of K steps and replayed: what the launches cost, and
-   whether a replay is bit-equal to the eager steps (the condition for using graphs at all).
+4. A block's updates (their stop-test flags left on the device), eager and captured as a CUDA
+   graph of 10 and of 32 updates (a whole block), replayed: what the launches cost, and whether a
+   replay is bit-equal to the eager updates (the condition for using graphs at all).
 
 Steps 3 and 4 reach into ``services.engine.loop.Trainer`` on purpose: they time variants of the
 loop that the engine does not have yet. Each step prints its own line; a failure prints its
@@ -104,14 +105,23 @@ def unchecked(cp: Any, dtype: str) -> None:
                 health[j] = ssr.sum() + t.spare.sum()
                 t._swap()
 
+        flags = cp.zeros(200, dtype=bool)
+
+        def block(k: int) -> None:  # a block's updates (services.engine.blocks), flags not read
+            for j in range(k):
+                t._flagged_update(j, 10**9, hist, flags[j:j + 1])
+
         steps(2)
+        block(2)
         per_step("updates with no stop tests", wall(cp, lambda: steps(200)), 200)
-        for k in (10, 50):
-            graph_of(cp, t, steps, k)
+        per_step("a block's updates, their flags left on the device", wall(cp, lambda: block(200)), 200)
+        for k in (10, 32):  # 32: blocks.SIZE
+            graph_of(cp, t, block, k)
 
 
 def graph_of(cp: Any, t: Trainer, steps: Callable[[int], None], k: int) -> None:
-    """Capture ``k`` steps as a CUDA graph, time 200 steps of replays, compare with eager bits."""
+    """Capture ``k`` updates as a CUDA graph, time about 200 updates of replays, compare the bits
+    of one replay with the same updates run eagerly from the same start."""
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         steps(k)  # this stream's memory-pool blocks exist before the capture
@@ -127,7 +137,7 @@ def graph_of(cp: Any, t: Trainer, steps: Callable[[int], None], k: int) -> None:
                 graph.launch(stream)
             stream.synchronize()
 
-        per_step(f"CUDA graph of {k} steps, replayed", wall(cp, replay), 200)
+        per_step(f"CUDA graph of {k} updates, replayed", wall(cp, replay), 200 // k * k)
         start = [b.copy() for b in (t.params, t.spare, t.grad)]
         graph.launch(stream)
         stream.synchronize()
@@ -137,7 +147,8 @@ def graph_of(cp: Any, t: Trainer, steps: Callable[[int], None], k: int) -> None:
         buffer[...] = value
     steps(k)
     cp.cuda.Device().synchronize()
-    print(f"CUDA graph of {k} steps bit-equal to the eager steps: {bool((replayed == t.params).all())}", flush=True)
+    print(f"CUDA graph of {k} updates bit-equal to the eager updates: {bool((replayed == t.params).all())}",
+          flush=True)
 
 
 def main() -> int:
