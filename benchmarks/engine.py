@@ -118,7 +118,7 @@ class Workload:
     repeat: int  # default best-of-N
     data: str  # "statquest" or "sine"
     peak_bar: float | None = None  # minimum share of the matmul peak to pass
-    gpu_bar: float | None = None  # --backend cupy: minimum speed-up over descent on this host's CPU
+    gpu_bar: float | None = None  # --backend cupy: minimum speed-up over descent on THREADS CPU cores
 
 
 # Learning rates: the loss is the SSR (a sum over points, not a mean), so its curvature grows with
