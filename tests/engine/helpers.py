@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -100,3 +101,48 @@ def assert_resume_matches(whole: TrainState, history: np.ndarray, split_steps: n
         joined[m, :done] = history_a[m, :done]
         joined[m, done:done + history_b.shape[1]] = history_b[m]
     np.testing.assert_array_equal(history, joined)
+
+
+@contextmanager
+def switched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` set to ``value`` for the block (an engine switch such as a fast path's)."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def fast_and_slow(arch: Architecture, config: PackConfig, updates: int, fast: Callable[[bool], Any],
+                  members: int, chunks: int = 1, points: int = 9) -> tuple[tuple, tuple]:
+    """(state, history) of the same pack trained with a fast path on, then off (``fast(on)`` is a
+    context that switches it), in ``chunks`` train calls each way (a resume between them)."""
+    x, y = sine_data(points, arch.layers[0], arch.layers[-1])
+    start = init_state(np, arch, config, stacked(arch, list(range(members)), config.dtype), x, y)
+    runs = []
+    for on in (True, False):
+        with fast(on):
+            state, parts = start, []
+            for _ in range(chunks):
+                state, history = train(np, arch, config, state, x, y, updates // chunks)
+                parts.append(history)
+        runs.append((state, np.concatenate(parts, axis=1)))
+    return runs[0], runs[1]
+
+
+def assert_same_bits(fast: tuple, slow: tuple) -> None:
+    """Two (state, history) results are equal bit for bit."""
+    (a, history_a), (b, history_b) = fast, slow
+    np.testing.assert_array_equal(history_a, history_b)
+    np.testing.assert_array_equal(a.step, b.step)
+    np.testing.assert_array_equal(a.stop_reason, b.stop_reason)
+    np.testing.assert_array_equal(a.ssr, b.ssr)
+    for name in a.parameters:
+        np.testing.assert_array_equal(a.parameters[name], b.parameters[name])
+        np.testing.assert_array_equal(a.velocity[name], b.velocity[name])
+
+
+def reasons(run: tuple) -> set[int]:
+    """The stop reasons of a (state, history) result."""
+    return set(run[0].stop_reason.tolist())

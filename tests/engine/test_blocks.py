@@ -12,8 +12,7 @@ import pytest
 
 from services.engine import Architecture, PackConfig, blocks, init_state, loop, train
 from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, RUNNING, TARGET_SSR
-from tests.engine.helpers import sine_data, stacked
-from tests.engine.test_plain_updates import assert_same_bits, reasons
+from tests.engine.helpers import assert_same_bits, fast_and_slow, reasons, stacked, switched
 
 M = 10
 STATQUEST = Architecture((1, 2, 1), "softplus")
@@ -28,20 +27,8 @@ def plain_loop_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def both_ways(arch: Architecture, config: PackConfig, updates: int, chunks: int = 1, size: int = 7,
               points: int = 9) -> tuple[tuple, tuple]:
     """(state, history) trained in blocks of ``size`` updates, then one update at a time."""
-    x, y = sine_data(points, arch.layers[0], arch.layers[-1])
-    start = init_state(np, arch, config, stacked(arch, list(range(M)), config.dtype), x, y)
-    runs = []
-    for force in (size, 0):
-        blocks.FORCE = force
-        try:
-            state, parts = start, []
-            for _ in range(chunks):
-                state, history = train(np, arch, config, state, x, y, updates // chunks)
-                parts.append(history)
-        finally:
-            blocks.FORCE = None
-        runs.append((state, np.concatenate(parts, axis=1)))
-    return runs[0], runs[1]
+    return fast_and_slow(arch, config, updates, lambda on: switched(blocks, "FORCE", size if on else 0), M,
+                         chunks, points)
 
 
 @pytest.fixture
@@ -134,11 +121,8 @@ def test_stops_that_keep_firing_shorten_the_blocks(block_runs: list) -> None:
     config = PackConfig(learning_rate=np.full(M, 0.01))
     runs = []
     for force in (32, 0):
-        blocks.FORCE = force
-        try:
+        with switched(blocks, "FORCE", force):
             runs.append(train(np, arch, config, init_state(np, arch, config, params, x, y), x, y, 60))
-        finally:
-            blocks.FORCE = None
     assert_same_bits(*runs)
     assert set(runs[0][0].stop_reason.tolist()) == {RUNNING} and np.all(runs[0][0].step == 60)  # nobody stopped
     assert [count for count, _ in block_runs[:3]] == [32, 8, 2]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.engine import Architecture, PackConfig, init_state, loop, train
+from services.engine import Architecture, PackConfig, loop
 from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR
-from tests.engine.helpers import sine_data, stacked
+from tests.engine.helpers import assert_same_bits, fast_and_slow, reasons, switched
 
 pytest.importorskip("services.engine.numba_tiny", exc_type=ImportError)
 pytestmark = pytest.mark.usefixtures("only_numba")
@@ -24,38 +24,9 @@ def only_numba(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "AUTO_KERNELS", "numba")
 
 
-def both_ways(arch: Architecture, config: PackConfig, updates: int, chunks: int = 1,
-              dtype: str = "float64") -> tuple[tuple, tuple]:
+def both_ways(arch: Architecture, config: PackConfig, updates: int, chunks: int = 1) -> tuple[tuple, tuple]:
     """(state, history) trained with the compiled loop, then one update at a time."""
-    x, y = sine_data(9, arch.layers[0], arch.layers[-1])
-    start = init_state(np, arch, config, stacked(arch, list(range(M)), dtype), x, y)
-    runs = []
-    for plain in (True, False):
-        loop.PLAIN_UPDATES = plain
-        try:
-            state, parts = start, []
-            for _ in range(chunks):
-                state, history = train(np, arch, config, state, x, y, updates // chunks)
-                parts.append(history)
-        finally:
-            loop.PLAIN_UPDATES = True
-        runs.append((state, np.concatenate(parts, axis=1)))
-    return runs[0], runs[1]
-
-
-def assert_same_bits(fast: tuple, slow: tuple) -> None:
-    (a, history_a), (b, history_b) = fast, slow
-    np.testing.assert_array_equal(history_a, history_b)
-    np.testing.assert_array_equal(a.step, b.step)
-    np.testing.assert_array_equal(a.stop_reason, b.stop_reason)
-    np.testing.assert_array_equal(a.ssr, b.ssr)
-    for name in a.parameters:
-        np.testing.assert_array_equal(a.parameters[name], b.parameters[name])
-        np.testing.assert_array_equal(a.velocity[name], b.velocity[name])
-
-
-def reasons(run: tuple) -> set[int]:
-    return set(run[0].stop_reason.tolist())
+    return fast_and_slow(arch, config, updates, lambda on: switched(loop, "PLAIN_UPDATES", on), M, chunks)
 
 
 @pytest.mark.parametrize("chunks", [1, 4])
@@ -108,7 +79,7 @@ def test_depths_and_activations(layers: tuple, activation: str) -> None:
 def test_float32_and_frozen_tensors() -> None:
     config = PackConfig(learning_rate=np.geomspace(0.01, 5, M), dtype="float32",
                         trainable={"layers.0.weight": False, "layers.1.weight": np.arange(M) % 2 == 0})
-    fast, slow = both_ways(STATQUEST, config, 200, dtype="float32")
+    fast, slow = both_ways(STATQUEST, config, 200)
     assert fast[0].parameters["layers.0.bias"].dtype == np.float32
     assert_same_bits(fast, slow)
 
