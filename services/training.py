@@ -131,8 +131,8 @@ def warm_up() -> None:
             params = {k: np.stack([v, v]) for k, v in engine.init_parameters(arch, seed=0, dtype=dtype).items()}
             config = engine.PackConfig(learning_rate=np.full(2, 1e-3), dtype=dtype)
             x = np.linspace(-1.0, 1.0, points, dtype=dtype).reshape(-1, 1)
-            state = engine.init_state(np, arch, config, params, x, np.sin(x))
-            engine.train(np, arch, config, state, x, np.sin(x), 2)
+            y = np.sin(x)
+            engine.train(np, arch, config, engine.init_state(np, arch, config, params, x, y), x, y, 2)
 
 
 def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "numpy") -> None:
