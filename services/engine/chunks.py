@@ -1,9 +1,11 @@
 """How a model-first pass is split so that each piece works in cache, not main memory.
 
 Activations of a chunk of members (or, for one member bigger than a chunk, of a range of its
-points) take about ``CHUNK_BYTES``; the forward and backward pass then run chunk by chunk, with
-the gradients of point chunks summed. The plan depends on the architecture, P and the dtype,
-never on M, so a pack rounds exactly like its members trained alone.
+points) take about ``CHUNK_BYTES``; where the matrix products of a pass would leave BLAS's small-
+matrix path, the points are cut into ranges as well (``SMALL_PRODUCT_MACS``). The forward and
+backward pass then run chunk by chunk, with the gradients of point chunks summed. The plan
+depends on the architecture, P and the dtype, never on M, so a pack rounds exactly like its
+members trained alone.
 """
 
 from __future__ import annotations
@@ -27,18 +29,40 @@ def even(count: int) -> int:
     return count + count % 2
 
 
+# OpenBLAS multiplies small matrices (M N K up to 100^3 multiply-adds) without first packing
+# them, with kernels of their own on AVX-512 CPUs (its SkylakeX kernels, which Sapphire Rapids and
+# Zen 4 run too). W4's products (32 x 33 by 33 x P, one core) ran 20-25% faster forward and
+# 45% (float32: 90%) faster for the weight gradient with P <= 946 than with P = 2000; with AVX2
+# kernels, which have no such path, the smaller products ran within 3% of the big ones
+# (benchmarks/RESULTS.md, "Tenth session"). So points are chunked to keep products that small...
+SMALL_PRODUCT_MACS = 100**3
+# ...where that leaves at least this many points a chunk: W3's 64 x 65 products would need
+# chunks of 240 points, and its weight gradient ran 10-20% slower in those.
+MIN_SMALL_POINTS = 512
+
+
+def small_product_points(arch: Architecture) -> int | None:
+    """The most points a chunk may have for every product of a pass to stay small, or None when
+    that would be fewer than MIN_SMALL_POINTS."""
+    widest = max(o * (i + 1) for i, o in zip(arch.layers, arch.layers[1:]))
+    points = SMALL_PRODUCT_MACS // widest
+    return points if points >= MIN_SMALL_POINTS else None
+
+
 def plan_chunks(arch: Architecture, layout: Layout, points: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Member ranges and point ranges [start, stop) of the chunked passes."""
     members = layout.members
-    per_point = sum(arch.layers[1:]) * np.dtype(layout.dtype).itemsize
     if layout.model_last or not is_numpy(layout.xp):  # CPU caches only; a GPU wants big kernels
         return [(0, members)], [(0, points)]
-    if points * per_point <= CHUNK_BYTES:
-        size = CHUNK_BYTES // (points * per_point)
-        return [(m, min(m + size, members)) for m in range(0, members, size)], [(0, points)]
-    count = even(-(-points * per_point // CHUNK_BYTES))
+    per_point = sum(arch.layers[1:]) * np.dtype(layout.dtype).itemsize
+    count = even(-(-points * per_point // CHUNK_BYTES)) if points * per_point > CHUNK_BYTES else 1
+    small = small_product_points(arch)
+    if small is not None and points > small:
+        count = max(count, even(-(-points // small)))
     size = -(-points // count)
-    return [(m, m + 1) for m in range(members)], [(p, min(p + size, points)) for p in range(0, points, size)]
+    group = max(1, CHUNK_BYTES // (size * per_point))  # members a chunk takes
+    return ([(m, min(m + group, members)) for m in range(0, members, group)],
+            [(p, min(p + size, points)) for p in range(0, points, size)])
 
 
 # Below this many FLOPs per matrix product, one BLAS thread beats two: waking the second thread

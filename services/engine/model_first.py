@@ -112,13 +112,15 @@ class WideNetwork(Network):
             self._plans[points] = plan_chunks(self.arch, self.layout, points)
         return self._plans[points]
 
-    def partials(self, members: int, count: int) -> list[tuple[list[WideLayer], Any]]:
-        """Gradient views and SSR of ``members`` members for ``count`` point chunks after the first."""
-        if len(self._partials.get(members, [])) < count:
+    def partials(self, members: int, count: int, slot: int | None = None) -> list[tuple[list[WideLayer], Any]]:
+        """Gradient views and SSR of ``members`` members for ``count`` point chunks after the
+        first: one set per chunk (``slot`` None), or one set for the thread of ``slot``."""
+        key = (members, slot)
+        if len(self._partials.get(key, [])) < count:
             flats = [self.layout.empty(members) for _ in range(count)]
-            self._partials[members] = [(self.layout.views(f), self.xp.empty(members, dtype=self.layout.dtype))
-                                       for f in flats]
-        return self._partials[members][:count]
+            self._partials[key] = [(self.layout.views(f), self.xp.empty(members, dtype=self.layout.dtype))
+                                   for f in flats]
+        return self._partials[key][:count]
 
     def loss_and_grad(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None,
                       out: Any = None) -> Any:
@@ -128,19 +130,27 @@ class WideNetwork(Network):
         if len(member_ranges) == 1 and len(point_ranges) == 1:
             return self.step(views, x, y, grads, out)
         out = self.xp.empty(self.layout.members, dtype=self.layout.dtype) if out is None else out
-        if len(point_ranges) == 1:  # chunks of members, each on all points: independent
-            tasks = [partial(self._members, views, x, y, grads, out, m0, m1) for m0, m1 in member_ranges]
+        if len(point_ranges) == 1 or len(member_ranges) >= self.threads:  # member chunks in parallel
+            tasks = [partial(self._members, views, x, y, grads, out, m0, m1, point_ranges) for m0, m1 in member_ranges]
             parallel.run(tasks, self.threads)
             return out
-        for m0, m1 in member_ranges:  # one member at a time, its point chunks in parallel
+        for m0, m1 in member_ranges:  # one member chunk at a time, its point chunks in parallel
             self._points(rows(views, m0, m1), x, y, None if grads is None else rows(grads, m0, m1),
                          out[m0:m1], point_ranges)
         return out
 
     def _members(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
-                 m0: int, m1: int, slot: int) -> None:
-        """Members [m0, m1) on all points, in the buffers of ``slot``."""
-        self.step(rows(views, m0, m1), x, y, None if grads is None else rows(grads, m0, m1), out[m0:m1], slot)
+                 m0: int, m1: int, point_ranges: list[tuple[int, int]], slot: int) -> None:
+        """Members [m0, m1) on all points, chunk by chunk, in the buffers of ``slot``."""
+        views, grads, out = rows(views, m0, m1), None if grads is None else rows(grads, m0, m1), out[m0:m1]
+        if len(point_ranges) == 1:
+            self.step(views, x, y, grads, out, slot)
+            return
+        partials = self.partials(m1 - m0, len(point_ranges) - 1, slot)
+        targets = [(grads, out)] + [(None if grads is None else g, s) for g, s in partials]
+        for (p0, p1), (into, ssr) in zip(point_ranges, targets):
+            self.step(views, x[:, p0:p1], y[:, p0:p1], into, ssr, slot)
+        _add_partials(grads, out, partials)
 
     def _points(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
                 point_ranges: list[tuple[int, int]]) -> None:
@@ -154,10 +164,7 @@ class WideNetwork(Network):
             self.step(views, x[:, p0:p1], y[:, p0:p1], into, ssr, slot)
 
         parallel.run([partial(chunk, k) for k in range(len(point_ranges))], self.threads)
-        for extra_grads, extra_ssr in partials:
-            out += extra_ssr
-            for total, extra in zip(grads or [], extra_grads or []):
-                total.block[...] += extra.block
+        _add_partials(grads, out, partials)
 
     def predict(self, views: list[WideLayer], x: Any) -> Any:
         """Canonical predictions (M, P, n_out) for layout data x (a new array), chunk by chunk."""
@@ -169,3 +176,12 @@ class WideNetwork(Network):
                 last = self.forward(rows(views, m0, m1), x[:, p0:p1])[-1].a
                 out[m0:m1, p0:p1] = last.transpose(0, 2, 1)
         return out
+
+
+def _add_partials(grads: list[WideLayer] | None, out: Any, partials: list[tuple[list[WideLayer], Any]]) -> None:
+    """The point chunks' SSR and gradients after the first, added in chunk order: the sums of a
+    member do not depend on which thread ran which chunk."""
+    for extra_grads, extra_ssr in partials:
+        out += extra_ssr
+        for total, extra in zip(grads or [], extra_grads or []):
+            total.block[...] += extra.block

@@ -18,6 +18,24 @@ pytestmark = pytest.mark.usefixtures("each_kernels")  # every kernel path instal
 ARCH = Architecture((2, 6, 5, 1), "softplus")  # model first
 
 
+# Chunk plans by the settings that make them, for ARCH on 37 points and 5 members.
+PLANS = {
+    "point chunks": {"CHUNK_BYTES": 500},  # 5 single members x 8 point chunks
+    "member chunks": {"CHUNK_BYTES": 8000},  # members on all points
+    # products held small (as W4's): 3 chunks of up to 2 members x 4 point chunks...
+    "member and point chunks": {"SMALL_PRODUCT_MACS": 350, "MIN_SMALL_POINTS": 1, "CHUNK_BYTES": 2000},
+    # ...or one chunk of all members x 4 point chunks (its point chunks then run in parallel)
+    "point chunks of all members": {"SMALL_PRODUCT_MACS": 350, "MIN_SMALL_POINTS": 1},
+}
+
+
+@pytest.fixture(params=list(PLANS))
+def plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name, value in PLANS[request.param].items():
+        monkeypatch.setattr(chunks, name, value)
+    return request.param
+
+
 def config(members: int) -> PackConfig:
     return PackConfig(learning_rate=np.linspace(0.002, 0.01, members), max_steps=np.full(members, 30),
                       min_step_size=np.zeros(members), target_ssr=np.full(members, -np.inf),
@@ -34,12 +52,13 @@ def test_plans_cover_everything(monkeypatch: pytest.MonkeyPatch, chunk_bytes: in
     assert len(members) > 1 or len(points) > 1
 
 
-@pytest.mark.parametrize("chunk_bytes", [500, 8000])  # points chunked / members chunked
-def test_chunked_pass_matches_whole(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+@pytest.mark.parametrize("plan_name", list(PLANS))
+def test_chunked_pass_matches_whole(monkeypatch: pytest.MonkeyPatch, plan_name: str) -> None:
     x, y = sine_data(37, 2, 1)
     params = stacked(ARCH, [0, 1, 2, 3, 4])
     whole_state, whole_history = run(ARCH, config(5), params, x, y, 30)
-    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+    for name, value in PLANS[plan_name].items():
+        monkeypatch.setattr(chunks, name, value)
     state, history = run(ARCH, config(5), params, x, y, 30)
     member_chunks_only = len(chunks.plan_chunks(ARCH, build(np, ARCH, 5, "float64").layout, 37)[1]) == 1
     a, b = whole_state.to_arrays(), state.to_arrays()
@@ -51,9 +70,7 @@ def test_chunked_pass_matches_whole(monkeypatch: pytest.MonkeyPatch, chunk_bytes
     np.testing.assert_allclose(history, whole_history, rtol=1e-12)
 
 
-@pytest.mark.parametrize("chunk_bytes", [500, 8000])
-def test_chunked_pack_equals_separate_runs_and_resumes(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
-    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
+def test_chunked_pack_equals_separate_runs_and_resumes(plan: str) -> None:
     x, y = sine_data(37, 2, 1)
     params = stacked(ARCH, [5, 6, 7])
     state, history = run(ARCH, config(3), params, x, y, 30)
@@ -120,12 +137,11 @@ def test_the_blas_cap_holds_only_inside_its_block() -> None:
     assert threads() == before
 
 
-@pytest.mark.parametrize("chunk_bytes", [500, 8000])  # point chunks / member chunks
-def test_threads_change_no_bit(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
-    """The chunks of a pass on 1 or 3 threads: the same numbers, bit for bit."""
+def test_threads_change_no_bit(monkeypatch: pytest.MonkeyPatch, plan: str) -> None:
+    """The chunks of a pass on 1 or 3 threads: the same numbers, bit for bit (with all members
+    in one chunk, one thread walks its point chunks and three run them in parallel)."""
     from services.engine import parallel, training
 
-    monkeypatch.setattr(chunks, "CHUNK_BYTES", chunk_bytes)
     x, y = sine_data(37, 2, 1)
     params = stacked(ARCH, [0, 1, 2, 3, 4])
     results = []
@@ -162,3 +178,28 @@ def test_point_chunks_come_in_even_numbers() -> None:
     for points in (10_000, 3_000, 25_001):
         point_ranges = chunks.plan_chunks(arch, layout_for(np, arch, 1, "float64"), points)[1]
         assert len(point_ranges) % 2 == 0, (points, point_ranges)
+
+
+def test_plans_take_the_members_and_points_they_say() -> None:
+    layout = build(np, ARCH, 5, "float64").layout
+    expected = {"point chunks": (5, 8), "member chunks": (3, 1), "member and point chunks": (3, 4),
+                "point chunks of all members": (1, 4)}
+    for name, counts in expected.items():
+        with pytest.MonkeyPatch.context() as patch:
+            for setting, value in PLANS[name].items():
+                patch.setattr(chunks, setting, value)
+            members, points = chunks.plan_chunks(ARCH, layout, 37)
+        assert (len(members), len(points)) == counts, name
+
+
+def test_products_stay_small_where_chunks_keep_enough_points() -> None:
+    """W4's products (32 x 33 by 33 x P) stay within OpenBLAS's small-matrix path: point chunks
+    of at most 946 points, in even numbers, with several members a chunk. W3's (64 x 65) would
+    need chunks of 240 points: its plan is left to the cache size."""
+    w4 = Architecture((1, 32, 32, 1), "tanh")
+    members, points = chunks.plan_chunks(w4, layout_for(np, w4, 64, "float64"), 2000)
+    assert len(points) % 2 == 0 and max(b - a for a, b in points) * 32 * 33 <= chunks.SMALL_PRODUCT_MACS
+    assert min(b - a for a, b in members) > 1 and members[-1][1] == 64
+    w3 = Architecture((1, 64, 64, 1), "softplus")
+    assert chunks.small_product_points(w3) is None
+    assert len(chunks.plan_chunks(w3, layout_for(np, w3, 1, "float64"), 10_000)[1]) == 6
