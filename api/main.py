@@ -34,8 +34,10 @@ storage down (`Retry-After`).
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the environment's (``DESCENT_*``)."""
     settings = settings or get_settings()
+    # FastAPI's native OpenTelemetry (off: Descent's metrics are Prometheus's) otherwise looks up
+    # the global tracer, meter and logger providers on every request.
     app = FastAPI(title="Descent", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan,
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
     app.state.keys = KeyRing.from_settings(settings)  # a bad DESCENT_API_KEYS stops the start here
     install_error_handlers(app)
