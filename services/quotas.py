@@ -51,11 +51,13 @@ _counts: dict[tuple[str, str], list[float]] = {}  # (database, tenant): [counted
 
 
 def check_queued(session: Session, tenant: str, adding: int, settings: Settings | None = None) -> None:
-    """429 when ``adding`` more jobs would take the tenant's queued jobs past its limit."""
+    """429 when ``adding`` more jobs would take the tenant's queued jobs past its limit: the
+    queue drains, so a retry may succeed. A batch larger than the whole limit never could: that
+    is invalid input, which callers locate at their own field first (a sweep: ``check_count``)."""
     settings = settings or get_settings()
     limit = settings.tenant_max_queued
     if adding > limit:
-        raise TooMany(f"{adding} jobs exceed the limit of {limit} queued jobs per tenant", RETRY_AFTER_SECONDS)
+        raise InvalidInput((), f"{adding} jobs exceed the limit of {limit} queued jobs per tenant")
     key, now = (settings.database_url, tenant), time.monotonic()
     known = _counts.get(key)
     if known is not None and now - known[0] < _RECOUNT_SECONDS and known[1] + known[2] + adding <= _FAR * limit:

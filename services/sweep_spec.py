@@ -13,6 +13,8 @@ import gc
 import itertools
 import math
 import re
+import types
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,12 +129,15 @@ class SweepCreate(Strict):
 
     @model_validator(mode="after")
     def _paths(self) -> SweepCreate:
-        """Each path is varied in one place only, and no path lies inside another (setting
-        ``a`` and then ``a.b`` would depend on the order and could write into a grid value)."""
+        """At most ``MAX_PATHS`` paths in all, each naming a job field, varied in one place only,
+        and no path lies inside another (setting ``a`` and then ``a.b`` would depend on the order
+        and could write into a grid value)."""
+        _check_path_count(self)
         seen: list[str] = []
         for loc, path in _path_locs(self):
             if not _PATH.fullmatch(path):
                 raise InvalidInput(loc, "must be a dotted name of letters, digits and underscores")
+            _check_known(loc, path)
             if path in seen:
                 raise InvalidInput(loc, f"{path!r} is also in grid; vary a path in one place only")
             for other in seen:
@@ -157,6 +162,44 @@ def _path_locs(sweep: SweepCreate) -> list[tuple[Loc, str]]:
     return [*grid, *space]
 
 
+def _check_path_count(sweep: SweepCreate) -> None:
+    """``MAX_PATHS`` bounds grid and random together; each side's own ``max_length`` already
+    holds it alone, so an excess is the random space's (as ``random.n`` is blamed for members)."""
+    grid = len(sweep.grid or {})
+    space = len(sweep.random.space) if sweep.random else 0
+    if grid + space > MAX_PATHS:
+        raise InvalidInput(("random", "space"), f"{grid} grid paths + {space} random paths: {grid + space} varied "
+                                                f"paths exceed the limit of {MAX_PATHS} (grid and random together)")
+
+
+def _check_known(loc: Loc, path: str) -> None:
+    """Each key of ``path`` must be a field of the job schema, as far as the schema has named
+    fields: an unknown one is refused at the path itself, rather than per member as an extra
+    input inside a grid value. Below a list, a number or free-form JSON, member validation
+    judges the value."""
+    keys = path.split(".")
+    models: tuple[type[BaseModel], ...] = (JobCreate,)
+    for depth, key in enumerate(keys):
+        fields = {name: field.annotation for model in models for name, field in model.model_fields.items()}
+        if key not in fields:
+            inside = f" in {'.'.join(keys[:depth])!r}" if depth else ""
+            raise InvalidInput(loc, f"unknown field {key!r}{inside}; known: {', '.join(sorted(fields))}")
+        models = _object_models(fields[key])
+        if not models:
+            return
+
+
+def _object_models(annotation: Any) -> tuple[type[BaseModel], ...]:
+    """The models a field holds (a model, or a union of models such as ``data`` and ``init``,
+    optionally None); empty when any alternative is not a model, as its keys are not fields."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = [option for option in (typing.get_args(annotation) if union else (annotation,))
+               if option is not type(None)]
+    if all(isinstance(option, type) and issubclass(option, BaseModel) for option in options):
+        return tuple(options)
+    return ()
+
+
 def varied_paths(sweep: SweepCreate) -> list[str]:
     """Grid paths then random paths, in request order: the columns of a sweep's result table."""
     return [path for _, path in _path_locs(sweep)]
@@ -164,21 +207,31 @@ def varied_paths(sweep: SweepCreate) -> list[str]:
 
 def member_count(sweep: SweepCreate) -> int:
     """Computed from the lengths alone, so an oversized sweep is refused before anything is built."""
-    grid = math.prod(len(values) for values in (sweep.grid or {}).values())
-    return grid * (sweep.random.n if sweep.random else 1)
+    return _grid_points(sweep) * (sweep.random.n if sweep.random else 1)
 
 
-def _check_count(sweep: SweepCreate, max_members: int) -> None:
-    """Blame ``random.n`` when the grid alone would fit, the grid otherwise."""
+def check_count(sweep: SweepCreate, max_members: int, limit_name: str = "") -> None:
+    """At most ``max_members`` members (``limit_name`` says which limit that is, e.g. the
+    tenant's queued jobs); the error is located by ``count_loc``."""
     count = member_count(sweep)
     if count <= max_members:
         return
-    limit = f"{count} members exceed the limit of {max_members}"
-    grid = math.prod(len(values) for values in (sweep.grid or {}).values())
-    if sweep.random is None:
-        raise InvalidInput(("grid",), limit)
-    loc: Loc = ("random", "n") if grid <= max_members else ("grid",)
-    raise InvalidInput(loc, f"{grid} grid points x {sweep.random.n} draws: {limit}")
+    limit = f"{count} members exceed the limit of {max_members}{limit_name}"
+    if sweep.random is not None:
+        limit = f"{_grid_points(sweep)} grid points x {sweep.random.n} draws: {limit}"
+    raise InvalidInput(count_loc(sweep, max_members), limit)
+
+
+def count_loc(sweep: SweepCreate, max_members: int) -> Loc:
+    """The field that makes a sweep too many members for ``max_members``: ``random.n`` when
+    the grid alone would fit, the grid otherwise."""
+    if sweep.random is not None and _grid_points(sweep) <= max_members:
+        return ("random", "n")
+    return ("grid",)
+
+
+def _grid_points(sweep: SweepCreate) -> int:
+    return math.prod(len(values) for values in (sweep.grid or {}).values())
 
 
 def draws(random: RandomSpec) -> list[dict[str, Any]]:
@@ -199,7 +252,7 @@ def expand(sweep: SweepCreate, max_members: int) -> list[Member]:
     large inline data set must not copy the data 10k times): treat them as read-only below the
     top level. The base itself is never modified.
     """
-    _check_count(sweep, max_members)
+    check_count(sweep, max_members)
     grid = sweep.grid or {}
     random_draws = draws(sweep.random) if sweep.random else [{}]
     members: list[Member] = []
@@ -284,6 +337,49 @@ def member_error(sweep: SweepCreate, member: Member, exc: ValidationError | Inva
         below = loc[len(path.split(".")):]  # e.g. the bad element of a grid list value
         return InvalidInput(("grid", path, positions[path], *below), f"member {member.index}: {message}")
     return InvalidInput(("random", "space", path), f"member {member.index} (draw {draw}): {message}")
+
+
+# The job fields a member's training cost depends on (parameters x points x steps), in the
+# order they are blamed: steps first, the knob a client turns first (as for a single job).
+COST_FIELDS: tuple[Loc, ...] = (("stop", "max_steps"), ("architecture", "layers"), ("data",))
+
+
+def cost_error(sweep: SweepCreate, members: Sequence[Member], costs: Sequence[float], max_cost: float,
+               exc: InvalidInput) -> InvalidInput:
+    """``exc`` (the sweep's summed cost is over ``max_cost``) located at what drives the cost.
+
+    When steps, layers or data are varied, the costliest member's value of the first varied one
+    is blamed (a grid value or a distribution, as ``member_error`` locates them). Otherwise every
+    member costs the same: the member count is blamed when fewer members would fit, the base
+    when not even one does.
+    """
+    paths = varied_paths(sweep)
+    costliest = max(range(len(members)), key=costs.__getitem__)
+    for field in COST_FIELDS:
+        if _blamed_path(paths, field) is not None:
+            return member_error(sweep, members[costliest], InvalidInput(field, exc.message))
+    fitting = int(max_cost // costs[costliest])
+    if fitting >= 1:
+        return InvalidInput(count_loc(sweep, fitting), exc.message)
+    stop = sweep.base.get("stop")
+    given = isinstance(stop, dict) and "max_steps" in stop
+    return InvalidInput(("base", "stop", "max_steps") if given else ("base",), exc.message)
+
+
+def check_early_stopping(sweep: SweepCreate, specs: Sequence[JobCreate], max_steps: int) -> None:
+    """``min_steps`` within the ``max_steps`` setting (the schema's bound is only the storage
+    ceiling), and below some member's ``stop.max_steps``: otherwise no member is still training
+    at the first rung, and halving never cuts anything."""
+    rule = sweep.early_stopping
+    if rule is None:
+        return
+    loc: Loc = ("early_stopping", "min_steps")
+    if rule.min_steps > max_steps:
+        raise InvalidInput(loc, f"exceeds the limit of {max_steps}")
+    longest = max(spec.stop.max_steps for spec in specs)
+    if rule.min_steps >= longest:
+        raise InvalidInput(loc, f"{rule.min_steps} is not below any member's stop.max_steps (the largest is "
+                                f"{longest}): no member trains past the first rung, so halving would never cut")
 
 
 def _job_error(exc: ValidationError | InvalidInput) -> tuple[Loc, str]:

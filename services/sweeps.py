@@ -35,12 +35,15 @@ def submit_sweep_once(body: SweepCreate, idempotency_key: str | None, *,
     the sweep as it is now (see ``services.idempotency``)."""
     settings = get_settings()
     members = sweep_spec.expand(body, settings.max_sweep_members)
+    # A sweep larger than the whole queue could never be accepted: a 422 at its size, not a 429.
+    sweep_spec.check_count(body, settings.tenant_max_queued, " queued jobs per tenant")
     specs = sweep_spec.validate_members(body, members)
     for member, spec in zip(members, specs):
         try:
             check_limits(spec, settings)
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
+    sweep_spec.check_early_stopping(body, specs, settings.max_steps)
     claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "sweep", body.model_dump(mode="json"))
     return idempotency.once(claim, lambda: _store(body, members, specs, claim, tenant),
                             lambda session, sweep_id: _read(session, sweep_id, tenant))
@@ -55,7 +58,7 @@ def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], cla
             paths=sweep_spec.varied_paths(body), members=len(members),
             planned_steps=sum(spec.stop.max_steps for spec in specs))
         rows = _member_rows(session, body, members, specs, sweep.id, tenant)
-        quotas.check_cost(get_settings(), rows_cost(specs, rows), ("base", "stop", "max_steps"))
+        _check_cost(body, members, rows_cost(specs, rows))
         store.insert_members(session, [row for row, _ in rows])
         if claim is not None:
             claim.store(session, sweep.id)
@@ -63,6 +66,16 @@ def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], cla
     metrics.JOBS_SUBMITTED.inc(len(members))
     doorbell.ring(get_settings())
     return read
+
+
+def _check_cost(body: SweepCreate, members: list[Member], priced: list[tuple[JobCreate, int]]) -> None:
+    """The tenant's cost limit over all members, located at the sweep field that drives it."""
+    settings = get_settings()
+    try:
+        quotas.check_cost(settings, priced)
+    except InvalidInput as exc:
+        costs = [quotas.training_cost(spec, points) for spec, points in priced]
+        raise sweep_spec.cost_error(body, members, costs, settings.tenant_max_cost, exc) from None
 
 
 def rows_cost(specs: list[JobCreate], rows: list[tuple[dict, int]]) -> list[tuple[JobCreate, int]]:
@@ -142,11 +155,12 @@ def list_sweeps(limit: int | None = None, cursor: str | None = None, *, tenant: 
 
 
 def cancel_sweep(sweep_id: str, *, tenant: str = DEFAULT_TENANT) -> SweepRead:
-    """Every unfinished member is cancelled (running ones at their next checkpoint)."""
+    """Every unfinished member is cancelled (running ones at their next checkpoint). A finished
+    or already cancelled sweep is a Conflict, as a job's second cancel is."""
     with session_scope(write=True) as session:
         current = _read(session, sweep_id, tenant, board=False)
-        if current.status == "finished":
-            raise Conflict(f"sweep {sweep_id} is already finished")
+        if current.status in ("finished", "cancelled"):
+            raise Conflict(f"sweep {sweep_id} is already {current.status}")
         ended = store.cancel_members(session, sweep_id)
         after = _read(session, sweep_id, tenant)
     metrics.count_finished({"cancelled": ended})

@@ -160,9 +160,10 @@ def test_a_bad_grid_value_is_located_at_its_index_and_nothing_is_stored(
 @pytest.mark.parametrize(("base_changes", "grid", "loc"), [
     # A plain job with batch_size 50 on this 3-point data set is a 422 at body.batch_size.
     ({}, {"batch_size": [2, 50]}, ["body", "grid", "batch_size", 1]),
-    # Member 1 has 2 inputs, the data set 1; in the other order the sweep is refused (base.data.x).
+    # Member 1 has 2 inputs, the data set 1; in the other order the sweep is refused at the base's
+    # data.dataset_id (the request has no data.x: the fault is in the dataset it names).
     ({"init": {"seed": 0}, "trainable": None}, {"architecture.layers": [[1, 2, 1], [2, 2, 1]]},
-     ["body", "base", "data", "x"]),
+     ["body", "base", "data", "dataset_id"]),
 ], ids=["batch-size", "layers"])
 def test_every_member_is_checked_against_a_referenced_dataset(
     client: TestClient, base_changes: dict, grid: dict, loc: list,
@@ -264,7 +265,7 @@ def test_bad_listing_parameters_are_422(client: TestClient, params: dict, loc: s
 # --- cancel ------------------------------------------------------------------------------------
 
 
-def test_cancel_cancels_every_queued_member_and_repeats_harmlessly(client: TestClient) -> None:
+def test_cancel_cancels_every_queued_member_and_a_second_cancel_is_409(client: TestClient) -> None:
     sweep = create(client, body())
     other = client.post("/v1/jobs", json=statquest_job()).json()  # not a member: untouched
     cancelled = client.post(f"/v1/sweeps/{sweep['id']}/cancel")
@@ -273,8 +274,8 @@ def test_cancel_cancels_every_queued_member_and_repeats_harmlessly(client: TestC
     jobs = members(client, sweep["id"])
     assert len(jobs) == 6 and all(j["status"] == "cancelled" and j["finished_at"] for j in jobs)
     assert client.get(f"/v1/jobs/{other['id']}").json()["status"] == "queued"
-    again = client.post(f"/v1/sweeps/{sweep['id']}/cancel")
-    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    again = client.post(f"/v1/sweeps/{sweep['id']}/cancel")  # as a job's second cancel
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     assert client.get(f"/v1/sweeps/{sweep['id']}").json()["status"] == "cancelled"
 
 
