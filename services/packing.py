@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,14 @@ def linger(jobs: Sequence[QueuedJob], busy: int, now: datetime, seconds: float, 
     oldest = min((job.created_at for job in jobs if job.created_at is not None), default=None)
     if oldest is None:
         return 0.0
-    waited = (now.replace(tzinfo=None) - oldest.replace(tzinfo=None)).total_seconds()
+    waited = (_as_utc(now) - _as_utc(oldest)).total_seconds()
     return min(seconds, max(0.0, seconds - waited))  # min: a clock ahead of ours waits no longer
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Aware UTC. SQLite's driver returns naive UTC, psycopg the session's zone: dropping that
+    zone instead of converting it made a job submitted east of UTC look submitted in the future."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def within_tenant_limit(jobs: Sequence[QueuedJob], in_flight: dict[str, int], limit: int) -> list[QueuedJob]:
@@ -55,6 +61,23 @@ def within_tenant_limit(jobs: Sequence[QueuedJob], in_flight: dict[str, int], li
             kept.append(job)
         room[job.tenant] = left - 1
     return kept
+
+
+def full_tenants(in_flight: dict[str, int], limit: int) -> set[str]:
+    """Tenants with no room left under ``limit``: the scheduler leaves their jobs out of its read."""
+    return {tenant for tenant, n in in_flight.items() if n >= limit}
+
+
+def tenants_left_out(jobs: Sequence[QueuedJob], kept: Sequence[QueuedJob]) -> set[str]:
+    """Tenants some of whose ``jobs`` ``within_tenant_limit`` dropped: their room ran out."""
+    ids = {job.id for job in kept}
+    return {job.tenant for job in jobs if job.id not in ids}
+
+
+def oldest_first(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
+    """In the scheduler's order: submit time, then id."""
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(jobs, key=lambda job: (never if job.created_at is None else _as_utc(job.created_at), job.id))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from services import halving, metrics, packing
@@ -26,6 +27,8 @@ from services.db.session import session_scope
 from services.errors import DomainError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from services.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
@@ -89,12 +92,14 @@ def cut_rungs() -> list[tuple[str, int, int, int]]:
             if rule is None or parked is None:
                 continue
             keep, stop = halving.survivors(parked, int(rule["reduction_factor"]))
-            if store.sweep_cancelled(session, sweep_id):
+            cancelled = store.sweep_cancelled(session, sweep_id)
+            if cancelled:  # every member ends cancelled (a cancel is never an early stop)
                 keep, stop = [], keep + stop
-            ended = store.cut_rung(session, rung, keep, stop, store.db_now(session))
-        metrics.count_finished({"succeeded": ended})
+            ended = store.cut_rung(session, rung, keep, stop, store.db_now(session), cancelled)
+        metrics.count_finished(ended)
         done.append((sweep_id, rung, len(keep), len(stop)))
-        log.info("sweep %s rung %d: %d go on, %d stopped early", sweep_id, rung, len(keep), len(stop))
+        log.info("sweep %s rung %d: %d go on, %d stopped early, %d cancelled", sweep_id, rung, len(keep),
+                 ended["succeeded"], ended["cancelled"])
     return done
 
 
@@ -120,9 +125,7 @@ def dispatch(settings: Settings,
             slots = free.get(device)
             if slots is not None and slots <= 0:
                 continue
-            queued = store.dispatchable(session, now, settings.redispatch_seconds, settings.scheduler_batch,
-                                        device, stale_too=slots is not None)
-            queued = packing.within_tenant_limit(queued, in_flight, settings.tenant_max_running)
+            queued = _waiting(session, settings, now, device, slots is not None, in_flight)
             wait = packing.linger(queued, busy.get(device, 0), now, settings.pack_linger_seconds,
                                   settings.pack_linger_cost)
             if wait > 0:
@@ -148,6 +151,26 @@ def dispatch(settings: Settings,
     if plans:
         log.info("dispatched %d job(s) in %d pack(s)", sum(len(p.job_ids) for p in plans), len(plans))
     return plans, saturated, hold
+
+
+def _waiting(session: Session, settings: Settings, now: datetime, device: str, stale_too: bool,
+             in_flight: dict[str, int]) -> list[packing.QueuedJob]:
+    """A queue's oldest dispatchable jobs (at most ``scheduler_batch``) within every tenant's
+    running limit, oldest first. Tenants at their limit are left out of the read itself: read
+    first and dropped after, one tenant's backlog of a batch hid every other tenant's jobs while
+    workers idled. A tenant whose room runs out within a batch keeps its oldest jobs and is left
+    out of one more read; in the usual case (no tenant at its limit) one read is all."""
+    limit, size = settings.tenant_max_running, settings.scheduler_batch
+    excluded = packing.full_tenants(in_flight, limit)
+    carried: list[packing.QueuedJob] = []  # the jobs kept of tenants whose room ran out
+    while True:
+        read = store.dispatchable(session, now, settings.redispatch_seconds, size, device, stale_too, excluded)
+        kept = packing.within_tenant_limit(read, in_flight, limit)
+        ran_out = packing.tenants_left_out(read, kept)
+        if len(read) < size or not ran_out:
+            return packing.oldest_first(carried + kept)[:size] if carried else kept
+        carried += [job for job in kept if job.tenant in ran_out]
+        excluded |= ran_out
 
 
 def _count_in_flight(in_flight: dict[str, int], queued: list[packing.QueuedJob], plans: list[packing.PackPlan]) -> None:

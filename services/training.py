@@ -160,12 +160,23 @@ def run_pack(job_ids: list[str], *, hostname: str, pid: int, backend: str = "num
         doorbell.ring(freed=True)  # the scheduler may send what waited for a free worker
 
 
-@_storage_retry
 def _claim(job_ids: list[str], hostname: str, pid: int) -> tuple[list[ckpt.Claim], datetime]:
-    """One transaction: a retry after a failed commit claims again (nothing was claimed)."""
+    """One transaction, retried whole. A commit that fails may still have landed (the connection
+    dropped on the way back): the retry then finds the jobs running under this worker, stamped
+    with a lease time an earlier try wrote, and takes them back instead of claiming nothing and
+    leaving them to lapse untrained and be charged a lost lease."""
+    return _claim_once(job_ids, hostname, pid, [])
+
+
+@_storage_retry
+def _claim_once(job_ids: list[str], hostname: str, pid: int,
+                tried: list[datetime]) -> tuple[list[ckpt.Claim], datetime]:
+    """One try; ``tried`` (shared by the tries) collects the lease time each one wrote."""
     with session_scope() as session:
         now = db_now(session)
-        return ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=now), now
+        earlier = tuple(tried)
+        tried.append(now)  # before the write: a try that fails after it may have landed
+        return ckpt.claim_jobs(session, job_ids, hostname=hostname, pid=pid, now=now, earlier=earlier), now
 
 
 def _hand_back(job_ids: list[str]) -> None:
@@ -378,19 +389,39 @@ def _write(queue: str, pending: Pending, training: list[Member]) -> tuple[list[c
     """The commit's transaction, retried whole when the database fails it (a deadlock victim, a
     dropped connection): nothing of a failed transaction was written, so a retry is exact. The
     heartbeat waits meanwhile, so its renewal never competes with this one for the same rows.
-    A cancel is read under the same row locks: a member still training ends ``cancelled`` here,
-    but a natural stop in the same chunks wins (the result is final)."""
+    A cancel is read under the same row locks: a member still training, or one that just
+    reached a rung, ends ``cancelled`` here, but a natural stop in the same chunks wins (the
+    result is final)."""
     started = time.perf_counter()
     with heartbeat.current().paused(), session_scope() as session:
         held = ckpt.hold_fences(session, pending.claims(training), db_now(session))
         ckpt.write_checkpoints(session, pending.writes, held)
+        parked, cancelled_at_rung = _parking(pending.parked, held)
         outcomes = [o for o in pending.stopped if o.claim.job_id in held]
         outcomes += [ckpt.Outcome(m.claim, "cancelled", None) for m in training
                      if m.claim.job_id in held and held[m.claim.job_id].cancel_requested]
+        outcomes += cancelled_at_rung
         ckpt.finish_jobs(session, outcomes)
-        ckpt.park_jobs(session, [(c, rung) for c, rung in pending.parked if c.job_id in held])
+        ckpt.park_jobs(session, parked)
     _count_chunk(queue, time.perf_counter() - started, pending.writes, held, outcomes)
     return outcomes, held
+
+
+def _parking(parked: list[tuple[ckpt.Claim, int]],
+             held: dict[str, ckpt.Claim]) -> tuple[list[tuple[ckpt.Claim, int]], list[ckpt.Outcome]]:
+    """Of the members that reached a rung and are still ours, those to park, and those whose
+    cancel was asked for meanwhile, which end ``cancelled`` at the rung's checkpoint instead:
+    a parked member is not running any more, so nothing else would honour the cancel, and the
+    cut would end it early-stopped or send it on training."""
+    parking, cancelled = [], []
+    for claim, rung in parked:
+        if claim.job_id not in held:
+            continue
+        if held[claim.job_id].cancel_requested:
+            cancelled.append(ckpt.Outcome(claim, "cancelled", None))
+        else:
+            parking.append((claim, rung))
+    return parking, cancelled
 
 
 def _count_chunk(queue: str, seconds: float, writes: list[ckpt.CheckpointWrite], held: dict[str, ckpt.Claim],

@@ -71,20 +71,49 @@ class Outcome:
 
 def claim_jobs(
     session: Session, job_ids: Sequence[str], *, hostname: str, pid: int, now: datetime | None = None,
+    earlier: Sequence[datetime] = (),
 ) -> list[Claim]:
     """Queued jobs become ours; anything else (claimed by another worker, parked at a rung,
     cancelled, finished) is skipped, which makes a duplicate delivery a no-op. A running job
-    whose lease lapsed is not claimed here: the scheduler requeues it (and counts the loss)."""
+    whose lease lapsed is not claimed here: the scheduler requeues it (and counts the loss).
+
+    ``earlier``: the lease times (``now``) of earlier tries of this same claim, whose commit
+    failed but may have landed; the jobs they claimed are taken back (``_reclaim``)."""
     now = now or utcnow()
+    found = _reclaim(session, job_ids, hostname, pid, now, earlier) if earlier else {}
     stmt = (
         update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued", _jobs.c.rung.is_(None))
         .values(status="running", attempts=_jobs.c.attempts + 1, worker_hostname=hostname,
                 worker_pid=pid, heartbeat_at=now, started_at=func.coalesce(_jobs.c.started_at, now))
-        .returning(_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested, _jobs.c.pack_key, _jobs.c.created_at)
+        .returning(*_CLAIMED)
     )
-    found = {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested), row.pack_key, row.created_at)
-             for row in session.execute(stmt)}
+    found.update(_claims(session.execute(stmt)))
     return [found[job_id] for job_id in job_ids if job_id in found]
+
+
+_CLAIMED = (_jobs.c.id, _jobs.c.attempts, _jobs.c.cancel_requested, _jobs.c.pack_key, _jobs.c.created_at)
+
+
+def _claims(rows: Iterable) -> dict[str, Claim]:
+    return {row.id: Claim(row.id, row.attempts, bool(row.cancel_requested), row.pack_key, row.created_at)
+            for row in rows}
+
+
+def _reclaim(session: Session, job_ids: Sequence[str], hostname: str, pid: int, now: datetime,
+             earlier: Sequence[datetime]) -> dict[str, Claim]:
+    """Jobs an earlier try of this claim took: its commit landed but the answer was lost, so a
+    retry would find them no longer queued and leave them running untrained until their lease
+    lapsed. Still running under this worker with the lease time that try wrote (no heartbeat has
+    renewed it: none runs before the claim returns), they are ours at the attempt they hold; the
+    lease is renewed to ``now``."""
+    stmt = (
+        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "running",
+                            _jobs.c.worker_hostname == hostname, _jobs.c.worker_pid == pid,
+                            _jobs.c.heartbeat_at.in_(list(earlier)))
+        .values(heartbeat_at=now)
+        .returning(*_CLAIMED)
+    )
+    return _claims(session.execute(stmt))
 
 
 def load_latest(session: Session, job_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:

@@ -4,7 +4,7 @@ processes on machines with skewed clocks agree about who holds a lease."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import String, and_, func, literal, or_, select, text, update
@@ -94,9 +94,12 @@ def end_stuck_sessions(session: Session, seconds: float) -> int:
 
 
 def dispatchable(session: Session, now: datetime, redispatch_seconds: float, limit: int,
-                 device: str, stale_too: bool = True) -> list[QueuedJob]:
+                 device: str, stale_too: bool = True, excluded: Collection[str] = ()) -> list[QueuedJob]:
     """A queue's jobs never dispatched, or (``stale_too``) whose message has not started them in
-    time; parked members (waiting for their rung's cut) are not dispatchable."""
+    time, oldest first; parked members (waiting for their rung's cut) are not dispatchable.
+    ``excluded`` tenants (at their running limit) are left out here, not after the read: their
+    backlog would otherwise fill the ``limit`` rows and hide every other tenant's jobs. With none
+    excluded (the usual case) the query is the plain walk along ``ix_jobs_waiting``."""
     sent = _jobs.c.dispatched_at.is_(None)
     if stale_too:
         sent = or_(sent, _jobs.c.dispatched_at < now - timedelta(seconds=redispatch_seconds))
@@ -105,6 +108,8 @@ def dispatchable(session: Session, now: datetime, redispatch_seconds: float, lim
         .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None), _jobs.c.device == device, sent)
         .order_by(_jobs.c.created_at, _jobs.c.id).limit(limit)
     )
+    if excluded:
+        query = query.where(_jobs.c.tenant_id.not_in(sorted(excluded)))
     return [QueuedJob(r.id, r.pack_key, r.device, r.cost, r.tenant_id, r.created_at) for r in session.execute(query)]
 
 
@@ -211,13 +216,20 @@ def rung_ready(session: Session, sweep_id: str, rung: int) -> list[Parked] | Non
     return [Parked(r.id, r.ssr) for r in rows]
 
 
-def cut_rung(session: Session, rung: int, keep: Sequence[str], stop: Sequence[str], now: datetime) -> int:
+def cut_rung(session: Session, rung: int, keep: Sequence[str], stop: Sequence[str], now: datetime,
+             cancelled: bool = False) -> dict[str, int]:
     """Winners go back to the queue; the rest end succeeded with stop reason early_stopped,
-    keeping their history and checkpoint at the rung. Returns how many ended."""
+    keeping their history and checkpoint at the rung. A member whose cancel was asked for (every
+    member, in a ``cancelled`` sweep) ends cancelled instead, winner or not: a cancel never
+    becomes an early stop or more training. Returns how many ended, by status."""
     at_rung = (_jobs.c.status == "queued") & (_jobs.c.rung == rung)
-    ended = 0
+    wanted = at_rung if cancelled else at_rung & _jobs.c.cancel_requested
+    ended = {"cancelled": 0, "succeeded": 0}
+    for ids in _batches([*keep, *stop]):
+        ended["cancelled"] += session.execute(update(_jobs).where(_jobs.c.id.in_(ids), wanted).values(
+            status="cancelled", finished_at=now)).rowcount
     for ids in _batches(stop):
-        ended += session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(
+        ended["succeeded"] += session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(
             status="succeeded", stop_reason="early_stopped", finished_at=now)).rowcount
     for ids in _batches(keep):
         session.execute(update(_jobs).where(_jobs.c.id.in_(ids), at_rung).values(rung=None, dispatched_at=None))

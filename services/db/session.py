@@ -32,7 +32,8 @@ def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so API and worker processes can write side by side,
     and Descent issues its own BEGIN (see ``_sqlite_begin``). PostgreSQL sessions get a lock
     timeout and an idle-in-transaction timeout: a paused or partitioned process that holds a
-    transaction open can neither block a takeover on its row locks nor keep them for long."""
+    transaction open can neither block a takeover on its row locks nor keep them for long. They
+    run in UTC (``_pg_utc``)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -40,9 +41,29 @@ def make_engine(url: str) -> Engine:
         return engine
     settings = get_settings()
     options = (f"-c lock_timeout={int(settings.db_lock_timeout * 1000)} "
-               f"-c idle_in_transaction_session_timeout={int(settings.db_idle_transaction_timeout * 1000)}")
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                         connect_args={"options": options, "application_name": _application["name"]})
+               f"-c idle_in_transaction_session_timeout={int(settings.db_idle_transaction_timeout * 1000)} "
+               "-c TimeZone=UTC")
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                           connect_args={"options": options, "application_name": _application["name"]})
+    event.listen(engine, "connect", _pg_utc)
+    return engine
+
+
+def _pg_utc(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
+    """Every timestamp a session reads is in UTC, whatever the server's or the client's zone:
+    psycopg returns timestamptz in the session's zone, and code that compared one with the
+    database's UTC clock after dropping the zone was hours off east of UTC (``packing.linger``).
+    The startup option above sets it, but libpq's PGTZ is applied after the options and wins:
+    then, and only then (the server reports the zone it settled on at connect), a SET costs
+    one round trip per new connection."""
+    if dbapi_conn.info.parameter_status("TimeZone") == "UTC":
+        return
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute("SET TIME ZONE 'UTC'")
+    finally:
+        dbapi_conn.autocommit = autocommit
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
