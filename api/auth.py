@@ -42,6 +42,33 @@ async def current_tenant(request: Request) -> str:
     return tenant
 
 
+async def refused_key(request: Request) -> Unauthorized | None:
+    """What ``current_tenant`` would refuse this request with, if its route takes a tenant.
+
+    FastAPI parses a JSON body before it runs any dependency, so a request with no key (or an
+    unknown one) and a malformed body fails validation before ``current_tenant`` can refuse it;
+    the validation error handlers ask this first, so a missing key is a 401 whatever the body."""
+    if not _takes_tenant(request.scope.get("route")):
+        return None
+    try:
+        await current_tenant(request)
+    except Unauthorized as exc:
+        return exc
+    return None
+
+
+def _takes_tenant(route: object) -> bool:
+    """Whether ``current_tenant`` is among the route's dependencies, at any depth."""
+    dependant = getattr(route, "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        current = pending.pop()
+        if current.call is current_tenant:
+            return True
+        pending.extend(current.dependencies)
+    return False
+
+
 async def metrics_reader(request: Request, credentials: Credentials) -> None:
     """Operators only: the metrics name every tenant's sweeps."""
     ring = keys_of(request)

@@ -37,7 +37,7 @@ async def dataset_body(request: Request) -> DatasetCreate:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if content_type in CSV_TYPES:
-            return _from_csv(await request.body(), ("body",))
+            return _from_csv(await request.body(), ("csv",))
         if content_type == "multipart/form-data":
             return await _from_upload(request)
         return DatasetCreate.model_validate_json(await request.body())
@@ -60,11 +60,13 @@ async def _from_upload(request: Request) -> DatasetCreate:
 
 
 def _from_csv(raw: bytes, loc: tuple[str, ...]) -> DatasetCreate:
+    """``loc``: where the CSV is in the body (``("csv",)`` for a CSV body, ``("file",)`` for an
+    upload); its errors are located there, under ``body`` (``dataset_body`` adds it)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(loc[1:] or ("csv",), f"CSV must be UTF-8 text: {exc.reason} at byte {exc.start}") from exc
-    x, y = parse_csv(text)
+        raise InvalidInput(loc, f"CSV must be UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    x, y = parse_csv(text, loc)
     return DatasetCreate(x=x, y=y)
 
 

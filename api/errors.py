@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from api.auth import refused_key
 from services.errors import (
     Conflict, DomainError, Forbidden, InvalidInput, NotFound, StorageError, TooMany, Unauthorized,
 )
@@ -201,7 +202,10 @@ def is_json_request(request: Request) -> bool:
 
 
 async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
+    """422, unless the request lacks a valid key: that is its first fault (see ``refused_key``)."""
     assert isinstance(exc, RequestValidationError)
+    if (refusal := await refused_key(request)) is not None:
+        return await _unauthorized(request, refusal)
     errors = exc.errors()
     return unprocessable(clean_errors(errors, json_body=is_json_request(request)), request.url.path, len(errors))
 
@@ -244,6 +248,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     cause = exc.__cause__
     if exc.status_code == 400 and isinstance(cause, (UnicodeDecodeError, RecursionError, ValueError)):
+        if (refusal := await refused_key(request)) is not None:  # as for a body that is not JSON
+            return await _unauthorized(request, refusal)
         message = _undecodable(cause)
         return unprocessable([field_error(("body",), message, "json_invalid")], request.url.path)
     detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)

@@ -7,18 +7,21 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Header, Response
-from pydantic import AfterValidator, BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from api.errors import problem_response
 from services.errors import InvalidInput
 from services.idempotency import HEADER, Created
 
 MAX_LENGTH = 255
-_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+PATTERN = r"^[\x20-\x7e]+$"  # printable ASCII; in the schema, and checked by ``_valid_key``
+_PRINTABLE = re.compile(PATTERN)
 
 
-def _valid_key(value: str | None) -> str | None:
-    if value is not None and not (len(value) <= MAX_LENGTH and _PRINTABLE.fullmatch(value)):
+def _valid_key(value: object) -> object:
+    """Runs before the header's declared constraints (which are there for the OpenAPI document),
+    so a bad key gets one message that says what a key is, not pydantic's pattern text."""
+    if isinstance(value, str) and not (len(value) <= MAX_LENGTH and _PRINTABLE.fullmatch(value)):
         raise InvalidInput((), f"must be 1 to {MAX_LENGTH} printable ASCII characters")
     return value
 
@@ -26,11 +29,11 @@ def _valid_key(value: str | None) -> str | None:
 IdempotencyKey = Annotated[
     str | None,
     # Lower case like every header FastAPI names: a 422 locates it as ["header", "idempotency-key"].
-    Header(alias=HEADER.lower(), description=(
+    Header(alias=HEADER.lower(), min_length=1, max_length=MAX_LENGTH, pattern=PATTERN, description=(
         f"Any 1 to {MAX_LENGTH} printable ASCII characters, new for each new request. A retry with the "
         f"same key and request gets the first answer's resource as it is now (200), for "
         f"DESCENT_IDEMPOTENCY_KEY_TTL seconds (24 h); the same key with another request is refused (409).")),
-    AfterValidator(_valid_key),
+    BeforeValidator(_valid_key),
 ]
 
 

@@ -7,6 +7,7 @@ import binascii
 import logging
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
@@ -26,8 +27,9 @@ from services.errors import Conflict, DomainError, InvalidInput, NotFound, Stora
 from services.group_commit import GroupCommit
 from services.idempotency import Claim, Created
 from services.spec import (
-    FINISHED, ID_PATTERN, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage, JobRead, JobStatus,
-    LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits, check_matrix,
+    BEYOND_FLOAT32, FINISHED, FLOAT32_MAX, ID_PATTERN, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage,
+    JobRead, JobStatus, LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits,
+    check_matrix,
 )
 
 from sqlalchemy.orm import Session
@@ -197,6 +199,7 @@ _group: GroupCommit[tuple[JobCreate, str], JobRead] = GroupCommit(_write_submits
 def forget_datasets() -> None:
     """Drop the remembered datasets (tests that empty the database call this)."""
     _known.clear()
+    _magnitudes.clear()
 
 
 def job_row(spec: JobCreate, dataset: DatasetRead, tenant: str, sweep_id: str | None = None,
@@ -215,13 +218,47 @@ def referenced_dataset(session: Session, spec: JobCreate, tenant: str) -> Datase
     dataset = repository.find_dataset(session, spec.data.dataset_id, tenant=tenant)
     if dataset is None:
         raise InvalidInput(("data", "dataset_id"), f"unknown dataset {spec.data.dataset_id!r}")
-    check_against_dataset(spec, dataset)
+    check_against_dataset(spec, dataset, session)
     return dataset
 
 
-def check_against_dataset(spec: JobCreate, dataset: DatasetRead) -> None:
+def check_against_dataset(spec: JobCreate, dataset: DatasetRead, session: Session | None = None) -> None:
+    """The checks an inline ``data`` gets from the schema, for a stored dataset: its shape, its
+    size and (a float32 job) its values' range, each located at ``data.dataset_id``. ``session``
+    (the caller's) reads the values when they are needed; without one a read session of its own."""
     check_data_shape(spec, dataset.n_in, dataset.n_out)
     check_limits(spec, get_settings(), dataset.n_points)
+    if spec.dtype == "float32":
+        for part, largest in zip(("x", "y"), dataset_magnitudes(dataset.id, session)):
+            if largest > FLOAT32_MAX:
+                raise InvalidInput(("data", "dataset_id"), f"the dataset's {part} values reach a magnitude of "
+                                                           f"{largest:.3g}, which {BEYOND_FLOAT32}")
+
+
+# Datasets are immutable: the largest magnitudes of each one's x and y, once read, are remembered
+# (a sweep checks each float32 member against the dataset its members share).
+_magnitudes: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+_magnitudes_lock = threading.Lock()  # submits run in the API's threads
+
+
+def dataset_magnitudes(dataset_id: str, session: Session | None = None) -> tuple[float, float]:
+    """(max |x|, max |y|) of a stored dataset, read in ``session`` or a read session of its own."""
+    key = (get_settings().database_url, dataset_id)
+    with _magnitudes_lock:
+        if (known := _magnitudes.get(key)) is not None:
+            _magnitudes.move_to_end(key)
+            return known
+    if session is None:
+        with session_scope() as own:
+            x, y = repository.load_dataset_arrays(own, dataset_id)
+    else:
+        x, y = repository.load_dataset_arrays(session, dataset_id)
+    known = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+    with _magnitudes_lock:
+        _magnitudes[key] = known
+        while len(_magnitudes) > _KNOWN_MAX:
+            _magnitudes.popitem(last=False)
+    return known
 
 
 def stored_spec(spec: JobCreate, dataset_id: str) -> dict:
@@ -269,11 +306,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # Inside the try: a time at the edge of the calendar with an offset (0001-01-01+14:00)
+        # has no UTC equivalent, and converting it raises OverflowError.
+        utc = repository.as_utc(created_at) if created_at.tzinfo is not None else None
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise InvalidInput(("cursor",), "is not a cursor returned by this listing") from None
-    if created_at.tzinfo is None or not re.fullmatch(ID_PATTERN, job_id):
+    if utc is None or not re.fullmatch(ID_PATTERN, job_id):
         raise InvalidInput(("cursor",), "is not a cursor returned by this listing")
-    return repository.as_utc(created_at), job_id
+    return utc, job_id
 
 
 def cancel_job(job_id: str, *, tenant: str = DEFAULT_TENANT) -> JobRead:
@@ -305,9 +345,11 @@ def get_history(job_id: str, every: int | None = None, max_points: int | None = 
     """SSR at steps 0..step, thinned to steps 0, k, 2k, ... plus always the last one; at most
     ``max_history_points`` in one document (``history_arrays`` streams any length)."""
     limit = get_settings().max_history_points
-    if max_points is not None and not 1 <= max_points <= limit:
-        raise InvalidInput(("max_points",), f"must be between 1 and {limit}")
-    steps, ssr = history_arrays(job_id, every, max_points or (None if every else limit), tenant=tenant)
+    if max_points is not None and max_points > limit:  # the API's schema has the lower bound (2)
+        raise InvalidInput(("max_points",), f"must be at most {limit} (max_history_points) with format=json; "
+                                            "stream the history (format=csv or ndjson) for more")
+    thin_to_points = max_points if max_points is not None else (None if every else limit)
+    steps, ssr = history_arrays(job_id, every, thin_to_points, tenant=tenant)
     if len(steps) > limit:
         raise InvalidInput(("every",), f"{len(steps)} points exceed the limit of {limit}; use a larger every, "
                                        "or stream the history (format=csv or ndjson)")

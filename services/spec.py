@@ -3,7 +3,8 @@
 Validation that needs only the spec lives in validators here; checks against configured limits
 live in ``check_limits`` (it needs the settings) and checks against a stored dataset happen when
 the dataset is loaded (``check_data_shape``). All raise errors whose location names the field,
-as a path in the client's JSON (``data.x.3.0``: never the name of an internal variant).
+as a path in the client's JSON (``data.x.3.0``: never the name of an internal variant); a stored
+dataset's faults are located at the ``data.dataset_id`` that names it.
 
 Types are strict: a number is a JSON number (an integer is one too), an integer is an integer,
 text is valid Unicode without NUL; strings never pass for numbers, nor booleans for either.
@@ -18,6 +19,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -36,6 +38,8 @@ MAX_LAYERS = 64  # fixed ceilings; the settings (max_layers, ...) are what a dep
 MAX_WIDTH = 2**20
 MAX_TEXT_JSON_DEPTH = 32  # nesting of free-form JSON (a sweep's base, its grid values)
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # ids are UUIDs; the API's path parameters take this too
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a float32 job's numbers beyond it become infinite
+BEYOND_FLOAT32 = "exceeds the float32 range (±3.4e38)"
 
 
 def _limit(setting: str) -> dict[str, Any]:
@@ -146,6 +150,18 @@ InitSpec = Annotated[
 ]
 
 
+ParameterName = Annotated[Text, Field(max_length=64)]
+
+
+def _some_parameters(value: Any) -> Any:
+    """An empty ``trainable`` would train nothing (the job would end at step 0); absent or null
+    means every parameter. Checked before the list's ``min_length`` for a message that says so."""
+    if isinstance(value, list) and not value:
+        raise PydanticCustomError(
+            "too_short", "must name at least one parameter; leave it out (or null) to train all of them")
+    return value
+
+
 class JobCreate(Strict):
     """The POST /v1/jobs body (the StatQuest example: b3 trained from 0 to 2.61)."""
 
@@ -156,8 +172,8 @@ class JobCreate(Strict):
     data: DataSpec
     learning_rate: Number = Field(gt=0)
     init: InitSpec = SeedInit(seed=0)
-    trainable: list[Annotated[Text, Field(max_length=64)]] | None = Field(
-        default=None, max_length=2 * MAX_LAYERS,
+    trainable: Annotated[list[ParameterName] | None, BeforeValidator(_some_parameters)] = Field(
+        default=None, min_length=1, max_length=2 * MAX_LAYERS,
         description="Parameter names (layers.{i}.weight, layers.{i}.bias); all if absent")
     stop: StopSpec = StopSpec()
     checkpoint_every: Integer = Field(default=100, ge=1, le=STEPS_MAX, json_schema_extra=_limit("max_checkpoint_every"))
@@ -176,7 +192,27 @@ class JobCreate(Strict):
                 raise InvalidInput(("trainable", i), f"unknown parameter {name!r}; known: {sorted(shapes)}")
         if isinstance(self.data, InlineData):
             check_data_shape(self, len(self.data.x[0]), len(self.data.y[0]))
+        if self.dtype == "float32":
+            self._check_float32_range()
         return self
+
+    def _check_float32_range(self) -> None:
+        """A float32 job casts its numbers to float32 before step 0: one beyond its range
+        becomes infinite and the job "diverges" at once, so it is refused here, at the element."""
+        if isinstance(self.init, ExplicitInit):
+            for i, layer in enumerate(self.init.parameters.layers):
+                check_float32_range(layer.weight, ("init", "parameters", "layers", i, "weight"))
+                check_float32_range(layer.bias, ("init", "parameters", "layers", i, "bias"))
+        if isinstance(self.data, InlineData):
+            check_float32_range(self.data.x, ("data", "x"))
+            check_float32_range(self.data.y, ("data", "y"))
+
+
+def check_float32_range(values: list[float] | Matrix, loc: tuple[str | int, ...]) -> None:
+    """Refuse the first element (a vector or a rectangular matrix) beyond float32's range."""
+    beyond = np.argwhere(np.abs(np.asarray(values, dtype=np.float64)) > FLOAT32_MAX)
+    if len(beyond):
+        raise InvalidInput((*loc, *map(int, beyond[0])), BEYOND_FLOAT32)
 
 
 def check_matrix(rows: list[list[float]], loc: tuple[str | int, ...]) -> None:
@@ -209,12 +245,23 @@ def check_parameters(values: ParameterValues, shapes: dict[str, tuple[int, ...]]
             raise InvalidInput((*loc, i, "bias"), f"must have {out} values, got {len(layer.bias)}")
 
 
+def data_loc(spec: JobCreate, part: Literal["x", "y"]) -> tuple[str, ...]:
+    """Where a fault of the job's data ``x`` or ``y`` is: in the request's own rows when they
+    are inline, else at the ``dataset_id`` that names them (the request has no ``data.x``)."""
+    return ("data", part) if isinstance(spec.data, InlineData) else ("data", "dataset_id")
+
+
+def _rows(spec: JobCreate, part: Literal["x", "y"]) -> str:
+    return "rows" if isinstance(spec.data, InlineData) else f"the dataset's {part} rows"
+
+
 def check_data_shape(spec: JobCreate, n_in: int, n_out: int) -> None:
     layers = spec.architecture.layers
     if n_in != layers[0]:
-        raise InvalidInput(("data", "x"), f"rows have {n_in} values but layers[0] is {layers[0]}")
+        raise InvalidInput(data_loc(spec, "x"), f"{_rows(spec, 'x')} have {n_in} values but layers[0] is {layers[0]}")
     if n_out != layers[-1]:
-        raise InvalidInput(("data", "y"), f"rows have {n_out} values but layers[-1] is {layers[-1]}")
+        raise InvalidInput(data_loc(spec, "y"),
+                           f"{_rows(spec, 'y')} have {n_out} values but layers[-1] is {layers[-1]}")
 
 
 def check_limits(spec: JobCreate, settings: Settings, n_points: int | None = None) -> None:
@@ -234,7 +281,7 @@ def check_limits(spec: JobCreate, settings: Settings, n_points: int | None = Non
         raise InvalidInput(("checkpoint_every",), f"exceeds the limit of {settings.max_checkpoint_every}")
     points = len(spec.data.x) if isinstance(spec.data, InlineData) else n_points
     if points is not None and points > settings.max_points:
-        raise InvalidInput(("data", "x"), f"{points} points exceed the limit of {settings.max_points}")
+        raise InvalidInput(data_loc(spec, "x"), f"{points} points exceed the limit of {settings.max_points}")
     if spec.batch_size is not None and spec.batch_size > min(points or settings.max_points, settings.max_points):
         known = f"the {points} data points" if points is not None else f"the limit of {settings.max_points} points"
         raise InvalidInput(("batch_size",), f"{spec.batch_size} exceeds {known}")

@@ -11,6 +11,7 @@ from api import idempotency
 from api.auth import Tenant
 from api.idempotency import IdempotencyKey
 from services import history_formats, jobs
+from services.config import Settings
 from services.spec import (
     ID_PATTERN, HistoryRead, JobCreate, JobPage, JobRead, JobStatus, ParametersRead, PredictRead, PredictRequest,
 )
@@ -21,6 +22,7 @@ JobId = Annotated[str, Path(pattern=ID_PATTERN, description="The job's id")]
 _NOT_FOUND = {404: {"description": "No job with this id"}}
 _UNTRAINED = {409: {"description": "The job has no checkpoint yet"}}
 BIG = 2**31 - 1  # steps are int32 columns in the database; larger numbers are nonsense
+_JSON_POINTS = Settings.model_fields["max_history_points"].default  # the settings' own default, named in the docs
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=idempotency.responses(JobRead))
@@ -32,7 +34,8 @@ async def create_job(spec: JobCreate, tenant: Tenant, idempotency_key: Idempoten
 @router.get("", response_model=JobPage)
 def list_jobs(
     tenant: Tenant,
-    limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum (max_list_limit)",
+                                       json_schema_extra={"x-limit": "max_list_limit"})] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     sweep_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
@@ -55,7 +58,10 @@ def read_history(
     job_id: JobId,
     tenant: Tenant,
     every: Annotated[int | None, Query(ge=1, le=BIG, description="Keep every n-th step")] = None,
-    max_points: Annotated[int | None, Query(ge=2, le=BIG, description="Thin to at most this many")] = None,
+    max_points: Annotated[int | None, Query(ge=2, le=BIG, description=(
+        "Thin to at most this many. With format=json at most the configured max_history_points "
+        f"(DESCENT_MAX_HISTORY_POINTS, {_JSON_POINTS:,} unless set; more is a 422); csv and ndjson stream "
+        "any length"))] = None,
     format: Annotated[Literal["json", "csv", "ndjson"], Query(  # noqa: A002 (the query's name)
         description="json: one document of at most max_history_points; csv (`step,ssr`) or ndjson "
                     "(`{\"step\", \"ssr\"}` per line): streamed, any length")] = "json",

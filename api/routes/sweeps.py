@@ -29,7 +29,8 @@ def create_sweep(body: SweepCreate, tenant: Tenant, idempotency_key: Idempotency
 @router.get("", response_model=SweepPage)
 def list_sweeps(
     tenant: Tenant,
-    limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured maximum (max_list_limit)",
+                                       json_schema_extra={"x-limit": "max_list_limit"})] = None,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> SweepPage:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
