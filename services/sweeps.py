@@ -162,6 +162,8 @@ def cancel_sweep(sweep_id: str, *, tenant: str = DEFAULT_TENANT) -> SweepRead:
         if current.status in ("finished", "cancelled"):
             raise Conflict(f"sweep {sweep_id} is already {current.status}")
         ended = store.cancel_members(session, sweep_id)
+        if ended is None:  # a concurrent cancel won after our read
+            raise Conflict(f"sweep {sweep_id} is already cancelled")
         after = _read(session, sweep_id, tenant)
     metrics.count_finished({"cancelled": ended})
     return after

@@ -108,12 +108,16 @@ def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[Leader
                         stop_reason=r.stop_reason, values=r.sweep_values or {}) for r in rows]
 
 
-def cancel_members(session: Session, sweep_id: str) -> int:
+def cancel_members(session: Session, sweep_id: str) -> int | None:
     """Queued (and parked) members never start; running ones stop at their next checkpoint.
     ONE statement for both: a member a worker parks meanwhile (running -> queued) is re-checked
     on its new row by PostgreSQL and cancelled, never skipped by two separate updates. Returns
-    how many members ended here (the queued ones)."""
-    session.execute(update(Sweep).where(Sweep.id == sweep_id).values(cancelled=True))
+    how many members ended here (the queued ones), or None when the sweep was cancelled already
+    (by a concurrent cancel: the conditional UPDATE lets exactly one of two win)."""
+    won = session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled.is_(False))
+                          .values(cancelled=True)).rowcount
+    if not won:
+        return None
     queued = _jobs.c.status == "queued"
     statuses = session.scalars(
         update(_jobs).where(_jobs.c.sweep_id == sweep_id, _jobs.c.status.in_(UNFINISHED))

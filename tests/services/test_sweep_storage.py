@@ -45,3 +45,23 @@ def test_bulk_members_are_stored_like_single_inserts(configured) -> None:
             session.execute(insert(Job.__table__), [row])
     got, want = stored("bulk"), stored("single")
     assert len(got) == 5 and got == want
+
+
+def test_of_two_cancels_of_a_sweep_only_one_wins(configured) -> None:
+    """Two cancels that both read the sweep as running (on PostgreSQL they may run side by side):
+    the second one's conditional UPDATE finds it cancelled already, and the use case answers 409."""
+    import pytest
+
+    from services.errors import Conflict
+    from services.sweep_spec import SweepCreate
+    from services.sweeps import cancel_sweep, submit_sweep_once
+
+    body = SweepCreate.model_validate({"name": "twice", "base": make_spec().model_dump(mode="json"),
+                                    "grid": {"learning_rate": [0.1, 0.2]}})
+    sweep_id = submit_sweep_once(body, None).value.id
+    with session_scope(write=True) as first:
+        assert store.cancel_members(first, sweep_id) == 2
+    with session_scope(write=True) as second:
+        assert store.cancel_members(second, sweep_id) is None
+    with pytest.raises(Conflict, match="already cancelled"):
+        cancel_sweep(sweep_id)
