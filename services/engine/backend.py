@@ -93,6 +93,22 @@ def _threadpool_controller() -> Any | None:
         return None
 
 
+# OpenBLAS's targets whose GEMM takes small products (M N K up to 100^3) without packing them:
+# its AVX-512 x86 kernels (threadpoolctl names the target OpenBLAS chose for this CPU).
+SMALL_PRODUCT_TARGETS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+@lru_cache(maxsize=1)
+def blas_has_small_products() -> bool:
+    """Whether NumPy's BLAS multiplies small matrices on a path of their own (``chunks`` then
+    keeps products that small). False without threadpoolctl, or with another BLAS."""
+    controller = _threadpool_controller()
+    if controller is None:
+        return False
+    return any(lib.internal_api == "openblas" and str(lib.architecture).lower() in SMALL_PRODUCT_TARGETS
+               for lib in controller.lib_controllers)
+
+
 def blas_threads(xp: Any, limit: int | None) -> AbstractContextManager:
     """Cap the host BLAS thread pool while a pack trains.
 

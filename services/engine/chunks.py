@@ -4,8 +4,8 @@ Activations of a chunk of members (or, for one member bigger than a chunk, of a 
 points) take about ``CHUNK_BYTES``; where the matrix products of a pass would leave BLAS's small-
 matrix path, the points are cut into ranges as well (``SMALL_PRODUCT_MACS``). The forward and
 backward pass then run chunk by chunk, with the gradients of point chunks summed. The plan
-depends on the architecture, P and the dtype, never on M, so a pack rounds exactly like its
-members trained alone.
+depends on the architecture, P, the dtype and the BLAS, never on M, so a pack rounds exactly
+like its members trained alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.engine.architecture import Architecture
-from services.engine.backend import is_numpy
+from services.engine.backend import blas_has_small_products, is_numpy
 from services.engine.layouts import Layout
 from services.engine.parallel import cores
 
@@ -32,18 +32,22 @@ def even(count: int) -> int:
 # OpenBLAS multiplies small matrices (M N K up to 100^3 multiply-adds) without first packing
 # them, with kernels of their own on AVX-512 CPUs (its SkylakeX kernels, which Sapphire Rapids and
 # Zen 4 run too). W4's products (32 x 33 by 33 x P, one core) ran 20-25% faster forward and
-# 45% (float32: 90%) faster for the weight gradient with P <= 946 than with P = 2000; with AVX2
-# kernels, which have no such path, the smaller products ran within 3% of the big ones
-# (benchmarks/RESULTS.md, "Tenth session"). So points are chunked to keep products that small...
+# 45% (float32: 90%) faster for the weight gradient with P <= 946 than with P = 2000, and W4
+# 19-22% faster (benchmarks/RESULTS.md, "Tenth session"). So points are chunked to keep products
+# that small where the BLAS has that path (``SMALL_PRODUCTS`` None: ask it); with AVX2 kernels
+# the smaller chunks only cost their extra calls (W4 5% slower)...
 SMALL_PRODUCT_MACS = 100**3
-# ...where that leaves at least this many points a chunk: W3's 64 x 65 products would need
+SMALL_PRODUCTS: bool | None = None
+# ...and where that leaves at least this many points a chunk: W3's 64 x 65 products would need
 # chunks of 240 points, and its weight gradient ran 10-20% slower in those.
 MIN_SMALL_POINTS = 512
 
 
 def small_product_points(arch: Architecture) -> int | None:
     """The most points a chunk may have for every product of a pass to stay small, or None when
-    that would be fewer than MIN_SMALL_POINTS."""
+    the BLAS has no small-matrix path or that would be fewer than MIN_SMALL_POINTS."""
+    if not (blas_has_small_products() if SMALL_PRODUCTS is None else SMALL_PRODUCTS):
+        return None
     widest = max(o * (i + 1) for i, o in zip(arch.layers, arch.layers[1:]))
     points = SMALL_PRODUCT_MACS // widest
     return points if points >= MIN_SMALL_POINTS else None

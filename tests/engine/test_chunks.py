@@ -23,9 +23,10 @@ PLANS = {
     "point chunks": {"CHUNK_BYTES": 500},  # 5 single members x 8 point chunks
     "member chunks": {"CHUNK_BYTES": 8000},  # members on all points
     # products held small (as W4's): 3 chunks of up to 2 members x 4 point chunks...
-    "member and point chunks": {"SMALL_PRODUCT_MACS": 350, "MIN_SMALL_POINTS": 1, "CHUNK_BYTES": 2000},
+    "member and point chunks": {"SMALL_PRODUCTS": True, "SMALL_PRODUCT_MACS": 350, "MIN_SMALL_POINTS": 1,
+                                "CHUNK_BYTES": 2000},
     # ...or one chunk of all members x 4 point chunks (its point chunks then run in parallel)
-    "point chunks of all members": {"SMALL_PRODUCT_MACS": 350, "MIN_SMALL_POINTS": 1},
+    "point chunks of all members": {"SMALL_PRODUCTS": True, "SMALL_PRODUCT_MACS": 350, "MIN_SMALL_POINTS": 1},
 }
 
 
@@ -192,14 +193,34 @@ def test_plans_take_the_members_and_points_they_say() -> None:
         assert (len(members), len(points)) == counts, name
 
 
-def test_products_stay_small_where_chunks_keep_enough_points() -> None:
+def test_products_stay_small_where_the_blas_has_a_path_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """W4's products (32 x 33 by 33 x P) stay within OpenBLAS's small-matrix path: point chunks
     of at most 946 points, in even numbers, with several members a chunk. W3's (64 x 65) would
-    need chunks of 240 points: its plan is left to the cache size."""
-    w4 = Architecture((1, 32, 32, 1), "tanh")
+    need chunks of 240 points: its plan is left to the cache size, as is every plan on a BLAS
+    without that path."""
+    w3, w4 = Architecture((1, 64, 64, 1), "softplus"), Architecture((1, 32, 32, 1), "tanh")
+    monkeypatch.setattr(chunks, "SMALL_PRODUCTS", True)
     members, points = chunks.plan_chunks(w4, layout_for(np, w4, 64, "float64"), 2000)
     assert len(points) % 2 == 0 and max(b - a for a, b in points) * 32 * 33 <= chunks.SMALL_PRODUCT_MACS
     assert min(b - a for a, b in members) > 1 and members[-1][1] == 64
-    w3 = Architecture((1, 64, 64, 1), "softplus")
     assert chunks.small_product_points(w3) is None
     assert len(chunks.plan_chunks(w3, layout_for(np, w3, 1, "float64"), 10_000)[1]) == 6
+    monkeypatch.setattr(chunks, "SMALL_PRODUCTS", False)
+    assert chunks.plan_chunks(w4, layout_for(np, w4, 64, "float64"), 2000)[1] == [(0, 2000)]
+
+
+def test_the_blas_says_whether_it_has_a_small_matrix_path() -> None:
+    """Read from threadpoolctl: OpenBLAS's AVX-512 targets have the path, its AVX2 ones do not."""
+    import subprocess
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    from services.engine.backend import SMALL_PRODUCT_TARGETS, blas_has_small_products
+
+    targets = {str(pool.get("architecture")).lower() for pool in threadpool_info() if pool["internal_api"] == "openblas"}
+    assert blas_has_small_products() == bool(targets & SMALL_PRODUCT_TARGETS)
+    code = "from services.engine.backend import blas_has_small_products as f; print(f())"
+    env = {**__import__("os").environ, "OPENBLAS_CORETYPE": "Haswell"}
+    answer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "False"
