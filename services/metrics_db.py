@@ -121,6 +121,8 @@ def _sweep_families(sweeps: list[gauges.SweepState]) -> Iterator[GaugeMetricFami
     best, median, jobs, progress, diverged = {}, {}, {}, {}, {}
     for sweep in sweeps:
         key = (sweep_label(sweep.name, sweep.id),)
+        if key in progress:  # two tails alike (2^-48 a pair): never merge two sweeps' series
+            key = (f"{sweep.name} · {sweep.id}",)
         if sweep.best_ssr is not None:
             best[key] = sweep.best_ssr
         if sweep.median_ssr is not None:
@@ -136,9 +138,16 @@ def _sweep_families(sweeps: list[gauges.SweepState]) -> Iterator[GaugeMetricFami
     yield _family("descent_sweep_diverged_ratio", "Fraction of a sweep's members that diverged", ["sweep"], diverged)
 
 
+# Ids are UUIDv7 (services/db/repository.py): their first 12 hex digits are the creation time
+# in milliseconds, the same first 8 for ~65 s, so a prefix would give two sweeps of one name made
+# within a minute one label (and one series). The last 12 are random bits (48 of them).
+SWEEP_ID_TAIL = 12
+
+
 def sweep_label(name: str, sweep_id: str) -> str:
-    """Readable in a legend, unique by its id prefix: ``lr-scan · 1a2b3c4d``."""
-    return f"{name} · {sweep_id[:8]}"
+    """Readable in a legend, unique by the random tail of the id: ``lr-scan · 5539e3ec630b``
+    (the Grafana sweep picker shows the same text, deploy/grafana/generate_dashboards.py)."""
+    return f"{name} · {sweep_id[-SWEEP_ID_TAIL:]}"
 
 
 def _family(name: str, documentation: str, labels: list[str],

@@ -97,9 +97,12 @@ def dashboard(uid: str, title: str, description: str, rows: list[list[dict]], va
             "annotations": {"list": []}, "templating": {"list": list(variables)}, "panels": lay_out(rows)}
 
 
-SWEEP_VAR = ("SELECT name || ' · ' || left(id, 8) AS __text, id AS __value "
+# The text is the Prometheus `sweep` label (services/metrics_db.sweep_label): the name and the
+# id's last 12 hex digits, its random tail (a UUIDv7's first digits are its creation time, alike
+# for every sweep or member made within a minute).
+SWEEP_VAR = ("SELECT name || ' · ' || right(id, 12) AS __text, id AS __value "
              "FROM sweeps ORDER BY created_at DESC LIMIT 200")
-JOB_VAR = ("SELECT coalesce(sweep_values::text, name) || ' · ' || left(id, 8) AS __text, id AS __value "
+JOB_VAR = ("SELECT coalesce(sweep_values::text, name) || ' · ' || right(id, 12) AS __text, id AS __value "
            "FROM jobs WHERE sweep_id = '$sweep' ORDER BY ssr NULLS LAST LIMIT 500")
 # The job's SSR at each step, thinned for long runs so the browser gets at most ~5000 points.
 SSR_CURVE = """SELECT h.first_step + u.i - 1 AS step, u.v AS ssr

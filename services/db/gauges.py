@@ -59,12 +59,16 @@ def scheduler_acted_at(session: Session) -> datetime | None:
 
 
 def watched_sweeps(session: Session, now: datetime, window_seconds: float, limit: int) -> list[SweepState]:
-    """Sweeps still running or finished within the window, newest first, at most ``limit``:
-    the bound on per-sweep series however many sweeps a deployment has run."""
+    """Sweeps still running or finished within the window, at most ``limit``: the bound on
+    per-sweep series however many sweeps a deployment has run. Running sweeps come first (newest
+    first), then finished ones (newest first): however many short sweeps finish meanwhile, a
+    long-running sweep keeps its series (DescentSweepStalled watches it); only more than
+    ``limit`` running sweeps at once push the oldest running ones out."""
     recent = or_(Sweep.finished_at.is_(None), Sweep.finished_at >= now - timedelta(seconds=window_seconds))
+    finished_last = case((Sweep.finished_at.is_(None), 0), else_=1)
     rows = session.execute(
         select(Sweep.id, Sweep.name, Sweep.members).where(recent)
-        .order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit)
+        .order_by(finished_last, Sweep.created_at.desc(), Sweep.id.desc()).limit(limit)
     )
     states = {r.id: SweepState(r.id, r.name, r.members) for r in rows}
     if states:

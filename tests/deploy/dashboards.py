@@ -7,6 +7,8 @@
   replaced as Grafana does for a single-valued variable: the raw value, unquoted (the SQL quotes).
 
 ``where`` names the file and the panel, variable or alert, for assertion messages.
+
+- ``insert_sample_rows(conn)``: rows on which every SQL query returns some.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
+from sqlalchemy import Connection, text
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -82,6 +85,32 @@ def substitute(sql: str, variables: Mapping[str, str] | Callable[[str], str]) ->
         return value
 
     return _VARIABLE.sub(replace, sql)
+
+
+SAMPLE_SWEEP = "5" * 8 + "-0000-0000-0000-000000000000"
+SAMPLE_JOBS = ("a" * 36, "b" * 36)
+
+
+def insert_sample_rows(conn: Connection) -> None:
+    """One sweep (SAMPLE_SWEEP, 'lr-scan') of two running jobs (SAMPLE_JOBS): the first at step 3
+    with an SSR and a history of 3 steps, the second at step 10 000 with 10 chunks of history;
+    enough for every SQL panel and variable to return rows."""
+    sweep, (job, other) = SAMPLE_SWEEP, SAMPLE_JOBS
+    conn.execute(text("INSERT INTO datasets (id, content_hash, n_points, n_in, n_out, dtype, x, y, created_at) "
+                      "VALUES ('d', 'h', 1, 1, 1, 'float64', '', '', now())"))
+    conn.execute(text("INSERT INTO sweeps (id, name, spec, paths, members, planned_steps, cancelled, created_at) "
+                      "VALUES (:id, 'lr-scan', '{}', '[]', 2, 200, false, now())"), {"id": sweep})
+    for job_id, step, ssr, values in ((job, 3, 0.5, '{"lr": 0.1}'), (other, 10_000, None, None)):
+        conn.execute(text(
+            "INSERT INTO jobs (id, name, sweep_id, spec, dataset_id, device, status, step, ssr, attempts, "
+            "cancel_requested, created_at, sweep_values) VALUES (:id, 'm', :sweep, '{}', 'd', 'cpu', "
+            "'running', :step, :ssr, 0, false, now(), CAST(:values AS json))"),
+            {"id": job_id, "sweep": sweep, "step": step, "ssr": ssr, "values": values})
+    conn.execute(text("INSERT INTO history_chunks (job_id, first_step, ssr) VALUES (:id, 1, '{3, 2, 1}')"),
+                 {"id": job})
+    conn.execute(text("INSERT INTO history_chunks SELECT :id, 1 + 1000 * c, array_agg(s::float8 ORDER BY s) "
+                      "FROM generate_series(1, 10000) s, LATERAL (SELECT (s - 1) / 1000 AS c) chunk GROUP BY c"),
+                 {"id": other})
 
 
 def sql_queries(variables: Mapping[str, str] | Callable[[str], str] = PLACEHOLDERS) -> list[tuple[str, str]]:

@@ -330,10 +330,17 @@ def test_grafana_service_is_provisioned_from_the_repository() -> None:
     found = mounts("grafana")
     assert found["/etc/grafana/provisioning"] == ("./deploy/grafana/provisioning", "ro")
     assert found["/var/lib/grafana/dashboards"] == ("./deploy/grafana/dashboards", "ro")
-    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     raw_env = RAW["services"]["grafana"]["environment"]
     assert raw_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD")
-    assert env["POSTGRES_PASSWORD"] == SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    # Anonymous viewers only when .env asks for them; a viewer's role when it does.
+    assert raw_env["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS_ENABLED:-false}"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    switched = interpolate(RAW, ENV | {"GRAFANA_ANONYMOUS_ENABLED": "true"})["services"]["grafana"]["environment"]
+    assert switched["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    # The PostgreSQL datasource logs in as the read-only role, with its password: Grafana never
+    # gets the owner's.
+    assert "POSTGRES_PASSWORD" not in env and "POSTGRES_USER" not in env
+    assert env["GRAFANA_DB_PASSWORD"] == SERVICES["postgres"]["environment"]["GRAFANA_DB_PASSWORD"]
     # Grafana expands $VAR in provisioning files from its own environment.
     for path in (ROOT / "deploy" / "grafana" / "provisioning").rglob("*.y*ml"):
         for name in variables_used(yaml.safe_load(path.read_text())):
@@ -344,6 +351,22 @@ def test_grafana_service_is_provisioned_from_the_repository() -> None:
     for dependency in ("prometheus", "postgres"):
         assert service["depends_on"][dependency]["condition"] == "service_healthy"
         assert SERVICES[dependency]["healthcheck"]["test"]
+
+
+def test_postgres_makes_the_read_only_role_grafana_logs_in_as() -> None:
+    """deploy/postgres/initdb runs at the database's creation (tests/deploy/test_grafana_reader.py
+    runs it); the role and password it is given are the datasource's."""
+    assert mounts("postgres")["/docker-entrypoint-initdb.d"] == ("./deploy/postgres/initdb", "ro")
+    scripts = sorted((ROOT / "deploy" / "postgres" / "initdb").iterdir())
+    assert [p.name for p in scripts] == ["10-grafana-reader.sh"]
+    assert all(os.access(p, os.X_OK) for p in scripts), "the image sources a script it cannot execute"
+    env = SERVICES["postgres"]["environment"]
+    datasource, = (s for s in yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/descent.yml")
+                                            .read_text())["datasources"] if s["uid"] == "descent-postgres")
+    assert datasource["user"] == env["GRAFANA_DB_USER"] != env["POSTGRES_USER"]
+    assert datasource["secureJsonData"]["password"] == "$GRAFANA_DB_PASSWORD"
+    assert env["GRAFANA_DB_PASSWORD"] == SERVICES["grafana"]["environment"]["GRAFANA_DB_PASSWORD"]
+    assert env["GRAFANA_DB_PASSWORD"] != env["POSTGRES_PASSWORD"]
 
 
 def test_bind_mounts_exist_and_named_volumes_are_declared() -> None:

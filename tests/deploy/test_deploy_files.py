@@ -19,8 +19,10 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from tests.deploy.dashboards import (DASHBOARDS, DATASOURCES, DEPLOY, RULES, alert_rules, dashboards,
-                                     datasource_types, panels, prometheus_queries, sql_queries)
+from services.metrics_db import sweep_label
+from tests.deploy.dashboards import (DASHBOARDS, DATASOURCES, DEPLOY, RULES, SAMPLE_JOBS, SAMPLE_SWEEP, alert_rules,
+                                     dashboards, datasource_types, insert_sample_rows, panels, prometheus_queries,
+                                     sql_queries)
 
 PROMETHEUS = DEPLOY / "prometheus"
 PROMTOOL = shutil.which("promtool")
@@ -30,12 +32,16 @@ COUNTERS = {"descent_jobs_submitted_total", "descent_jobs_finished_total", "desc
             "descent_http_requests_total", "descent_scheduler_dispatched_total", "descent_lost_leases_total"}
 HISTOGRAMS = {"descent_queue_wait_seconds", "descent_checkpoint_write_seconds", "descent_pack_step_seconds",
               "descent_pack_members", "descent_http_request_duration_seconds", "descent_scheduler_pass_seconds"}
-GAUGES = {"descent_jobs", "descent_queue_jobs", "descent_queue_oldest_seconds", "descent_workers",
-          "descent_scheduler_last_action_age_seconds", "descent_sweep_best_ssr", "descent_sweep_median_ssr",
-          "descent_sweep_jobs", "descent_sweep_progress_ratio", "descent_sweep_diverged_ratio"}
+# Read from the database by the API at each scrape (services/metrics_db.py): all absent when it
+# cannot read it, when it exports only descent_database_up 0.
+DATABASE_GAUGES = {"descent_jobs", "descent_queue_jobs", "descent_queue_oldest_seconds", "descent_workers",
+                   "descent_scheduler_last_action_age_seconds", "descent_sweep_best_ssr", "descent_sweep_median_ssr",
+                   "descent_sweep_jobs", "descent_sweep_progress_ratio", "descent_sweep_diverged_ratio"}
+GAUGES = DATABASE_GAUGES | {"descent_database_up"}
 SERIES = COUNTERS | GAUGES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")} | {"up"}
 REQUIRED_ALERTS = {"DescentSweepStalled", "DescentSweepDiverging", "DescentNoWorkerForQueue",
-                   "DescentSchedulerStopped", "DescentApiErrors"}
+                   "DescentSchedulerStopped", "DescentSchedulerNeverActed", "DescentDatabaseUnreadable",
+                   "DescentApiErrors"}
 SCRAPE_JOBS = {"descent-api", "descent-scheduler", "descent-worker", "descent-worker-gpu", "prometheus"}
 
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or",
@@ -114,15 +120,34 @@ def test_required_alerts_are_complete() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
 
 
+def test_alerts_on_absent_database_gauges_need_the_database_readable() -> None:
+    """absent(<a gauge read from the database>) is also true when the API cannot read the
+    database: such an alert must hold only while it can (DescentDatabaseUnreadable covers the
+    other case)."""
+    rules = {rule["alert"]: rule for _, rule in alert_rules() if "alert" in rule}
+    gated = []
+    for name, rule in rules.items():
+        absent = re.findall(r"absent(?:_over_time)?\(\s*([a-zA-Z_:][\w:]*)", rule["expr"])
+        if set(absent) & DATABASE_GAUGES:
+            assert "and on () (max(descent_database_up) == 1)" in " ".join(rule["expr"].split()), name
+            gated.append(name)
+    assert "DescentSchedulerNeverActed" in gated
+    unreadable = rules["DescentDatabaseUnreadable"]
+    assert unreadable["expr"].strip() == "max(descent_database_up) == 0" and unreadable["for"] == "1m"
+    assert unreadable["labels"]["severity"] == "critical"
+
+
 # --- Grafana ------------------------------------------------------------------------------------
 
 def test_provisioning() -> None:
     sources = {s["uid"]: s for s in yaml.safe_load(DATASOURCES.read_text())["datasources"]}
     prometheus, postgres = sources["descent-prometheus"], sources["descent-postgres"]
     assert (prometheus["type"], prometheus["url"], prometheus["isDefault"]) == ("prometheus", "http://prometheus:9090", True)
-    assert (postgres["type"], postgres["url"], postgres["user"]) == ("grafana-postgresql-datasource", "postgres:5432", "descent")
+    # Not the owner: the read-only role deploy/postgres/initdb makes (tests/deploy/test_grafana_reader.py).
+    assert (postgres["type"], postgres["url"], postgres["user"]) == \
+        ("grafana-postgresql-datasource", "postgres:5432", "grafana_reader")
     assert postgres["jsonData"]["database"] == "descent" and postgres["jsonData"]["sslmode"] == "disable"
-    assert postgres["secureJsonData"]["password"] == "$POSTGRES_PASSWORD", "the password comes from the environment"
+    assert postgres["secureJsonData"]["password"] == "$GRAFANA_DB_PASSWORD", "the password comes from the environment"
     provider, = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/descent.yml").read_text())["providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards" and provider["folder"] == "Descent"
     assert provider["allowUiUpdates"] is False
@@ -196,27 +221,16 @@ def test_every_prometheus_expression_names_exported_metrics() -> None:
 
 def test_every_sql_query_runs_on_the_migrated_schema(pg_url: str) -> None:
     """Inside a transaction rolled back at the end: one sweep of two jobs, one with history."""
-    sweep, job, other = "5" * 8 + "-0000-0000-0000-000000000000", "a" * 36, "b" * 36
+    sweep, job, other = SAMPLE_SWEEP, *SAMPLE_JOBS
     engine = create_engine(pg_url)
     try:
         with engine.connect() as conn, conn.begin() as transaction:
-            conn.execute(text("INSERT INTO datasets (id, content_hash, n_points, n_in, n_out, dtype, x, y, created_at) "
-                              "VALUES ('d', 'h', 1, 1, 1, 'float64', '', '', now())"))
-            conn.execute(text("INSERT INTO sweeps (id, name, spec, paths, members, planned_steps, cancelled, created_at) "
-                              "VALUES (:id, 'lr-scan', '{}', '[]', 2, 200, false, now())"), {"id": sweep})
-            for job_id, step, ssr, values in ((job, 3, 0.5, '{"lr": 0.1}'), (other, 10_000, None, None)):
-                conn.execute(text(
-                    "INSERT INTO jobs (id, name, sweep_id, spec, dataset_id, device, status, step, ssr, attempts, "
-                    "cancel_requested, created_at, sweep_values) VALUES (:id, 'm', :sweep, '{}', 'd', 'cpu', "
-                    "'running', :step, :ssr, 0, false, now(), CAST(:values AS json))"),
-                    {"id": job_id, "sweep": sweep, "step": step, "ssr": ssr, "values": values})
-            conn.execute(text("INSERT INTO history_chunks (job_id, first_step, ssr) VALUES (:id, 1, '{3, 2, 1}')"),
-                         {"id": job})
-            conn.execute(text("INSERT INTO history_chunks SELECT :id, 1 + 1000 * c, array_agg(s::float8 ORDER BY s) "
-                              "FROM generate_series(1, 10000) s, LATERAL (SELECT (s - 1) / 1000 AS c) chunk GROUP BY c"),
-                         {"id": other})
+            insert_sample_rows(conn)
             for where, sql in sql_queries({"sweep": sweep, "job": job}):
                 assert conn.execute(text(sql)).all(), f"{where} returned no rows:\n{sql}"
+            # The sweep picker names a sweep as the Prometheus `sweep` label does (legends).
+            picker, = (sql for where, sql in sql_queries() if where == "descent-sweeps.json variable sweep")
+            assert conn.execute(text(picker)).all() == [(sweep_label("lr-scan", sweep), sweep)]
 
             def curve(job_id: str) -> list:
                 sql, = (sql for _, sql in sql_queries({"sweep": sweep, "job": job_id}) if "history_chunks" in sql)
