@@ -11,7 +11,7 @@ Every error is a ``DescentError`` whose text is one readable line.
 
 from descent_client.client import DEFAULT_URL, Client
 from descent_client.errors import (
-    ApiError, Conflict, ConnectionFailed, DescentError, FieldError, InvalidRequest, NotFound, TooManyRequests,
+    ApiError, Conflict, ConnectionFailed, DescentError, FieldError, InvalidId, InvalidRequest, NotFound, TooManyRequests,
     Unauthorized, Unavailable, WaitTimeout,
 )
 from descent_client.resources import Job, Sweep
@@ -21,6 +21,6 @@ from services.sweep_spec import LeaderEntry, SweepCreate, SweepRead
 
 __all__ = [
     "DEFAULT_URL", "ApiError", "Client", "Conflict", "ConnectionFailed", "DescentError", "FieldError", "HistoryRead",
-    "InvalidRequest", "Job", "JobCreate", "JobRead", "LeaderEntry", "NotFound", "ParametersRead", "Sweep",
+    "InvalidId", "InvalidRequest", "Job", "JobCreate", "JobRead", "LeaderEntry", "NotFound", "ParametersRead", "Sweep",
     "SweepCreate", "SweepRead", "TooManyRequests", "Unauthorized", "Unavailable", "WaitTimeout", "statquest_job",
 ]

@@ -1,7 +1,8 @@
 """``Client``: the HTTP API in Python, typed with the API's own pydantic models (one schema).
 
-Sync httpx. Every request is retried on connection errors and 503 with exponential backoff,
-never on another status: reads and predictions freely, creates with one ``Idempotency-Key``
+Sync httpx. Every request is retried on connection errors and 503, never on another status:
+after the wait a 503's ``Retry-After`` asks for (capped), else with exponential backoff, within
+a total budget. Reads and predictions are retried freely, creates with one ``Idempotency-Key``
 per logical submit (the server answers a retry with what the first attempt made), cancels by
 reading the state back when a retry finds the job already cancelled.
 """
@@ -9,46 +10,43 @@ reading the state back when a retry finds the job already cancelled.
 from __future__ import annotations
 
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from descent_client.errors import ConnectionFailed, DescentError, NotFound, error_from_response
+from descent_client.errors import ConnectionFailed, DescentError, InvalidId, NotFound, error_from_response, retry_after
 from descent_client.resources import Job, Sweep, as_rows
-from services.spec import DatasetRead, JobCreate, JobPage, JobRead, StopSpec
+from services.spec import ID_PATTERN, DatasetRead, JobCreate, JobPage, JobRead, StopSpec
 from services.sweep_spec import SweepCreate, SweepPage, SweepRead
 
 DEFAULT_URL = "http://127.0.0.1:8000"  # `descent up`'s address
 M = TypeVar("M", bound=BaseModel)
 Document = Mapping[str, Any] | BaseModel
-
-
-class _Retry(Exception):
-    """A 503 to retry; carries the answer in case the retries run out."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (httpx.TransportError, _Retry))
+_ID = re.compile(ID_PATTERN)
 
 
 class Client:
     """``Client(url, key)``; both default to ``DESCENT_URL`` / ``DESCENT_API_KEY``, the URL then
-    to the embedded stack's. ``retries``: attempts after the first on connection errors and 503
-    (backoff 0.2 s doubling up to ``max_backoff``)."""
+    to the embedded stack's. ``retries``: attempts after the first on connection errors and 503.
+    A 503 with ``Retry-After`` is retried after that many seconds (at most ``max_retry_after``),
+    anything else after a backoff of 0.2 s doubling up to ``max_backoff``; a retry whose wait
+    would end more than ``retry_budget`` seconds after the first attempt is not made (the error
+    is raised, a 503's with its ``retry_after``)."""
 
     def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0,
-                 retries: int = 4, max_backoff: float = 3.0, transport: httpx.BaseTransport | None = None) -> None:
+                 retries: int = 4, max_backoff: float = 3.0, max_retry_after: float = 30.0,
+                 retry_budget: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
         self.url = (url or os.environ.get("DESCENT_URL") or DEFAULT_URL).rstrip("/")
         key = key if key is not None else os.environ.get("DESCENT_API_KEY")
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self.retries, self.max_backoff = retries, max_backoff
+        self.max_retry_after, self.retry_budget = max_retry_after, retry_budget
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -69,7 +67,11 @@ class Client:
                 headers: Mapping[str, str] | None = None) -> httpx.Response:
         """One logical request, retried on connection errors and 503; an error status raises
         ``ApiError`` (its subclass by status), no answer ``ConnectionFailed``."""
-        return self._send(self._http.build_request(method, path, json=json, params=_given(params), headers=headers))
+        try:
+            request = self._http.build_request(method, path, json=json, params=_given(params), headers=headers)
+        except (TypeError, ValueError) as exc:  # e.g. NaN in a body: JSON has no such number
+            raise DescentError(f"cannot send {method} {path}: the body is not valid JSON ({exc})") from None
+        return self._send(request)
 
     def lines(self, path: str, **params: Any) -> Iterator[str]:
         """A streamed answer's lines as they arrive (e.g. a long history as CSV); its start is
@@ -83,24 +85,42 @@ class Client:
             response.close()
 
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
-        retrying = Retrying(retry=retry_if_exception(_transient), stop=stop_after_attempt(self.retries + 1),
-                            wait=wait_exponential(multiplier=0.2, max=self.max_backoff), reraise=True)
-        try:
-            for attempt in retrying:
-                with attempt:
-                    response = self._http.send(request, stream=stream)
-                    if response.status_code == 503:
-                        response.read()
-                        raise _Retry(response)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(self.url, exc) from exc
-        except _Retry as exc:
-            response = exc.response
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                delay = self._delay(attempt, None, started)
+                if delay is None:
+                    raise ConnectionFailed(self.url, exc) from exc
+            else:
+                if response.status_code != 503:
+                    break
+                response.read()
+                response.close()
+                delay = self._delay(attempt, retry_after(response), started)
+                if delay is None:
+                    break
+            time.sleep(delay)
+            attempt += 1
         if response.is_error:
             response.read()
             response.close()
             raise error_from_response(response)
         return response
+
+    def _delay(self, attempt: int, asked: float | None, started: float) -> float | None:
+        """Seconds to wait before retry ``attempt + 1``, or None: no retry (none left, or the
+        wait would end past the budget)."""
+        if attempt >= self.retries:
+            return None
+        if asked is not None:
+            delay = min(asked, self.max_retry_after)
+        else:
+            delay = min(self.max_backoff, 0.2 * 2**attempt)
+        if time.monotonic() + delay - started > self.retry_budget:
+            return None
+        return delay
 
     def get(self, path: str, model: type[M], **params: Any) -> M:
         return self._parse(model, self.request("GET", path, params=params))
@@ -130,7 +150,7 @@ class Client:
         return Job(self, read, max_steps=_max_steps(body))
 
     def job(self, job_id: str) -> Job:
-        return Job(self, self.get(f"/v1/jobs/{job_id}", JobRead))
+        return Job(self, self.get(f"/v1/jobs/{resource_path(job_id, 'job')}", JobRead))
 
     def jobs(self, *, status: str | None = None, sweep_id: str | None = None, limit: int | None = None,
              page_size: int = 100) -> Iterator[JobRead]:
@@ -146,7 +166,7 @@ class Client:
         return Sweep(self, read)
 
     def get_sweep(self, sweep_id: str) -> Sweep:
-        return Sweep(self, self.get(f"/v1/sweeps/{sweep_id}", SweepRead))
+        return Sweep(self, self.get(f"/v1/sweeps/{resource_path(sweep_id, 'sweep')}", SweepRead))
 
     def sweeps(self, *, limit: int | None = None, page_size: int = 100) -> Iterator[SweepRead]:
         yield from _pages(lambda cursor, size: self.get("/v1/sweeps", SweepPage, limit=size, cursor=cursor),
@@ -154,6 +174,7 @@ class Client:
 
     def find(self, resource_id: str) -> Job | Sweep:
         """The job with this id, else the sweep; ``NotFound`` naming both when neither exists."""
+        resource_path(resource_id, "job or sweep")
         try:
             return self.job(resource_id)
         except NotFound:
@@ -170,13 +191,26 @@ class Client:
         return self.post("/v1/datasets", DatasetRead, {"x": as_rows(x), "y": as_rows(y)}, idempotent=True)
 
 
+def resource_path(resource_id: str, kind: str = "resource") -> str:
+    """An id as one path segment: checked against the API's id pattern (``InvalidId``, an
+    ``InvalidRequest``, before any request) and escaped, so no id can reach another route
+    (``../sweeps`` would read ``/v1/sweeps``)."""
+    if not isinstance(resource_id, str) or not _ID.fullmatch(resource_id):
+        raise InvalidId(422, f"not a {kind} id: {resource_id!r} (an id is 1 to 64 letters, digits, '-' or '_')")
+    return quote(resource_id, safe="")
+
+
 def _given(params: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (params or {}).items() if v is not None}
 
 
 def _document(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object to send; anything but a model or a mapping (a list of pairs, a string)
+    is refused, not turned into an object."""
     if isinstance(spec, BaseModel):
         return spec.model_dump(mode="json", exclude_unset=True)
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"a spec is a JSON object (a dict) or a model, not {type(spec).__name__}")
     return dict(spec)
 
 
@@ -201,4 +235,4 @@ def _pages(fetch: Any, limit: int | None, page_size: int) -> Iterator[Any]:
             return
 
 
-__all__ = ["DEFAULT_URL", "Client"]
+__all__ = ["DEFAULT_URL", "Client", "resource_path"]

@@ -8,7 +8,11 @@ An error answer is read in both shapes the API has used: FastAPI's ``{"detail": 
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -47,12 +51,13 @@ class FieldError:
 
 
 class ApiError(DescentError):
-    """The API answered with an error status; ``status``, ``detail`` text and ``errors``."""
+    """The API answered with an error status; ``status``, ``detail`` text and ``errors``;
+    ``retry_after``: the seconds its ``Retry-After`` header asked to wait (a 429, a 503), or None."""
 
     def __init__(self, status: int, detail: str, errors: tuple[FieldError, ...] = (), method: str = "",
-                 path: str = "") -> None:
+                 path: str = "", retry_after: float | None = None) -> None:
         self.status, self.detail, self.errors = status, detail, errors
-        self.method, self.path = method, path
+        self.method, self.path, self.retry_after = method, path, retry_after
         super().__init__(self._line())
 
     def _line(self) -> str:
@@ -80,12 +85,31 @@ class InvalidRequest(ApiError):
     """422 (or 400/413): the request was refused; ``errors`` name the fields."""
 
 
+class InvalidId(InvalidRequest):
+    """An id the API cannot have (not its id pattern), refused before any request is made."""
+
+    def _line(self) -> str:
+        return self.detail
+
+
 class TooManyRequests(ApiError):
-    """429: a limit of this key's tenant (e.g. its queued jobs); never retried by the client."""
+    """429: a limit of this key's tenant (e.g. its queued jobs); never retried by the client.
+    ``retry_after``: when the server suggests trying again, in seconds."""
+
+    def _line(self) -> str:
+        return _with_retry_after(super()._line(), self.retry_after)
 
 
 class Unavailable(ApiError):
-    """503 after the retries: the service's storage or broker is down."""
+    """503 after the retries: the service's storage or broker is down; ``retry_after`` as the
+    server's last answer said."""
+
+    def _line(self) -> str:
+        return _with_retry_after(super()._line(), self.retry_after)
+
+
+def _with_retry_after(line: str, seconds: float | None) -> str:
+    return line if seconds is None else f"{line}; retry after {seconds:g} s"
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
@@ -99,7 +123,26 @@ def error_from_response(response: httpx.Response) -> ApiError:
     detail, errors = parse_error_body(response)
     kind = _BY_STATUS.get(response.status_code, ApiError)
     request = response.request
-    return kind(response.status_code, detail, errors, request.method, request.url.path)
+    return kind(response.status_code, detail, errors, request.method, request.url.path, retry_after(response))
+
+
+def retry_after(response: httpx.Response, now: float | None = None) -> float | None:
+    """The answer's ``Retry-After`` in seconds (delay-seconds or an HTTP date; never negative),
+    or None when it has none or an unreadable one."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def parse_error_body(response: httpx.Response) -> tuple[str, tuple[FieldError, ...]]:

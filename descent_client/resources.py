@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
+from urllib.parse import quote
 
 from descent_client.errors import Conflict, ConnectionFailed, DescentError, Unavailable, WaitTimeout
 from descent_client.progress import SWEEP_FINISHED, LineWriter, Rate, job_parts, sweep_fraction, sweep_parts
@@ -35,7 +36,7 @@ class _Resource(Generic[R]):
 
     @property
     def path(self) -> str:
-        return f"/v1/{self.collection}/{self.id}"
+        return f"/v1/{self.collection}/{quote(self.id, safe='')}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id!r}, status={self.status!r})"

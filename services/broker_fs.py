@@ -1,4 +1,4 @@
-"""The embedded broker: kombu's filesystem transport with two traps closed.
+"""The embedded broker: kombu's filesystem transport with three traps closed.
 
 kombu 5.7 creates a message file and then writes it, while a reader takes (moves) any file with
 the queue's name at once, so a racing worker could read an empty message and die with
@@ -6,18 +6,26 @@ the queue's name at once, so a racing worker could read an empty message and die
 reader matches and renamed into place, which is atomic within the folder; and a message that
 still does not decode (a garbage file dropped into the folder) is logged and skipped instead of
 stopping the consumer. The URL stays ``filesystem://``; ``broker_url`` maps it to this transport.
+
+kombu's reader takes a message by ``shutil.move`` into ``tempfile.gettempdir()`` under the
+message's own name: when that is another filesystem (a tmpfs ``/tmp``), the move is a copy and
+a delete, so two consumers copy the same file into the same path and truncate each other's copy
+(a message lost, or read twice). Here a consumer takes a message by renaming it to a name of its
+own inside the broker folder (atomic: exactly one consumer wins), then reads and deletes it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
+from queue import Empty
 from time import monotonic
 
 from kombu.transport import TRANSPORT_ALIASES, filesystem
-from kombu.utils.encoding import str_to_bytes
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
 
 log = logging.getLogger(__name__)
 ALIAS = "descentfs"
@@ -38,13 +46,38 @@ class Channel(filesystem.Channel):
     def _get(self, queue: str) -> dict:
         while True:
             try:
-                payload = super()._get(queue)
+                payload = loads(bytes_to_str(self._take(queue)))
             except ValueError:  # JSONDecodeError: the file is gone already; take the next one
                 log.error("skipped an unreadable message in queue %s of the embedded broker", queue)
                 continue
             if _is_message(payload):
                 return payload
             log.error("skipped a file that is not a message in queue %s of the embedded broker", queue)
+
+    def _take(self, queue: str) -> bytes:
+        """The oldest message of ``queue``, removed from it (kombu's ``_get`` order and
+        ``store_processed``), taken by a rename within the folder; ``Empty`` when there is none."""
+        wanted = f"{queue}.msg"
+        for filename in sorted(os.listdir(self.data_folder_in)):
+            if filename.partition(".")[2] != wanted:  # also skips our own ".*" files
+                continue
+            source = os.path.join(self.data_folder_in, filename)
+            taken = os.path.join(self.data_folder_in, f".{filename}.{uuid.uuid4().hex}.taken")
+            try:
+                os.rename(source, taken)
+            except OSError:  # another consumer took it first
+                continue
+            try:
+                with open(taken, "rb") as f:
+                    payload = f.read()
+                if self.store_processed:
+                    shutil.move(taken, os.path.join(self.processed_folder, filename))
+                else:
+                    os.remove(taken)
+            except OSError as exc:
+                raise filesystem.ChannelError(f"Cannot read file {taken!r} from queue.") from exc
+            return payload
+        raise Empty()
 
 
 def _is_message(payload: object) -> bool:

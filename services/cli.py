@@ -66,7 +66,9 @@ def run_worker(
 ) -> None:
     """Replace this process with a prefork Celery worker for ``worker.app``.
 
-    A worker of the ``gpu`` queue computes with CuPy (DESCENT_ENGINE_BACKEND=cupy).
+    A pack from the ``gpu`` queue trains with CuPy, one from the ``cpu`` queue with NumPy, so a
+    worker of ``cpu,gpu`` serves both (a gpu worker gets DESCENT_ENGINE_BACKEND=cupy: no NumPy
+    warm-up before the fork).
     """
     env = os.environ.copy()
     metrics_dir.ensure(env)  # shared by the pool's children; the parent serves --metrics-port
@@ -117,7 +119,8 @@ def run_up(
 ) -> None:
     """Run the API, the scheduler and workers on this machine until Ctrl-C or SIGTERM (SQLite +
     filesystem broker by default). A process that dies is restarted; workers stopped by Ctrl-C
-    checkpoint and release their jobs, which resume at the next start."""
+    checkpoint and release their jobs, which resume at the next start. A busy port, or a home
+    whose stack is running, is refused before anything starts."""
     from services.stack import Stack, StackError, auth_note, default_api_workers, raise_on_sigterm
 
     raise_on_sigterm()
@@ -162,7 +165,7 @@ def run_demo(
             typer.echo(f"Descent is serving at {stack.url} (home {stack.home})")
             ok = run_statquest(stack.url, typer.echo, timeout)
     except (StackError, DescentError, KeyboardInterrupt) as exc:
-        typer.echo(f"error: {exc or 'interrupted'}; logs in {home / 'logs'}", err=True)
+        typer.echo(f"error: {str(exc) or 'interrupted'}; logs in {home / 'logs'}", err=True)
     if ok and temporary:
         shutil.rmtree(home, ignore_errors=True)
     elif not ok:

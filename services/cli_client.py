@@ -3,15 +3,18 @@ cancel, leaderboard, plot. Each parses its arguments, calls ``descent_client`` (
 API) and prints; every error becomes one line on stderr and a non-zero exit, in ``command``.
 
 Exit codes: 0 ok (``watch``/``--wait``: the job succeeded, the sweep finished), 1 an error,
-2 bad usage, 3 failed, 4 diverged, 5 cancelled, 130 interrupted.
+2 bad usage, 3 failed, 4 diverged, 5 cancelled, 130 interrupted, 141 the reader of the output
+went away (``descent history ID --csv | head``: quietly, as other tools).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -28,6 +31,7 @@ from services.spec import JobStatus, Matrix
 app = typer.Typer()
 PANEL = "Use the service (a client of the HTTP API)"
 EXIT_CODES = {"succeeded": 0, "finished": 0, "failed": 3, "diverged": 4, "cancelled": 5}
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool stopped by `| head`
 F = TypeVar("F", bound=Callable[..., Any])
 
 Url = Annotated[str, typer.Option("--url", envvar="DESCENT_URL", help="The API's address")]
@@ -45,13 +49,19 @@ class CliError(Exception):
 
 
 def command(name: str) -> Callable[[F], F]:
-    """Register a client command; its errors become one line and exit 1 (130 on Ctrl-C)."""
+    """Register a client command; its errors become one line and exit 1 (130 on Ctrl-C, 141
+    quietly when stdout's reader went away)."""
 
     def register(function: F) -> F:
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
-                return function(*args, **kwargs)
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+            except BrokenPipeError:
+                _stdout_gone()
             except (DescentError, CliError) as exc:
                 _fail(f"error: {exc}", 1)
             except KeyboardInterrupt:
@@ -68,9 +78,20 @@ def command(name: str) -> Callable[[F], F]:
 
 
 def _fail(message: str, code: int) -> None:
-    sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+def _stdout_gone() -> None:
+    """Stdout's reader closed the pipe (``| head``): what is still buffered goes nowhere, and
+    the command ends quietly with 141, as ``yes | head`` does."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    raise typer.Exit(EXIT_BROKEN_PIPE)
 
 
 def _client(url: str, key: str | None) -> Client:
@@ -83,7 +104,7 @@ def submit(spec: SpecFile, wait: Wait = False, quiet: Quiet = False, url: Url = 
     """Submit a training job from a JSON spec (see README); print its id.
 
     With --wait, watch it to the end and exit with its final status (see watch)."""
-    job = _client(url, key).submit(_read_json(spec))
+    job = _client(url, key).submit(_read_json(spec, "job"))
     _created(job, quiet, as_json, wait)
 
 
@@ -93,7 +114,7 @@ def sweep(spec: SpecFile, wait: Wait = False, quiet: Quiet = False, url: Url = D
     """Submit a sweep (a base job, grid and/or random values); print its id.
 
     With --wait, watch it to the end and exit with its final status (see watch)."""
-    created = _client(url, key).sweep(_read_json(spec))
+    created = _client(url, key).sweep(_read_json(spec, "sweep"))
     _created(created, quiet, as_json, wait)
 
 
@@ -250,15 +271,31 @@ def plot(
     typer.echo(f"wrote {path} ({len(png)} bytes)")
 
 
-def _read_json(path: Path) -> Any:
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
+
+
+def _read_json(path: Path, kind: str) -> dict[str, Any]:
+    """The spec in ``path`` (``-``: stdin): a JSON object, or a ``CliError`` saying why not."""
+    where = "stdin" if str(path) == "-" else str(path)
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{where} is not text (UTF-8): {exc.reason} at byte {exc.start}") from None
+
+    def no_constants(name: str) -> None:
+        raise CliError(f"{where} is not valid JSON: {name} is not a JSON number")
+
     try:
-        return json.loads(text)
+        found = json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as exc:
         raise CliError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(found, dict):
+        raise CliError(f"{where} holds {JSON_KINDS.get(type(found), 'a value')}, not a {kind} spec: "
+                       f"a {kind} spec is a JSON object ({{\"name\": ...}}; see README)")
+    return found
 
 
 def _points(values: list[str], from_csv: Path | None) -> Matrix:
@@ -285,6 +322,9 @@ def _csv_points(text: str) -> Matrix:
 
 def _numbers(cells: list[str], where: str) -> list[float]:
     try:
-        return [float(cell) for cell in cells]
+        numbers = [float(cell) for cell in cells]
     except ValueError:
         raise CliError(f"{where}: expected numbers, got {','.join(cells)!r}") from None
+    if not all(math.isfinite(number) for number in numbers):
+        raise CliError(f"{where}: expected finite numbers, got {','.join(cells)!r}")
+    return numbers

@@ -10,7 +10,17 @@ This module imports neither ``api`` nor ``worker``: it starts them by module nam
 Each child runs in its own process group so that Ctrl-C reaches only the supervisor, which then
 stops the children in order (terminate, wait, kill the whole group after a timeout: a prefork
 pool never outlives its parent). Workers answer SIGTERM by checkpointing and releasing their
-jobs, which resume at the next start.
+jobs, which resume at the next start. SIGHUP and SIGQUIT stop it as SIGTERM does; a further
+signal while it stops cuts the wait short (every group is killed at once), never the cleanup.
+On Linux every child also gets SIGTERM from the kernel when the supervisor dies (even by
+SIGKILL: ``PR_SET_PDEATHSIG``), so no child outlives it holding the port or the home.
+
+One stack per home: the supervisor holds a lock on ``<home>/up.lock`` (``flock``, released by
+the kernel when it dies), so a second ``descent up`` on a live home refuses to start instead of
+wiping the live stack's metrics and running a second scheduler and worker. It also refuses a
+port that is already in use, before it starts anything, and its ready check accepts only its
+own API (``/readyz`` echoes a random token given to this stack's children), never another
+server answering on that port.
 
 Once the stack is up, a child that dies is restarted (``supervise``), after a backoff that
 doubles while it keeps dying young: the stack keeps serving, and only a signal to the
@@ -20,15 +30,21 @@ URL), so ``descent up`` and ``descent demo`` say why at once instead of looping.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -42,6 +58,9 @@ class StackError(RuntimeError):
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "DESCENT_STACK_TOKEN"  # /readyz echoes it: the ready check knows its own API
+LOCK_NAME = "up.lock"  # in the home: held (flock) by the live stack's supervisor
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def check_binding(host: str, settings: Settings) -> None:
@@ -54,6 +73,21 @@ def check_binding(host: str, settings: Settings) -> None:
     if not ring.enabled and host not in LOOPBACK:
         raise StackError(f"auth is off (DESCENT_API_KEYS is empty), so the API serves 127.0.0.1 only; "
                          f"set DESCENT_API_KEYS to listen on {host}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind (and release) host:port as uvicorn will (``SO_REUSEADDR``, IPv6 for a host with a
+    colon): a port another server listens on is refused before anything starts. Otherwise the
+    API would die at once and be restarted forever while another server answers there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StackError(f"cannot listen on {host}:{port}: {reason} (another `descent up` or server "
+                         f"there?); choose another --port") from None
 
 
 def auth_note(settings: Settings) -> str:
@@ -103,6 +137,8 @@ class Stack:
     stop_timeout: float = 10.0
     children: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # the children's environment
+    token: str = field(default_factory=lambda: secrets.token_hex(16))  # our API's answer in /readyz
+    _lock: IO[str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -120,18 +156,22 @@ class Stack:
         self.stop()
 
     def start(self, ready_timeout: float = 60.0) -> None:
-        """Prepare the home, migrate the schema, then start the API and the workers."""
+        """Prepare the home, migrate the schema, then start the API and the workers. Refuses
+        (``StackError``, nothing started or wiped) a home whose stack is alive and a busy port."""
         self.home = self.home.absolute()
         os.environ["DESCENT_HOME"] = str(self.home)
         get_settings.cache_clear()
         settings = get_settings()
         check_binding(self.host, settings)
         self.home.mkdir(parents=True, exist_ok=True)
+        self._lock_home()
+        check_port_free(self.host, self.port)
         if settings.broker_url.startswith("filesystem://"):
             settings.broker_folder.mkdir(parents=True, exist_ok=True)
         from services.db.migrate import upgrade  # lazy: only `up` and `demo` need Alembic
 
         self.env = os.environ.copy()
+        self.env[TOKEN_ENV] = self.token
         metrics_dir.fresh(self.home / "metrics", self.env)  # one folder: the API serves all
 
         try:
@@ -152,12 +192,33 @@ class Stack:
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
         self.children.append(Child(name, self._popen(args, log), log, args))
 
+    def _lock_home(self) -> None:
+        """Hold ``<home>/up.lock`` while this stack lives (the kernel drops it when we die)."""
+        path = self.home / LOCK_NAME
+        handle = open(path, "a+")  # noqa: SIM115 (held until stop); never inherited by children
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise StackError(f"another `descent up` is running on home {self.home}"
+                             f"{f' ({holder})' if holder else ''}; stop it first, or set DESCENT_HOME "
+                             f"to another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, {self.url}\n")
+        handle.flush()
+        self._lock = handle
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock; the file stays (unlinking it would race)
+            self._lock = None
+
     def _popen(self, args: list[str], log: IO[bytes] | None) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT if log else None,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        return spawn([sys.executable, "-m", "services.cli", *args],
+                     env=self.env, stdout=log, stderr=subprocess.STDOUT if log else None)
 
     def supervise(self, echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
         """Restart every child that died, once its backoff has passed; call it periodically."""
@@ -180,7 +241,7 @@ class Stack:
                 echo(f"{time.strftime('%H:%M:%S')} {child.name} restarted (pid {child.proc.pid})")
 
     def wait_ready(self, timeout: float) -> None:
-        wait_until_ready(self.url, timeout, self.check_alive)
+        wait_until_ready(self.url, timeout, self.check_alive, token=self.token)
 
     def check_alive(self) -> None:
         for child in self.children:
@@ -190,34 +251,92 @@ class Stack:
                 raise StackError(f"{child.name} exited with code {code}{where}")
 
     def stop(self) -> None:
-        """SIGTERM to every child at once, one shared deadline, then SIGKILL each group."""
-        deadline = time.monotonic() + self.stop_timeout
-        for child in self.children:
-            if child.proc.poll() is None:
-                child.proc.terminate()
-        for child in self.children:
-            try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(child.proc)
-            if child.log:
-                child.log.close()
-        self.children.clear()
+        """SIGTERM to every child at once, one shared deadline, then SIGKILL each group. Another
+        Ctrl-C or stop signal meanwhile ends the wait at once: every group is SIGKILLed and
+        waited for all the same, so no child is ever left behind."""
+        hurry = threading.Event()
+        try:
+            with _signals_caught(lambda *_: hurry.set()):
+                deadline = time.monotonic() + self.stop_timeout
+                for child in self.children:
+                    if child.proc.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            child.proc.terminate()
+                while (not hurry.is_set() and time.monotonic() < deadline
+                       and any(child.proc.poll() is None for child in self.children)):
+                    time.sleep(0.05)
+                for child in self.children:
+                    if child.restart_at is None:  # a dead child awaiting restart was killed already
+                        _kill_group(child.proc)
+                    if child.log:
+                        child.log.close()
+                self.children.clear()
+        finally:
+            self._unlock()
 
 
-def wait_until_ready(url: str, timeout: float, check: Callable[[], None] = lambda: None) -> None:
+def spawn(argv: list[str], **popen: Any) -> subprocess.Popen:
+    """A supervised child: in its own session (Ctrl-C at the terminal reaches only the
+    supervisor) and, on Linux, sent SIGTERM by the kernel when the supervisor dies. Called from
+    a thread other than the main one, the death signal is not set: the kernel sends it when the
+    spawning *thread* exits."""
+    preexec = _die_with_parent() if threading.current_thread() is threading.main_thread() else None
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec, **popen)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """``preexec_fn`` setting ``PR_SET_PDEATHSIG`` to SIGTERM (Linux; None elsewhere). SIGTERM,
+    not SIGKILL: a worker still checkpoints and releases its jobs, uvicorn still closes its port.
+    The setting survives the child's ``exec`` and is cleared in its own forks (a worker's pool)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: no dlopen after fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before the setting took effect
+            os._exit(1)
+
+    return preexec
+
+
+@contextlib.contextmanager
+def _signals_caught(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Route the stop signals to ``handler`` for the block (main thread only, where Python
+    delivers signals), then restore the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)  # None: not set from Python
+
+
+def wait_until_ready(url: str, timeout: float, check: Callable[[], None] = lambda: None,
+                     token: str | None = None) -> None:
     """Poll ``{url}/readyz`` until 200. ``check`` is called between polls and should raise when a
-    watched process has died, so a crashed child fails fast instead of after the timeout."""
+    watched process has died, so a crashed child fails fast instead of after the timeout. With a
+    ``token``, only an answer that echoes it counts (``"stack"``): another server on the port is
+    not our API being ready."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
         check()
         try:
             answer = httpx.get(f"{url}/readyz", timeout=2.0)
-            if answer.status_code == 200:
+            if answer.status_code == 200 and (token is None or _echoed(answer) == token):
                 return
-            last = answer.text
+            last = answer.text if answer.status_code != 200 else f"another server answers at {url}"
         except httpx.HTTPError as exc:
             last = repr(exc)
         time.sleep(0.1)
@@ -233,10 +352,20 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _echoed(answer: httpx.Response) -> str | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return body.get("stack") if isinstance(body, dict) else None
+
+
 def raise_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so ``with Stack`` cleans up as it does for Ctrl-C."""
+    """Turn SIGTERM, SIGHUP (the terminal closed) and SIGQUIT into KeyboardInterrupt, so ``with
+    Stack`` cleans up as it does for Ctrl-C instead of dying and orphaning its children."""
 
     def handler(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for signum in STOP_SIGNALS[1:]:
+        signal.signal(signum, handler)

@@ -1,7 +1,9 @@
 """The Celery worker process: the shared configuration plus per-process setup after fork.
 
 Start it with ``celery -A worker.app worker -Q cpu`` (or ``-Q gpu`` with
-``DESCENT_ENGINE_BACKEND=cupy``); each prefork child builds its own database engine.
+``DESCENT_ENGINE_BACKEND=cupy``); each prefork child builds its own database engine. A task
+trains on its queue's backend (``worker.tasks.backend_for``: cpu NumPy, gpu CuPy), whatever the
+process's setting, so one worker may serve both queues.
 """
 
 from __future__ import annotations

@@ -2,12 +2,15 @@
 
 ``/healthz`` says the process answers; ``/readyz`` says it can do work: the database answers
 ``SELECT 1`` and the broker accepts a connection (for the embedded ``filesystem://`` broker, its
-folder exists). Orchestrators (and ``descent up``) wait on ``/readyz``.
+folder exists). Orchestrators (and ``descent up``) wait on ``/readyz``; under ``descent up`` its
+answer also echoes the stack's token (``"stack"``, from ``DESCENT_STACK_TOKEN``), so the
+supervisor knows its own API from another server on the same port.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -22,6 +25,7 @@ from services.db.session import session_scope
 router = APIRouter(tags=["health"])
 log = logging.getLogger("descent.api")
 BROKER_TIMEOUT_S = 2.0
+STACK_TOKEN_ENV = "DESCENT_STACK_TOKEN"  # set by `descent up` (services/stack.py: TOKEN_ENV)
 
 
 @router.get("/healthz")
@@ -39,7 +43,10 @@ def read_readiness(request: Request, settings: SettingsDep) -> JSONResponse:
     if failing:
         return problem(503, "not ready: " + "; ".join(failing.values()), instance=request.url.path,
                        headers={"Retry-After": str(RETRY_AFTER_S)}, extensions={"failing": failing})
-    return JSONResponse(content={"status": "ready", "checks": {name: "ok" for name in checks}})
+    ready: dict[str, object] = {"status": "ready", "checks": {name: "ok" for name in checks}}
+    if token := os.environ.get(STACK_TOKEN_ENV):
+        ready["stack"] = token
+    return JSONResponse(content=ready)
 
 
 def _database_error() -> str | None:
