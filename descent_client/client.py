@@ -13,12 +13,13 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from descent_client.errors import ConnectionFailed, DescentError, InvalidId, NotFound, error_from_response, retry_after
 from descent_client.resources import Job, Sweep, as_rows
@@ -29,6 +30,17 @@ DEFAULT_URL = "http://127.0.0.1:8000"  # `descent up`'s address
 M = TypeVar("M", bound=BaseModel)
 Document = Mapping[str, Any] | BaseModel
 _ID = re.compile(ID_PATTERN)
+
+
+class _Retry(Exception):
+    """A 503 to retry; carries the answer (its ``Retry-After``, and the error should retries end)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TransportError, _Retry))
 
 
 class Client:
@@ -85,42 +97,41 @@ class Client:
             response.close()
 
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                response = self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                delay = self._delay(attempt, None, started)
-                if delay is None:
-                    raise ConnectionFailed(self.url, exc) from exc
-            else:
-                if response.status_code != 503:
-                    break
-                response.read()
-                response.close()
-                delay = self._delay(attempt, retry_after(response), started)
-                if delay is None:
-                    break
-            time.sleep(delay)
-            attempt += 1
+        started = time.monotonic()
+        retrying = Retrying(retry=retry_if_exception(_transient), wait=self._wait, reraise=True,
+                            stop=stop_after_attempt(self.retries + 1) | self._past_budget(started),
+                            sleep=lambda seconds: time.sleep(seconds))
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = self._http.send(request, stream=stream)
+                    if response.status_code == 503:
+                        response.read()
+                        response.close()
+                        raise _Retry(response)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(self.url, exc) from exc
+        except _Retry as exc:
+            response = exc.response
         if response.is_error:
             response.read()
             response.close()
             raise error_from_response(response)
         return response
 
-    def _delay(self, attempt: int, asked: float | None, started: float) -> float | None:
-        """Seconds to wait before retry ``attempt + 1``, or None: no retry (none left, or the
-        wait would end past the budget)."""
-        if attempt >= self.retries:
-            return None
+    def _wait(self, state: RetryCallState) -> float:
+        """What a 503's ``Retry-After`` asks for (at most ``max_retry_after``), else a backoff of
+        0.2 s doubling up to ``max_backoff``."""
+        failed = state.outcome.exception() if state.outcome is not None else None
+        asked = retry_after(failed.response) if isinstance(failed, _Retry) else None
         if asked is not None:
-            delay = min(asked, self.max_retry_after)
-        else:
-            delay = min(self.max_backoff, 0.2 * 2**attempt)
-        if time.monotonic() + delay - started > self.retry_budget:
-            return None
-        return delay
+            return min(asked, self.max_retry_after)
+        return min(self.max_backoff, 0.2 * 2 ** (state.attempt_number - 1))
+
+    def _past_budget(self, started: float) -> Callable[[RetryCallState], bool]:
+        """Stop rather than wait past ``retry_budget`` seconds after the first attempt (read on
+        this module's clock: tenacity computes the wait before it asks whether to stop)."""
+        return lambda state: time.monotonic() + state.upcoming_sleep - started > self.retry_budget
 
     def get(self, path: str, model: type[M], **params: Any) -> M:
         return self._parse(model, self.request("GET", path, params=params))
