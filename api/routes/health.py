@@ -21,11 +21,11 @@ from api.deps import SettingsDep
 from api.errors import RETRY_AFTER_S, problem
 from services.config import Settings
 from services.db.session import session_scope
+from services.stack import TOKEN_ENV
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("descent.api")
 BROKER_TIMEOUT_S = 2.0
-STACK_TOKEN_ENV = "DESCENT_STACK_TOKEN"  # set by `descent up` (services/stack.py: TOKEN_ENV)
 
 
 @router.get("/healthz")
@@ -44,7 +44,7 @@ def read_readiness(request: Request, settings: SettingsDep) -> JSONResponse:
         return problem(503, "not ready: " + "; ".join(failing.values()), instance=request.url.path,
                        headers={"Retry-After": str(RETRY_AFTER_S)}, extensions={"failing": failing})
     ready: dict[str, object] = {"status": "ready", "checks": {name: "ok" for name in checks}}
-    if token := os.environ.get(STACK_TOKEN_ENV):
+    if token := os.environ.get(TOKEN_ENV):
         ready["stack"] = token
     return JSONResponse(content=ready)
 

@@ -45,8 +45,8 @@ for i in range(2):
     stack.children.append(stacks.Child(f"stubborn{i}", proc))
     print(proc.pid, pool, flush=True)
 stacks.raise_on_sigterm()
-print("ready", flush=True)
-try:
+try:  # "ready" inside the try: a signal sent as soon as it is read lands in the handler
+    print("ready", flush=True)
     time.sleep(600)
 except KeyboardInterrupt:
     stack.stop()
