@@ -147,7 +147,7 @@ class WideNetwork(Network):
             self.step(views, x, y, grads, out, slot)
             return
         partials = self.partials(m1 - m0, len(point_ranges) - 1, slot)
-        targets = [(grads, out)] + [(None if grads is None else g, s) for g, s in partials]
+        targets = _targets(grads, out, partials)
         for (p0, p1), (into, ssr) in zip(point_ranges, targets):
             self.step(views, x[:, p0:p1], y[:, p0:p1], into, ssr, slot)
         _add_partials(grads, out, partials)
@@ -157,7 +157,7 @@ class WideNetwork(Network):
         """One member chunk over the point chunks: the first into ``grads`` and ``out``, the
         others into partial buffers, then added in chunk order (the same sums on any thread)."""
         partials = self.partials(out.shape[0], len(point_ranges) - 1)
-        targets = [(grads, out)] + [(None if grads is None else g, s) for g, s in partials]
+        targets = _targets(grads, out, partials)
 
         def chunk(k: int, slot: int) -> None:
             (p0, p1), (into, ssr) = point_ranges[k], targets[k]
@@ -176,6 +176,13 @@ class WideNetwork(Network):
                 last = self.forward(rows(views, m0, m1), x[:, p0:p1])[-1].a
                 out[m0:m1, p0:p1] = last.transpose(0, 2, 1)
         return out
+
+
+def _targets(grads: list[WideLayer] | None, out: Any,
+             partials: list[tuple[list[WideLayer], Any]]) -> list[tuple[list[WideLayer] | None, Any]]:
+    """Where each point chunk's gradients and SSR go: the first chunk's into ``grads`` and
+    ``out``, the others' into the partial buffers (no gradients when ``grads`` is None)."""
+    return [(grads, out)] + [(None if grads is None else g, s) for g, s in partials]
 
 
 def _add_partials(grads: list[WideLayer] | None, out: Any, partials: list[tuple[list[WideLayer], Any]]) -> None:
