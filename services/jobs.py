@@ -107,11 +107,17 @@ def _alone(spec: JobCreate, inline: tuple | None, tenant: str) -> JobRead | Base
 
 
 def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
-    """One transaction for many submits; a quota or dataset refusal is that item's answer."""
+    """One transaction for many submits; a quota or dataset refusal is that item's answer.
+
+    SQLite has one writer, and in a burst the workers' checkpoint commits and these
+    transactions take turns at its lock: what needs no database (the rows of jobs whose data
+    this process has stored before, the answers) is built outside the transaction, so the lock
+    is held for the reads and writes alone."""
+    ahead = [_known_row(spec, inline, tenant) for spec, inline, tenant in items]
     results: list[dict | BaseException] = []
     seen: dict[tuple, DatasetRead] = {}
     with session_scope(write=True) as session:
-        for spec, inline, tenant in items:
+        for (spec, inline, tenant), row in zip(items, ahead):
             try:
                 quotas.check_queued(session, tenant, 1)
                 if inline is None:
@@ -119,15 +125,26 @@ def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
                     quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
                 else:  # refused before its data is stored, as a transaction of its own rolls back
                     quotas.check_cost(get_settings(), [(spec, len(inline[1]))])
-                    dataset = _dataset(session, spec, inline, tenant, seen)
+                    if row is None:
+                        dataset = _dataset(session, spec, inline, tenant, seen)
             except DomainError as exc:
                 results.append(exc)
                 continue
-            results.append(repository.new_job_values(**job_row(spec, dataset, tenant)))
-        reads = iter(repository.insert_jobs(session, [r for r in results if isinstance(r, dict)]))
+            results.append(row or repository.new_job_values(**job_row(spec, dataset, tenant)))
+        repository.insert_jobs(session, [r for r in results if isinstance(r, dict)])
     for key, dataset in seen.items():
         _remember(key, dataset)
-    return [r if isinstance(r, BaseException) else next(reads) for r in results]
+    return [r if isinstance(r, BaseException) else repository.new_job_read(r) for r in results]
+
+
+def _known_row(spec: JobCreate, inline: tuple | None, tenant: str) -> dict | None:
+    """The new job's row when its inline data is a dataset this process remembers, else None.
+    (Should the dataset be gone after all, the insert fails and ``_write_submits`` writes each
+    submit alone, looking the dataset up again.)"""
+    if inline is None:
+        return None
+    dataset = _known.get((get_settings().database_url, tenant, inline[0]))
+    return None if dataset is None else repository.new_job_values(**job_row(spec, dataset, tenant))
 
 
 def _dataset(session: Session, spec: JobCreate, inline: tuple | None, tenant: str,

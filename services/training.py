@@ -393,9 +393,10 @@ def _write(queue: str, pending: Pending, training: list[Member]) -> tuple[list[c
     reached a rung, ends ``cancelled`` here, but a natural stop in the same chunks wins (the
     result is final)."""
     started = time.perf_counter()
+    prepared = ckpt.prepare_writes(pending.writes)  # before the transaction: SQLite's write lock is shared
     with heartbeat.current().paused(), session_scope() as session:
         held = ckpt.hold_fences(session, pending.claims(training), db_now(session))
-        ckpt.write_checkpoints(session, pending.writes, held)
+        ckpt.write_checkpoints(session, prepared, held)
         parked, cancelled_at_rung = _parking(pending.parked, held)
         outcomes = [o for o in pending.stopped if o.claim.job_id in held]
         outcomes += [ckpt.Outcome(m.claim, "cancelled", None) for m in training

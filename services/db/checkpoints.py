@@ -182,34 +182,57 @@ def park_jobs(session: Session, parked: Sequence[tuple[Claim, int]]) -> None:
     session.execute(stmt, [{"b_id": c.job_id, "b_attempt": c.attempt, "b_rung": rung} for c, rung in parked])
 
 
+@dataclass(frozen=True)
+class PreparedWrites:
+    """The rows ``write_checkpoints`` writes, each with the claim that fences it: built before
+    the transaction (``prepare_writes``), so SQLite's one write lock, which the API's submits
+    wait for meanwhile, is held for the statements alone."""
+
+    checkpoints: list[tuple[Claim, dict]]
+    history: list[tuple[Claim, dict]]
+    summaries: list[tuple[Claim, dict]]
+
+
+def prepare_writes(writes: Sequence[CheckpointWrite]) -> PreparedWrites:
+    now = utcnow()
+    # A chunk's members share one manifest object: each distinct one is encoded once (``writes``
+    # holds them all, so their ids stay theirs for the call).
+    encoded = {key: json.dumps(m) for key, m in {id(w.manifest): w.manifest for w in writes}.items()}
+    runs = _runs(writes)
+    return PreparedWrites(
+        [(w.claim, {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
+                    "manifest_json": encoded[id(w.manifest)], "data": w.data}) for w in writes],
+        [(w.claim, {"job_id": w.claim.job_id, "first_step": int(w.first_step), "ssr": w.history})
+         for w in runs if len(w.history)],
+        [(w.claim, _summary(w)) for w in runs],
+    )
+
+
 def write_checkpoints(
-    session: Session, writes: Sequence[CheckpointWrite], held: dict[str, Claim] | None = None,
+    session: Session, writes: Sequence[CheckpointWrite] | PreparedWrites, held: dict[str, Claim] | None = None,
 ) -> dict[str, Claim]:
     """Write every member's checkpoint, history chunk and job summary whose fence still holds.
 
     Returns the held claims (with fresh ``cancel_requested``); a job missing from the result lost
     its fence and must stop training. ``held`` is the result of ``hold_fences`` when the caller
-    already took the fences of a larger pack in this transaction."""
+    already took the fences of a larger pack in this transaction. ``writes`` may come prepared
+    (``prepare_writes``)."""
+    prepared = writes if isinstance(writes, PreparedWrites) else prepare_writes(writes)
     if held is None:
-        held = hold_fences(session, (w.claim for w in writes))
-    mine = [w for w in writes if w.claim.job_id in held and held[w.claim.job_id].attempt == w.claim.attempt]
-    if not mine:
+        held = hold_fences(session, (claim for claim, _ in prepared.checkpoints))
+
+    def mine(rows: list[tuple[Claim, dict]]) -> list[dict]:
+        return [row for claim, row in rows if claim.job_id in held and held[claim.job_id].attempt == claim.attempt]
+
+    checkpoints = mine(prepared.checkpoints)
+    if not checkpoints:
         return held
-    now = utcnow()
-    # A chunk's members share one manifest object: each distinct one is encoded once (``mine``
-    # holds them all, so their ids stay theirs for the call).
-    encoded = {key: json.dumps(m) for key, m in {id(w.manifest): w.manifest for w in mine}.items()}
     insert = _insert_once(session, Checkpoint.__table__, ["job_id", "step"]).values(manifest=_manifest_json(session))
-    session.execute(insert, [
-        {"job_id": w.claim.job_id, "step": w.step, "attempt": w.claim.attempt, "created_at": now,
-         "manifest_json": encoded[id(w.manifest)], "data": w.data} for w in mine
-    ])
-    runs = _runs(mine)
-    write_history_chunks(session, [
-        {"job_id": w.claim.job_id, "first_step": w.first_step, "ssr": w.history}
-        for w in runs if len(w.history)
-    ])
-    _update_summaries(session, runs)
+    session.execute(insert, checkpoints)
+    write_history_chunks(session, mine(prepared.history))
+    summaries = mine(prepared.summaries)
+    if summaries:
+        session.execute(_SUMMARY, summaries)
     return held
 
 
@@ -266,18 +289,15 @@ def _insert_once(session: Session, table: object, key: list[str]):  # noqa: ANN2
     return dialect_insert(session, table).on_conflict_do_nothing(index_elements=key)
 
 
-def _update_summaries(session: Session, writes: Sequence[CheckpointWrite]) -> None:
-    """One executemany keeps jobs.step/ssr/best_ssr current so listings never read history."""
-    best = case(
+# One executemany keeps jobs.step/ssr/best_ssr current so listings never read history.
+_SUMMARY = (
+    update(_jobs).where(_jobs.c.id == bindparam("b_id"), _jobs.c.attempts == bindparam("b_attempt"))
+    .values(step=bindparam("b_step"), ssr=bindparam("b_ssr"), best_ssr=case(
         (or_(_jobs.c.best_ssr.is_(None), _jobs.c.best_ssr > bindparam("b_best", type_=_F8)),
          bindparam("b_best", type_=_F8)),
         else_=_jobs.c.best_ssr,
-    )
-    stmt = (
-        update(_jobs).where(_jobs.c.id == bindparam("b_id"), _jobs.c.attempts == bindparam("b_attempt"))
-        .values(step=bindparam("b_step"), ssr=bindparam("b_ssr"), best_ssr=best)
-    )
-    session.execute(stmt, [_summary(w) for w in writes])
+    ))
+)
 
 
 def _summary(write: CheckpointWrite) -> dict:

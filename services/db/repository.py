@@ -116,19 +116,23 @@ def insert_job(
     A Core insert (no unit of work): the submit path is the API's hottest."""
     values = new_job_values(tenant_id=tenant_id, name=name, spec=spec, dataset_id=dataset_id, device=device, sweep_id=sweep_id,
                             pack_key=pack_key, cost=cost, sweep_values=sweep_values, max_steps=max_steps)
-    return insert_jobs(session, [values])[0]
+    insert_jobs(session, [values])
+    return new_job_read(values)
 
 
-def insert_jobs(session: Session, rows: list[dict]) -> list[JobRead]:
-    """Jobs from ``new_job_values`` rows, in one executemany; each as its new queued read."""
-    if not rows:
-        return []
-    session.execute(insert(Job.__table__), rows)
-    return [JobRead(id=v["id"], name=v["name"], status="queued", step=0, ssr=None, stop_reason=None,
-                    created_at=v["created_at"], started_at=None, finished_at=None, attempts=0,
-                    worker=WorkerInfo(), device=v["device"], sweep_id=v.get("sweep_id"),
-                    sweep_values=v.get("sweep_values"), max_steps=v.get("max_steps"))
-            for v in rows]
+def insert_jobs(session: Session, rows: list[dict]) -> None:
+    """Jobs from ``new_job_values`` rows, in one executemany (``new_job_read`` gives each one's read)."""
+    if rows:
+        session.execute(insert(Job.__table__), rows)
+
+
+def new_job_read(values: dict) -> JobRead:
+    """A job just inserted from ``new_job_values`` as its read, built from those values (a
+    caller holding SQLite's write lock builds the reads after its commit)."""
+    return JobRead(id=values["id"], name=values["name"], status="queued", step=0, ssr=None, stop_reason=None,
+                   created_at=values["created_at"], started_at=None, finished_at=None, attempts=0,
+                   worker=WorkerInfo(), device=values["device"], sweep_id=values.get("sweep_id"),
+                   sweep_values=values.get("sweep_values"), max_steps=values.get("max_steps"))
 
 
 def new_job_values(**columns: object) -> dict:
