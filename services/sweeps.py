@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services import doorbell, idempotency, metrics, quotas, sweep_spec
+from services import doorbell, heap, idempotency, metrics, quotas, sweep_spec
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
@@ -33,6 +33,11 @@ def submit_sweep_once(body: SweepCreate, idempotency_key: str | None, *,
                       tenant: str = DEFAULT_TENANT) -> Created[SweepRead]:
     """``submit_sweep``, once per idempotency key: a retry with the key and an equal body gets
     the sweep as it is now (see ``services.idempotency``)."""
+    with heap.collection_paused():  # up to max_sweep_members members' objects, none of them garbage
+        return _submit(body, idempotency_key, tenant)
+
+
+def _submit(body: SweepCreate, idempotency_key: str | None, tenant: str) -> Created[SweepRead]:
     settings = get_settings()
     members = sweep_spec.expand(body, settings.max_sweep_members)
     # A sweep larger than the whole queue could never be accepted: a 422 at its size, not a 429.
