@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import String, and_, func, literal, or_, select, text, update
+from sqlalchemy import String, and_, bindparam, func, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from services.db.models import Job, SchedulerLease, Sweep, Worker, utcnow
@@ -17,6 +17,51 @@ from services.packing import QueuedJob
 
 _jobs = Job.__table__
 LEADER = "scheduler"
+
+# The statements of a dispatch pass are built once, with parameters: a burst of submits makes
+# dozens of passes a second, and SQLAlchemy took 0.23-0.28 ms to build each statement against
+# 0.05 ms to run it (SQLite, 1000 queued jobs; benchmarks/RESULTS.md, eleventh session).
+_NEVER_SENT = _jobs.c.dispatched_at.is_(None)
+_WAITING = and_(_jobs.c.status == "queued", _jobs.c.rung.is_(None))
+
+
+def _dispatchable(stale_too: bool, excluding: bool):  # noqa: ANN202 (a Select)
+    sent = or_(_NEVER_SENT, _jobs.c.dispatched_at < bindparam("stale_before")) if stale_too else _NEVER_SENT
+    query = (
+        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost, _jobs.c.tenant_id, _jobs.c.created_at)
+        .where(_WAITING, _jobs.c.device == bindparam("device"), sent)
+        .order_by(_jobs.c.created_at, _jobs.c.id).limit(bindparam("limit"))
+    )
+    return query.where(_jobs.c.tenant_id.not_in(bindparam("excluded", expanding=True))) if excluding else query
+
+
+_DISPATCHABLE = {(stale, excluding): _dispatchable(stale, excluding) for stale in (True, False) for excluding in (True, False)}
+_IN_FLIGHT_BY_TENANT = (
+    select(_jobs.c.tenant_id, func.count())
+    .where(or_(_jobs.c.status == "running",
+               and_(_jobs.c.status == "queued", _jobs.c.dispatched_at >= bindparam("sent_after"))))
+    .group_by(_jobs.c.tenant_id)
+)
+_WAITING_QUEUES = select(_jobs.c.device).where(_WAITING).distinct()
+_MARK_DISPATCHED = (
+    update(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)), _jobs.c.status == "queued")
+    .values(dispatched_at=bindparam("at", type_=_jobs.c.dispatched_at.type))
+)
+_LIVE_WORKERS = select(Worker.queues).where(Worker.seen_at >= bindparam("seen_after"))
+_BUSY_BY_QUEUE = (
+    select(_jobs.c.device, func.count(func.distinct(_jobs.c.worker_hostname + ":" + func.cast(_jobs.c.worker_pid, String))))
+    .where(_jobs.c.status == "running").group_by(_jobs.c.device)
+)
+# Each pack is stamped by its own statement, so its jobs share a dispatched_at of their own.
+_SENT_BY_QUEUE = (
+    select(_jobs.c.device, func.count(func.distinct(_jobs.c.dispatched_at)))
+    .where(_WAITING, _jobs.c.dispatched_at >= bindparam("sent_after"))
+    .group_by(_jobs.c.device)
+)
+_PARKED_RUNGS = (
+    select(_jobs.c.sweep_id, func.min(_jobs.c.rung))
+    .where(_jobs.c.status == "queued", _jobs.c.rung.is_not(None)).group_by(_jobs.c.sweep_id)
+)
 
 
 def db_now(session: Session) -> datetime:
@@ -100,41 +145,28 @@ def dispatchable(session: Session, now: datetime, redispatch_seconds: float, lim
     ``excluded`` tenants (at their running limit) are left out here, not after the read: their
     backlog would otherwise fill the ``limit`` rows and hide every other tenant's jobs. With none
     excluded (the usual case) the query is the plain walk along ``ix_jobs_waiting``."""
-    sent = _jobs.c.dispatched_at.is_(None)
-    if stale_too:
-        sent = or_(sent, _jobs.c.dispatched_at < now - timedelta(seconds=redispatch_seconds))
-    query = (
-        select(_jobs.c.id, _jobs.c.pack_key, _jobs.c.device, _jobs.c.cost, _jobs.c.tenant_id, _jobs.c.created_at)
-        .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None), _jobs.c.device == device, sent)
-        .order_by(_jobs.c.created_at, _jobs.c.id).limit(limit)
-    )
-    if excluded:
-        query = query.where(_jobs.c.tenant_id.not_in(sorted(excluded)))
-    return [QueuedJob(r.id, r.pack_key, r.device, r.cost, r.tenant_id, r.created_at) for r in session.execute(query)]
+    params = {"device": device, "limit": limit, "stale_before": now - timedelta(seconds=redispatch_seconds),
+              "excluded": sorted(excluded)}
+    query = _DISPATCHABLE[stale_too, bool(excluded)]
+    return [QueuedJob(r.id, r.pack_key, r.device, r.cost, r.tenant_id, r.created_at)
+            for r in session.execute(query, params)]
 
 
 def in_flight_by_tenant(session: Session, now: datetime, redispatch_seconds: float) -> dict[str, int]:
     """Per tenant: jobs running, or dispatched recently enough that their message is on its way
     (a re-send of a lost one does not count twice: it is the same queued row)."""
-    on_the_way = and_(_jobs.c.status == "queued", _jobs.c.dispatched_at >= now - timedelta(seconds=redispatch_seconds))
-    rows = session.execute(
-        select(_jobs.c.tenant_id, func.count()).where(or_(_jobs.c.status == "running", on_the_way))
-        .group_by(_jobs.c.tenant_id)
-    )
+    rows = session.execute(_IN_FLIGHT_BY_TENANT, {"sent_after": now - timedelta(seconds=redispatch_seconds)})
     return {tenant: n for tenant, n in rows}
 
 
 def waiting_queues(session: Session) -> list[str]:
     """Queues with at least one dispatchable-or-held job (one row per queue: cheap)."""
-    query = select(_jobs.c.device).where(_jobs.c.status == "queued", _jobs.c.rung.is_(None)).distinct()
-    return list(session.execute(query).scalars())
+    return list(session.execute(_WAITING_QUEUES).scalars())
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | None) -> None:
     """Stamp the queued jobs of a pack as sent at ``now`` (None: not sent after all)."""
-    session.execute(
-        update(_jobs).where(_jobs.c.id.in_(list(job_ids)), _jobs.c.status == "queued").values(dispatched_at=now)
-    )
+    session.execute(_MARK_DISPATCHED, {"ids": list(job_ids), "at": now})
 
 
 def worker_slots(session: Session, now: datetime, lease_seconds: float,
@@ -143,21 +175,12 @@ def worker_slots(session: Session, now: datetime, lease_seconds: float,
     published and not yet claimed (a queue missing has no live worker known); and per queue the
     packs training or on their way to a worker (busy)."""
     live: dict[str, int] = {}
-    rows = session.execute(select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds)))
+    rows = session.execute(_LIVE_WORKERS, {"seen_after": now - timedelta(seconds=lease_seconds)})
     for queues in rows.scalars():
         for queue in queues.split(","):
             live[queue] = live.get(queue, 0) + 1
-    busy = session.execute(
-        select(_jobs.c.device, func.count(func.distinct(_jobs.c.worker_hostname + ":" + func.cast(_jobs.c.worker_pid, String))))
-        .where(_jobs.c.status == "running").group_by(_jobs.c.device)
-    ).all()
-    # Each pack is stamped by its own statement, so its jobs share a dispatched_at of their own.
-    in_flight = session.execute(
-        select(_jobs.c.device, func.count(func.distinct(_jobs.c.dispatched_at)))
-        .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None),
-               _jobs.c.dispatched_at >= now - timedelta(seconds=redispatch_seconds))
-        .group_by(_jobs.c.device)
-    ).all()
+    busy = session.execute(_BUSY_BY_QUEUE).all()
+    in_flight = session.execute(_SENT_BY_QUEUE, {"sent_after": now - timedelta(seconds=redispatch_seconds)}).all()
     taken: dict[str, int] = {}
     for device, n in [*busy, *in_flight]:
         taken[device] = taken.get(device, 0) + n
@@ -198,11 +221,7 @@ def forget_dead_workers(session: Session, now: datetime, seconds: float) -> None
 
 def parked_rungs(session: Session) -> list[tuple[str, int]]:
     """(sweep id, lowest parked rung) of every sweep with members waiting for a cut."""
-    query = (
-        select(_jobs.c.sweep_id, func.min(_jobs.c.rung))
-        .where(_jobs.c.status == "queued", _jobs.c.rung.is_not(None)).group_by(_jobs.c.sweep_id)
-    )
-    return [(sweep_id, rung) for sweep_id, rung in session.execute(query)]
+    return [(sweep_id, rung) for sweep_id, rung in session.execute(_PARKED_RUNGS)]
 
 
 def rung_ready(session: Session, sweep_id: str, rung: int) -> list[Parked] | None:
