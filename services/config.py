@@ -19,7 +19,10 @@ class Settings(BaseSettings):
     home: Path = Path(".descent")
     database_url: str = ""
     broker_url: str = ""
-    broker_polling_interval: float = 0.05
+    # How often an idle worker looks for a task on the embedded broker (Redis pushes instead).
+    # It is most of the embedded stack's submit -> running time: 50 ms gave a median of 47 ms,
+    # 20 ms gives 24 ms (benchmarks/RESULTS.md, eleventh session); each look is one listdir.
+    broker_polling_interval: float = Field(default=0.02, gt=0, le=1.0)
     # Training tasks run for a long time: keep Redis from redelivering them mid-run (the
     # scheduler, not the broker, re-dispatches work whose worker died).
     visibility_timeout: int = 12 * 3600
