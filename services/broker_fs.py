@@ -7,6 +7,11 @@ reader matches and renamed into place, which is atomic within the folder; and a 
 still does not decode (a garbage file dropped into the folder) is logged and skipped instead of
 stopping the consumer. The URL stays ``filesystem://``; ``broker_url`` maps it to this transport.
 
+kombu binds a queue to an exchange by creating the exchange's table file and only then locking
+it: a second process starting at that moment (two workers of ``descent up``) read the file
+empty and died with "Expecting value". Here the file is created without truncation and locked
+before it is read, and a reader that still finds it empty (created, not yet locked) retries.
+
 kombu's reader takes a message by ``shutil.move`` into ``tempfile.gettempdir()`` under the
 message's own name: when that is another filesystem (a tmpfs ``/tmp``), the move is a copy and
 a delete, so two consumers copy the same file into the same path and truncate each other's copy
@@ -16,9 +21,11 @@ own inside the broker folder (atomic: exactly one consumer wins), then reads and
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
+import time
 import uuid
 from queue import Empty
 from time import monotonic
@@ -32,6 +39,38 @@ ALIAS = "descentfs"
 
 
 class Channel(filesystem.Channel):
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        path = self._exchange_file(exchange)
+        self.control_folder.mkdir(exist_ok=True)
+        entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        try:
+            with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "rb+", buffering=0) as table:
+                fcntl.flock(table.fileno(), fcntl.LOCK_EX)  # released when the file closes
+                queues = _table(table.read())
+                if entry not in queues:
+                    queues.insert(0, entry)
+                    table.seek(0)
+                    table.truncate()
+                    table.write(str_to_bytes(dumps(queues)))
+        except OSError as exc:
+            raise filesystem.ChannelError(f"Cannot open {path}") from exc
+
+    def get_table(self, exchange: str) -> list:
+        path = self._exchange_file(exchange)
+        for _ in range(_EMPTY_TABLE_TRIES):
+            try:
+                with open(path, "rb") as table:
+                    fcntl.flock(table.fileno(), fcntl.LOCK_SH)
+                    raw = table.read()
+            except FileNotFoundError:
+                return []
+            except OSError as exc:
+                raise filesystem.ChannelError(f"Cannot open {path}") from exc
+            if raw.strip():
+                return _table(raw)
+            time.sleep(0.001)  # created by a bind that has not locked it yet
+        return []
+
     def _put(self, queue: str, payload: dict, **kwargs: object) -> None:
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
@@ -78,6 +117,14 @@ class Channel(filesystem.Channel):
                 raise filesystem.ChannelError(f"Cannot read file {taken!r} from queue.") from exc
             return payload
         raise Empty()
+
+
+_EMPTY_TABLE_TRIES = 100
+
+
+def _table(raw: bytes) -> list:
+    """An exchange's table file's queues; an empty file (just created) has none."""
+    return [filesystem.exchange_queue_t(*q) for q in loads(bytes_to_str(raw))] if raw.strip() else []
 
 
 def _is_message(payload: object) -> bool:

@@ -89,3 +89,48 @@ def test_a_garbage_file_is_skipped_and_the_next_message_delivered(tmp_path: Path
     with pytest.raises(queue.Empty):
         broker._get("cpu")
     assert os.listdir(tmp_path) == []
+
+
+def bind_many(folder: str, name: str, start: multiprocessing.Event, errors: multiprocessing.Queue) -> None:
+    """Bind 30 queues of this process's own to one exchange, as each worker of a stack does at
+    start; any error is reported."""
+    broker = channel(Path(folder), control_folder=str(Path(folder) / "control"))
+    start.wait()
+    try:
+        for i in range(30):
+            broker._queue_bind("celery", f"{name}-{i}", "", f"{name}-{i}")
+    except Exception as exc:  # noqa: BLE001 (reported to the test)
+        errors.put(repr(exc))
+    errors.put("done")
+
+
+def test_workers_binding_at_once_never_read_a_half_made_exchange_table(tmp_path: Path) -> None:
+    """kombu creates an exchange's table file and locks it after: a process binding at the same
+    moment read it empty and died ("Expecting value"). Eight processes bind at once, and the
+    table has every binding."""
+    start, errors = multiprocessing.Event(), multiprocessing.Queue()
+    names = [f"w{i}" for i in range(8)]
+    procs = [multiprocessing.Process(target=bind_many, args=(str(tmp_path), n, start, errors)) for n in names]
+    for p in procs:
+        p.start()
+    start.set()
+    reports = [errors.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert reports == ["done"] * len(procs)
+    table = channel(tmp_path, control_folder=str(tmp_path / "control")).get_table("celery")
+    assert {q.queue for q in table} == {f"{n}-{i}" for n in names for i in range(30)}
+
+
+def test_an_exchange_table_just_created_reads_as_its_bindings_once_written(tmp_path: Path) -> None:
+    """A reader that finds the file empty (created by a bind that has not written it) waits for
+    the bind instead of failing or routing nothing."""
+    import threading
+
+    broker = channel(tmp_path, control_folder=str(tmp_path / "control"))
+    (tmp_path / "control").mkdir(exist_ok=True)
+    path = broker._exchange_file("celery")
+    path.write_bytes(b"")
+    threading.Timer(0.02, lambda: broker._queue_bind("celery", "cpu", "", "cpu")).start()
+    assert [q.queue for q in broker.get_table("celery")] == ["cpu"]
+    assert broker.get_table("missing") == []
