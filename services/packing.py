@@ -103,25 +103,49 @@ def member_cost(layers: Sequence[int], n_points: int) -> float:
 
 
 def plan_packs(jobs: Sequence[QueuedJob], slots: dict[str, int], max_cost: float,
-               max_members: int) -> list[PackPlan]:
-    """Groups in order of first appearance, each cut into equal contiguous packs."""
+               max_members: int, stream: Stream | None = None) -> list[PackPlan]:
+    """Groups in order of first appearance, each cut into equal contiguous packs; a group that
+    is a ``stream`` is not spread over the slots."""
     groups: dict[tuple[str, str], list[QueuedJob]] = {}
     for job in jobs:
         groups.setdefault((job.device, job.pack_key), []).append(job)
     plans = []
     for (device, _), members in groups.items():
-        parts = pack_count(members, slots.get(device, 0), max_cost, max_members)
+        parts = pack_count(members, slots.get(device, 0), max_cost, max_members, stream)
         for chunk in split_evenly(members, parts):
             plans.append(PackPlan(device, [job.id for job in chunk]))
     return plans
 
 
-def pack_count(members: Sequence[QueuedJob], slots: int, max_cost: float, max_members: int) -> int:
-    """Enough packs for the caps, and at least one per live worker slot while members last."""
+def pack_count(members: Sequence[QueuedJob], slots: int, max_cost: float, max_members: int,
+               stream: Stream | None = None) -> int:
+    """Enough packs for the caps, and at least one per live worker slot while members last,
+    unless the members are a ``stream`` (see ``Stream``): then one pack, within the caps."""
     per_pack = max(1, math.floor(max_cost / max(job.cost for job in members)))
     by_cost = math.ceil(len(members) / per_pack)
     by_members = math.ceil(len(members) / max_members)
-    return max(1, min(len(members), max(by_cost, by_members, slots)))
+    spread = 1 if stream is not None and stream.holds(members) else slots
+    return max(1, min(len(members), max(by_cost, by_members, spread)))
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Tiny jobs submitted one by one, their submit times more than ``seconds`` apart (a backlog
+    that built up while the workers were busy), as opposed to jobs submitted together (a sweep's
+    members share one submit time). A stream goes out as one pack and leaves the other free
+    workers to what arrives next: split over two workers that came free together, its halves
+    finished together again, and a burst of 1000 single submits went out as ever smaller pairs
+    of packs (benchmarks/RESULTS.md, eleventh session). Jobs of summed cost ``small`` or more
+    are never a stream: their training, not a pack's fixed cost, dominates."""
+
+    seconds: float
+    small: float
+
+    def holds(self, jobs: Sequence[QueuedJob]) -> bool:
+        times = [_as_utc(job.created_at) for job in jobs if job.created_at is not None]
+        if len(times) < 2 or sum(job.cost for job in jobs) >= self.small:
+            return False
+        return (max(times) - min(times)).total_seconds() > self.seconds
 
 
 def split_evenly(items: Sequence[QueuedJob], parts: int) -> list[list[QueuedJob]]:

@@ -12,7 +12,7 @@ from services.datasets import content_hash, to_arrays
 from services.db import repository
 from services.db.repository import as_utc
 from services.db import sweeps as store
-from services.db.models import DEFAULT_TENANT
+from services.db.models import DEFAULT_TENANT, Sweep
 from services.db.session import session_scope
 from services.errors import Conflict, InvalidInput
 from services.idempotency import Claim, Created
@@ -62,7 +62,7 @@ def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], cla
             session, tenant=tenant, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
             paths=sweep_spec.varied_paths(body), members=len(members),
             planned_steps=sum(spec.stop.max_steps for spec in specs))
-        rows = _member_rows(session, body, members, specs, sweep.id, tenant)
+        rows = _member_rows(session, body, members, specs, sweep, tenant)
         _check_cost(body, members, rows_cost(specs, rows))
         store.insert_members(session, [row for row, _ in rows])
         if claim is not None:
@@ -88,9 +88,11 @@ def rows_cost(specs: list[JobCreate], rows: list[tuple[dict, int]]) -> list[tupl
 
 
 def _member_rows(session: Session, body: SweepCreate, members: list[Member], specs: list[JobCreate],
-                 sweep_id: str, tenant: str) -> list[tuple[dict, int]]:
+                 sweep: Sweep, tenant: str) -> list[tuple[dict, int]]:
     """(job row, data points) of each member. Members share the base's data object unless they
-    vary it: each distinct one is hashed and stored (or looked up) once."""
+    vary it: each distinct one is hashed and stored (or looked up) once. They share the sweep's
+    submit time too: the scheduler spreads jobs submitted together over every free worker
+    (``packing.Stream``)."""
     datasets: dict[int, DatasetRead] = {}
     rows = []
     for member, spec in zip(members, specs):
@@ -103,8 +105,8 @@ def _member_rows(session: Session, body: SweepCreate, members: list[Member], spe
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
         dataset = datasets[key]
-        rows.append((repository.new_job_values(**job_row(spec, dataset, tenant, sweep_id, member.values)),
-                     dataset.n_points))
+        rows.append((repository.new_job_values(**job_row(spec, dataset, tenant, sweep.id, member.values),
+                                               created_at=sweep.created_at), dataset.n_points))
     return rows
 
 

@@ -136,9 +136,10 @@ def new_job_read(values: dict) -> JobRead:
 
 
 def new_job_values(**columns: object) -> dict:
-    """Every column of a new queued job, for one insert or a bulk insert of sweep members."""
-    return dict(id=new_id(), status="queued", step=0, attempts=0, lost_leases=0, cancel_requested=False,
-                created_at=utcnow(), **columns)
+    """Every column of a new queued job, for one insert or a bulk insert of sweep members (which
+    pass the sweep's one ``created_at``: they were submitted together)."""
+    return {"id": new_id(), "status": "queued", "step": 0, "attempts": 0, "lost_leases": 0, "cancel_requested": False,
+            "created_at": utcnow()} | columns
 
 
 def find_job(session: Session, job_id: str, *, tenant: str) -> JobRead | None:

@@ -60,12 +60,32 @@ def test_a_pass_packs_independent_jobs_into_one_task_per_pack(configured) -> Non
     assert scheduler.run_pass("a").packs == []  # dispatched recently: not again
 
 
-def test_a_group_spreads_over_the_live_workers(configured) -> None:
+def test_a_group_spreads_over_the_live_workers(configured, monkeypatch) -> None:
+    """Jobs submitted one by one spread when they are not tiny (summed cost of pack_linger_cost
+    or more); tiny ones are a stream (``packing.Stream``) and go as one pack."""
     with session_scope() as session:
         for name in ("w1", "w2"):
             scheduling.register_worker(session, name, "cpu", "host", 1)
     ids = [submit(seed_job(learning_rate=0.01 * (i + 1))).id for i in range(5)]
+    assert [p.job_ids for p in scheduler.run_pass("a").packs] == [ids]
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(status="succeeded"))
+    monkeypatch.setattr(configured, "pack_linger_cost", 21.0)  # 5 StatQuest jobs (21 each) are not tiny now
+    ids = [submit(seed_job(learning_rate=0.01 * (i + 1))).id for i in range(5)]
     assert [p.job_ids for p in scheduler.run_pass("a").packs] == [ids[:3], ids[3:]]
+
+
+def test_a_sweeps_tiny_members_spread_over_the_live_workers(configured) -> None:
+    """A sweep's members are submitted together (they share the sweep's submit time): however
+    tiny, they spread over every free worker."""
+    with session_scope() as session:
+        for name in ("w1", "w2"):
+            scheduling.register_worker(session, name, "cpu", "host", 1)
+    body = SweepCreate.model_validate({"name": "s", "base": seed_job(), "grid": {"learning_rate": [0.01, 0.02, 0.03, 0.04]}})
+    sweep = sweeps.submit_sweep(body)
+    members = jobs.list_jobs(sweep_id=sweep.id).items
+    assert len({m.created_at for m in members}) == 1
+    assert sorted(len(p.job_ids) for p in scheduler.run_pass("a").packs) == [2, 2]
 
 
 def test_a_queued_job_whose_message_was_lost_is_published_again(configured) -> None:
