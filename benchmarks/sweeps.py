@@ -317,8 +317,8 @@ def measure_latency(stack: Stack, engine: Engine, plan: Plan) -> float:
     """Median ms from before POST to the job seen running (or finished) in the database.
 
     Submits are spaced by random pauses: idle workers poll the embedded broker every
-    ``broker_polling_interval`` (50 ms) from the moment their last task ended, and a fixed pause
-    that is a multiple of it would land every submit at the same point of the poll cycle."""
+    ``broker_polling_interval`` from the moment their last task ended, and a fixed pause that is
+    a multiple of it would land every submit at the same point of the poll cycle."""
     samples, pauses = [], np.random.default_rng(0).uniform(0.2, 0.3, plan.latency_jobs)
     with httpx.Client(base_url=stack.url, timeout=30) as http, engine.connect() as conn:
         for i in range(plan.latency_jobs):

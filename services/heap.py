@@ -36,7 +36,8 @@ def collection_paused() -> Iterator[None]:
     specs, rows) that all live until its commit; the collector, triggered by those very
     allocations, walked the growing heap again and again: a quarter of the submit's time
     (in-process, Zen 4: 1.3-1.55 -> 0.9-1.15 s; benchmarks/RESULTS.md, eleventh session). Nothing
-    is lost: collection resumes when the last pause (nested, or another thread's) ends."""
+    is lost: collection resumes when the last pause (nested, or another thread's) ends. The pause
+    is process-wide, so keep it to the building: never across a wait (for a lock, the network)."""
     with _pausing:
         if _pauses["depth"] == 0:
             _pauses["was_enabled"] = gc.isenabled()

@@ -143,8 +143,12 @@ def _known_row(spec: JobCreate, inline: tuple | None, tenant: str) -> dict | Non
     submit alone, looking the dataset up again.)"""
     if inline is None:
         return None
-    dataset = _known.get((get_settings().database_url, tenant, inline[0]))
-    return None if dataset is None else repository.new_job_values(**job_row(spec, dataset, tenant))
+    key = (get_settings().database_url, tenant, inline[0])
+    dataset = _known.get(key)
+    if dataset is None:
+        return None
+    _remember(key, dataset)  # in use: the last to be forgotten
+    return repository.new_job_values(**job_row(spec, dataset, tenant))
 
 
 def _dataset(session: Session, spec: JobCreate, inline: tuple | None, tenant: str,

@@ -130,22 +130,22 @@ def pack_count(members: Sequence[QueuedJob], slots: int, max_cost: float, max_me
 
 @dataclass(frozen=True)
 class Stream:
-    """Tiny jobs submitted one by one, their submit times more than ``seconds`` apart (a backlog
-    that built up while the workers were busy), as opposed to jobs submitted together (a sweep's
-    members share one submit time). A stream goes out as one pack and leaves the other free
-    workers to what arrives next: split over two workers that came free together, its halves
-    finished together again, and a burst of 1000 single submits went out as ever smaller pairs
-    of packs (benchmarks/RESULTS.md, eleventh session). Jobs of summed cost ``small`` or more
-    are never a stream: their training, not a pack's fixed cost, dominates."""
+    """Tiny jobs each submitted alone (no two share a submit time): a backlog that built up
+    while the workers were busy. Jobs submitted together (a sweep's members share the sweep's
+    submit time) are a batch, and a group with any batch in it is no stream. A stream goes out
+    as one pack and leaves the other free workers to what arrives next: split over two workers
+    that came free together, its halves finished together again, and a burst of 1000 single
+    submits went out as ever smaller pairs of packs (benchmarks/RESULTS.md, eleventh session).
+    Jobs of summed cost ``small`` or more are never a stream: their training, not a pack's fixed
+    cost, dominates."""
 
-    seconds: float
     small: float
 
     def holds(self, jobs: Sequence[QueuedJob]) -> bool:
         times = [_as_utc(job.created_at) for job in jobs if job.created_at is not None]
-        if len(times) < 2 or sum(job.cost for job in jobs) >= self.small:
+        if len(times) < 2 or len(times) < len(jobs) or sum(job.cost for job in jobs) >= self.small:
             return False
-        return (max(times) - min(times)).total_seconds() > self.seconds
+        return len(set(times)) == len(times)
 
 
 def split_evenly(items: Sequence[QueuedJob], parts: int) -> list[list[QueuedJob]]:

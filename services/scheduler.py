@@ -132,7 +132,7 @@ def dispatch(settings: Settings,
                 hold = wait if hold == 0 else min(hold, wait)
                 continue
             # with the linger off (0 s), free slots alone decide
-            stream = packing.Stream(0.0, settings.pack_linger_cost) if settings.pack_linger_seconds > 0 else None
+            stream = packing.Stream(settings.pack_linger_cost) if settings.pack_linger_seconds > 0 else None
             cut = packing.plan_packs(queued, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members,
                                      stream)
             cut = cut if slots is None else cut[:slots]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from services import doorbell, heap, idempotency, metrics, quotas, sweep_spec
-from services.config import get_settings
+from services.config import Settings, get_settings
 from services.datasets import content_hash, to_arrays
 from services.db import repository
 from services.db.repository import as_utc
@@ -33,12 +33,15 @@ def submit_sweep_once(body: SweepCreate, idempotency_key: str | None, *,
                       tenant: str = DEFAULT_TENANT) -> Created[SweepRead]:
     """``submit_sweep``, once per idempotency key: a retry with the key and an equal body gets
     the sweep as it is now (see ``services.idempotency``)."""
-    with heap.collection_paused():  # up to max_sweep_members members' objects, none of them garbage
-        return _submit(body, idempotency_key, tenant)
-
-
-def _submit(body: SweepCreate, idempotency_key: str | None, tenant: str) -> Created[SweepRead]:
     settings = get_settings()
+    with heap.collection_paused():  # up to max_sweep_members members' objects, none of them garbage
+        members, specs = _validated(body, settings)
+    claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "sweep", body.model_dump(mode="json"))
+    return idempotency.once(claim, lambda: _store(body, members, specs, claim, tenant),
+                            lambda session, sweep_id: _read(session, sweep_id, tenant))
+
+
+def _validated(body: SweepCreate, settings: Settings) -> tuple[list[Member], list[JobCreate]]:
     members = sweep_spec.expand(body, settings.max_sweep_members)
     # A sweep larger than the whole queue could never be accepted: a 422 at its size, not a 429.
     sweep_spec.check_count(body, settings.tenant_max_queued, " queued jobs per tenant")
@@ -49,9 +52,7 @@ def _submit(body: SweepCreate, idempotency_key: str | None, tenant: str) -> Crea
         except InvalidInput as exc:
             raise sweep_spec.member_error(body, member, exc) from None
     sweep_spec.check_early_stopping(body, specs, settings.max_steps)
-    claim = None if idempotency_key is None else Claim.of(tenant, idempotency_key, "sweep", body.model_dump(mode="json"))
-    return idempotency.once(claim, lambda: _store(body, members, specs, claim, tenant),
-                            lambda session, sweep_id: _read(session, sweep_id, tenant))
+    return members, specs
 
 
 def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], claim: Claim | None,
@@ -62,9 +63,10 @@ def _store(body: SweepCreate, members: list[Member], specs: list[JobCreate], cla
             session, tenant=tenant, name=body.name, spec=body.model_dump(mode="json", exclude={"base"}) | {"base": body.base},
             paths=sweep_spec.varied_paths(body), members=len(members),
             planned_steps=sum(spec.stop.max_steps for spec in specs))
-        rows = _member_rows(session, body, members, specs, sweep, tenant)
-        _check_cost(body, members, rows_cost(specs, rows))
-        store.insert_members(session, [row for row, _ in rows])
+        with heap.collection_paused():  # once the write lock is ours: a pause never spans the wait for it
+            rows = _member_rows(session, body, members, specs, sweep, tenant)
+            _check_cost(body, members, rows_cost(specs, rows))
+            store.insert_members(session, [row for row, _ in rows])
         if claim is not None:
             claim.store(session, sweep.id)
         read = _read(session, sweep.id, tenant)

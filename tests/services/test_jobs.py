@@ -242,3 +242,15 @@ def test_an_error_of_the_writer_reaches_every_waiting_request() -> None:
 
     answers = asyncio.run(three())
     assert [type(a) for a in answers] == [RuntimeError] * 3 and "disk on fire" in str(answers[0])
+
+
+def test_a_remembered_dataset_in_use_is_the_last_forgotten(configured, monkeypatch) -> None:
+    """The group commit builds a remembered dataset's job rows outside its transaction: each use
+    still counts as the dataset's latest, so the one in constant use is never the one evicted."""
+    monkeypatch.setattr(jobs, "_KNOWN_MAX", 2)
+    a, b, c = (make_spec(name=n, data={"x": STATQUEST_X, "y": [[0.0], [peak], [0.0]]})
+               for n, peak in (("a", 1.0), ("b", 2.0), ("c", 3.0)))
+    for spec in (a, b, a, c):  # a used again after b: b is the least recently used when c comes
+        assert not isinstance(jobs._write_submits([(spec, "default")])[0], Exception)
+    remembered = {key[2] for key in jobs._known}
+    assert remembered == {jobs._prepare(a)[0], jobs._prepare(c)[0]}

@@ -180,25 +180,30 @@ def test_plan_packs_one_member_over_the_cost_cap_still_gets_a_pack() -> None:
     assert plans == [PackPlan("cpu", ["j0"])]
 
 
-def test_a_stream_of_tiny_submits_goes_as_one_pack_and_a_batch_submitted_together_spreads() -> None:
-    """Jobs submitted one by one (distinct submit times) are a stream: one pack, leaving the
+def test_a_stream_of_tiny_submits_goes_as_one_pack_and_batches_submitted_together_spread() -> None:
+    """Jobs each submitted alone (distinct submit times) are a stream: one pack, leaving the
     other free slots for what arrives next; jobs submitted together (a sweep's members share one
-    submit time) spread over the slots; heavy jobs spread whenever they were submitted."""
+    submit time), even two such batches, spread over the slots; heavy jobs always spread."""
     from datetime import datetime, timedelta, timezone
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    stream = packing.Stream(0.0, small=100.0)
-    apart = [QueuedJob(f"s{i}", "k", "cpu", 1.0, created_at=t0 + timedelta(milliseconds=i)) for i in range(6)]
-    together = [QueuedJob(f"t{i}", "k", "cpu", 1.0, created_at=t0) for i in range(6)]
-    heavy = [QueuedJob(f"h{i}", "k", "cpu", 40.0, created_at=t0 + timedelta(milliseconds=i)) for i in range(6)]
+    stream = packing.Stream(small=100.0)
+
+    def at(prefix: str, offsets_ms: list[int], cost: float = 1.0) -> list[QueuedJob]:
+        return [QueuedJob(f"{prefix}{i}", "k", "cpu", cost, created_at=t0 + timedelta(milliseconds=ms))
+                for i, ms in enumerate(offsets_ms)]
+
+    apart, together, two_sweeps = at("s", [0, 1, 2, 3, 4, 5]), at("t", [0] * 6), at("w", [0, 0, 0, 7, 7, 7])
     assert sizes(plan_packs(apart, {"cpu": 2}, max_cost=100, max_members=100, stream=stream)) == [6]
     assert sizes(plan_packs(together, {"cpu": 2}, max_cost=100, max_members=100, stream=stream)) == [3, 3]
+    assert sizes(plan_packs(two_sweeps, {"cpu": 4}, max_cost=100, max_members=100, stream=stream)) == [2, 2, 1, 1]
+    heavy = at("h", [0, 1, 2, 3, 4, 5], cost=40.0)
     assert sizes(plan_packs(heavy, {"cpu": 2}, max_cost=1000, max_members=100, stream=stream)) == [3, 3]
     assert sizes(plan_packs(apart, {"cpu": 2}, max_cost=100, max_members=4, stream=stream)) == [3, 3]  # caps still cut
     assert sizes(plan_packs(apart, {"cpu": 2}, max_cost=100, max_members=100)) == [3, 3]  # no rule: spread
     naive = [QueuedJob(f"n{i}", "k", "cpu", 1.0, created_at=t0.replace(tzinfo=None) + timedelta(seconds=i)) for i in range(2)]
-    assert packing.Stream(1.5, small=100.0).holds(naive) is False  # 1 s apart: within 1.5 s
-    assert packing.Stream(0.5, small=100.0).holds(naive) is True  # SQLite's naive UTC times too
+    assert stream.holds(naive) is True  # SQLite's naive UTC times
+    assert stream.holds([QueuedJob("x", "k", "cpu", 1.0), *naive]) is False  # a time unknown: not known to be a stream
 
 
 def test_plan_packs_empty() -> None:

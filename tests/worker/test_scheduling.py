@@ -86,6 +86,13 @@ def test_a_sweeps_tiny_members_spread_over_the_live_workers(configured) -> None:
     members = jobs.list_jobs(sweep_id=sweep.id).items
     assert len({m.created_at for m in members}) == 1
     assert sorted(len(p.job_ids) for p in scheduler.run_pass("a").packs) == [2, 2]
+    with session_scope() as session:
+        session.execute(update(Job).values(status="succeeded"))
+        for name in ("w3", "w4"):
+            scheduling.register_worker(session, name, "cpu", "host", 1)
+    for _ in range(2):  # two sweeps back to back: two batches, not a stream
+        sweeps.submit_sweep(body)
+    assert sorted(len(p.job_ids) for p in scheduler.run_pass("a").packs) == [2, 2, 2, 2]
 
 
 def test_a_queued_job_whose_message_was_lost_is_published_again(configured) -> None:
