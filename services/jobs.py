@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 from datetime import datetime
-from typing import get_args
+from typing import Any, get_args
 
 import anyio.to_thread
 import numpy as np
@@ -133,7 +133,7 @@ def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
             results.append(row or repository.new_job_values(**job_row(spec, dataset, tenant)))
         repository.insert_jobs(session, [r for r in results if isinstance(r, dict)])
     for key, dataset in seen.items():
-        _remember(key, dataset)
+        _known.keep(key, dataset)
     return [r if isinstance(r, BaseException) else repository.new_job_read(r) for r in results]
 
 
@@ -143,12 +143,8 @@ def _known_row(spec: JobCreate, inline: tuple | None, tenant: str) -> dict | Non
     submit alone, looking the dataset up again.)"""
     if inline is None:
         return None
-    key = (get_settings().database_url, tenant, inline[0])
-    dataset = _known.get(key)
-    if dataset is None:
-        return None
-    _remember(key, dataset)  # in use: the last to be forgotten
-    return repository.new_job_values(**job_row(spec, dataset, tenant))
+    dataset = _known.recall((get_settings().database_url, tenant, inline[0]))  # in use: the last forgotten
+    return None if dataset is None else repository.new_job_values(**job_row(spec, dataset, tenant))
 
 
 def _dataset(session: Session, spec: JobCreate, inline: tuple | None, tenant: str,
@@ -158,7 +154,7 @@ def _dataset(session: Session, spec: JobCreate, inline: tuple | None, tenant: st
     if inline is None:
         return referenced_dataset(session, spec, tenant)
     key = (get_settings().database_url, tenant, inline[0])
-    dataset = seen.get(key) or (_known.get(key) if use_cache else None)
+    dataset = seen.get(key) or (_known.recall(key) if use_cache else None)
     if dataset is None:
         dataset = repository.store_dataset(session, *inline, tenant=tenant)
     seen[key] = dataset
@@ -186,10 +182,36 @@ def _insert_retrying(spec: JobCreate, inline: tuple | None, claim: Claim | None,
         return _insert(spec, inline, claim, tenant, use_cache=False)
 
 
+_KNOWN_MAX = 256
+
+
+class _Recent(OrderedDict):
+    """What this process read last, at most ``_KNOWN_MAX`` entries, the least recently used
+    forgotten first. Locked: the API's threads and its group commit's thread share it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def recall(self, key: tuple) -> Any:
+        """The value kept for ``key`` (now the most recently used), or None."""
+        with self._lock:
+            value = self.get(key)
+            if value is not None:
+                self.move_to_end(key)
+            return value
+
+    def keep(self, key: tuple, value: object) -> None:
+        with self._lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > _KNOWN_MAX:
+                self.popitem(last=False)
+
+
 # Datasets are immutable and never deleted: a process remembers the ones it has seen by tenant
 # and content hash, so a client resubmitting the same data costs one INSERT, not an upsert.
-_known: OrderedDict[tuple[str, str, str], DatasetRead] = OrderedDict()
-_KNOWN_MAX = 256
+_known = _Recent()
 
 
 def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: str, use_cache: bool) -> JobRead:
@@ -203,15 +225,8 @@ def _insert(spec: JobCreate, inline: tuple | None, claim: Claim | None, tenant: 
         if claim is not None:
             claim.store(session, job.id)
     for key, stored in seen.items():
-        _remember(key, stored)
+        _known.keep(key, stored)
     return job
-
-
-def _remember(key: tuple[str, str, str], dataset: DatasetRead) -> None:
-    _known[key] = dataset
-    _known.move_to_end(key)
-    while len(_known) > _KNOWN_MAX:
-        _known.popitem(last=False)
 
 
 _group: GroupCommit[tuple[JobCreate, str], JobRead] = GroupCommit(_write_submits, name="descent-submits")
@@ -258,27 +273,21 @@ def check_against_dataset(spec: JobCreate, dataset: DatasetRead, session: Sessio
 
 # Datasets are immutable: the largest magnitudes of each one's x and y, once read, are remembered
 # (a sweep checks each float32 member against the dataset its members share).
-_magnitudes: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
-_magnitudes_lock = threading.Lock()  # submits run in the API's threads
+_magnitudes = _Recent()
 
 
 def dataset_magnitudes(dataset_id: str, session: Session | None = None) -> tuple[float, float]:
     """(max |x|, max |y|) of a stored dataset, read in ``session`` or a read session of its own."""
     key = (get_settings().database_url, dataset_id)
-    with _magnitudes_lock:
-        if (known := _magnitudes.get(key)) is not None:
-            _magnitudes.move_to_end(key)
-            return known
+    if (known := _magnitudes.recall(key)) is not None:
+        return known
     if session is None:
         with session_scope() as own:
             x, y = repository.load_dataset_arrays(own, dataset_id)
     else:
         x, y = repository.load_dataset_arrays(session, dataset_id)
     known = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
-    with _magnitudes_lock:
-        _magnitudes[key] = known
-        while len(_magnitudes) > _KNOWN_MAX:
-            _magnitudes.popitem(last=False)
+    _magnitudes.keep(key, known)
     return known
 
 

@@ -114,6 +114,8 @@ def dispatch(settings: Settings,
     (``packing.linger``). Also says whether every queue with jobs waiting had no free worker
     (then only a freed one helps), and how long the soonest held queue waits."""
     plans, saturated, hold = [], False, 0.0
+    # with the linger off (0 s), free slots alone decide
+    stream = packing.Stream(settings.pack_linger_cost) if settings.pack_linger_seconds > 0 else None
     with session_scope() as session:
         now = store.db_now(session)
         queues = store.waiting_queues(session)
@@ -131,8 +133,6 @@ def dispatch(settings: Settings,
             if wait > 0:
                 hold = wait if hold == 0 else min(hold, wait)
                 continue
-            # with the linger off (0 s), free slots alone decide
-            stream = packing.Stream(settings.pack_linger_cost) if settings.pack_linger_seconds > 0 else None
             cut = packing.plan_packs(queued, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members,
                                      stream)
             cut = cut if slots is None else cut[:slots]
