@@ -85,7 +85,7 @@ def kernels_for(xp: Any, name: str = "auto") -> tuple[str, Any]:
 
 
 @lru_cache(maxsize=1)
-def _threadpool_controller() -> Any | None:
+def threadpool_controller() -> Any | None:
     """threadpoolctl's controller (it scans the loaded BLAS libraries once), or None."""
     try:
         return importlib.import_module("threadpoolctl").ThreadpoolController()
@@ -102,7 +102,7 @@ SMALL_PRODUCT_TARGETS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 def blas_has_small_products() -> bool:
     """Whether NumPy's BLAS multiplies small matrices on a path of their own (``chunks`` then
     keeps products that small). False without threadpoolctl, or with another BLAS."""
-    controller = _threadpool_controller()
+    controller = threadpool_controller()
     if controller is None:
         return False
     return any(lib.internal_api == "openblas" and str(lib.architecture).lower() in SMALL_PRODUCT_TARGETS
@@ -116,7 +116,7 @@ def blas_threads(xp: Any, limit: int | None) -> AbstractContextManager:
     their timings swing with the machine's load; one thread makes them fast and steady. Without
     threadpoolctl (optional extra ``fast``), on CuPy, or with ``limit`` None: no change.
     """
-    controller = _threadpool_controller() if limit is not None and is_numpy(xp) else None
+    controller = threadpool_controller() if limit is not None and is_numpy(xp) else None
     if controller is None:
         return nullcontext()
     return controller.limit(limits=limit, user_api="blas")

@@ -28,16 +28,31 @@ from services.engine.state import TrainState
 from services.engine.stops import initial_reasons
 
 
+# Whether wide networks with the numba kernels take a chunk's whole step in one compiled call
+# (``numba_wide``); tests switch it off to compare the two.
+FUSED_WIDE = True
+
+
 def build(xp: Any, arch: Architecture, members: int, dtype: str, kernels: str = "auto") -> Network:
     """Layout, activation kernels and network for a pack (see ``kernels_for``)."""
     layout = layout_for(xp, arch, members, check_dtype(dtype))
     name, activation_kernels = kernels_for(xp, kernels)
     if not isinstance(layout, ModelLast):
+        if name == "numba" and FUSED_WIDE and (fused := _fused_wide()) is not None:
+            return fused(xp, arch, layout, activation_kernels)
         return WideNetwork(xp, arch, layout, activation_kernels)
     if name == "numba":  # tiny layers: the whole step compiled (numba_tiny)
         return importlib.import_module("services.engine.numba_tiny").FusedTinyNetwork(
             xp, arch, layout, activation_kernels)
     return TinyNetwork(xp, arch, layout, activation_kernels)
+
+
+def _fused_wide() -> type[Network] | None:
+    """``numba_wide.FusedWideNetwork``, or None where it cannot find NumPy's BLAS."""
+    try:
+        return importlib.import_module("services.engine.numba_wide").FusedWideNetwork
+    except ImportError:
+        return None
 
 
 # Networks (with their buffers) kept between calls: a worker trains a pack in many short

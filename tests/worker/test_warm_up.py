@@ -21,9 +21,9 @@ from services import training
 from services.engine import Architecture, PackConfig, init_parameters, init_state, train
 
 def compiled():
-    from services.engine import numba_kernels, numba_tiny
+    from services.engine import numba_kernels, numba_tiny, numba_wide
     return {f"{module.__name__}.{name}": len(getattr(module, name).signatures)
-            for module in (numba_kernels, numba_tiny) for name in dir(module)
+            for module in (numba_kernels, numba_tiny, numba_wide) for name in dir(module)
             if hasattr(getattr(module, name), "signatures")}
 
 def pack(layers, activation, dtype, members, points, **config):
@@ -41,6 +41,8 @@ pack((1, 2, 1), "softplus", "float64", 1, 3, min_step_size=np.full(1, 1e-3))  # 
 pack((1, 2, 1), "relu", "float32", 40, 5, momentum=np.full(40, 0.5))
 pack((1, 16, 16, 1), "tanh", "float64", 3, 200)
 pack((1, 32, 32, 1), "sigmoid", "float32", 5, 100)
+pack((1, 24, 1), "tanh", "float64", 4, 50)  # one hidden layer
+pack((1, 40, 30, 20, 1), "softplus", "float32", 2, 60)  # three
 print(json.dumps([before, compiled()]))
 """
 
