@@ -20,7 +20,6 @@ loops), so a pack still rounds exactly like its members alone.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 import numpy as np
@@ -29,13 +28,14 @@ from numba import njit, types
 from numba.extending import overload
 
 from services.engine import numba_float32 as f32
-from services.engine.backend import threadpool_controller
 from services.engine import numba_kernels as nk
+from services.engine.backend import threadpool_controller
 from services.engine.layouts import WideLayer
 from services.engine.model_first import WideNetwork
 
 FLAGS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-CODES = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4}
+IDENTITY, RELU, TANH, SIGMOID, SOFTPLUS = range(5)  # each layer's activation, as the compiled code sees it
+CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "softplus": SOFTPLUS}
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 
@@ -48,12 +48,12 @@ def _register_blas() -> None:
     for lib in controller.lib_controllers if controller is not None else []:
         if lib.internal_api != "openblas":
             continue
-        dll = ctypes.CDLL(lib.filepath)
+        llvm.load_library_permanently(lib.filepath)  # already loaded by NumPy: its symbols, for the JIT
         for prefix in ("scipy_", ""):
-            single, double = f"{prefix}cblas_sgemm64_", f"{prefix}cblas_dgemm64_"
-            if hasattr(dll, single) and hasattr(dll, double):
-                for ours, theirs in (("descent_sgemm", single), ("descent_dgemm", double)):
-                    llvm.add_symbol(ours, ctypes.cast(getattr(dll, theirs), ctypes.c_void_p).value)
+            single, double = (llvm.address_of_symbol(f"{prefix}cblas_{t}gemm64_") for t in "sd")
+            if single and double:
+                llvm.add_symbol("descent_sgemm", single)
+                llvm.add_symbol("descent_dgemm", double)
                 return
     raise ImportError("numba_wide needs NumPy's BLAS to be an ILP64 OpenBLAS found by threadpoolctl")
 
@@ -96,16 +96,16 @@ def _activate(code, z, a, slope):  # noqa: ANN001, ANN202
     tanh, softplus, sigmoid, relu = module._tanh, module._softplus, module._sigmoid, nk._relu
 
     def impl(code, z, a, slope):  # noqa: ANN001, ANN202
-        if code == 0:
-            a[:] = z
-        elif code == 1:
+        if code == RELU:
             relu(z, a, slope)
-        elif code == 2:
+        elif code == TANH:
             tanh(z, a, slope)
-        elif code == 3:
+        elif code == SIGMOID:
             sigmoid(z, a, slope)
-        else:
+        elif code == SOFTPLUS:
             softplus(z, a, slope)
+        else:  # identity
+            a[:] = z
     return impl
 
 
@@ -123,9 +123,9 @@ def _affine_first(code, block, x, a, slope):  # noqa: ANN001, ANN202
         n, points = slope.shape
         target, slopes = a.reshape((1, a.shape[0], points)), slope.reshape((1, n, points))
         w, b = block[0:1, :], block[1:2, :]
-        if code == 2:
+        if code == TANH:
             tanh(w, b, x[0], target, slopes)
-        elif code == 4:
+        elif code == SOFTPLUS:
             softplus(w, b, x[0], target, slopes)
         else:
             return False
@@ -160,7 +160,7 @@ def _forward(blocks: Any, m: int, x: Any, z: Any, acts: Any, slopes: Any, codes:
         if layer == 0 and block.shape[0] == 2 and affine_first(code, block, x, a, slope):
             inputs = a
             continue
-        if code == 0:  # identity: z is a itself
+        if code == IDENTITY:  # z is a itself
             gemm(TRANS, NO_TRANS, block, inputs, a[:n], block.shape[0])
         else:
             out = z[:size].reshape((n, a.shape[1]))
@@ -171,7 +171,8 @@ def _forward(blocks: Any, m: int, x: Any, z: Any, acts: Any, slopes: Any, codes:
 
 @njit(**FLAGS)
 def _residual(a: Any, y: Any, d: Any) -> float:
-    """d = 2 (prediction - y) = dSSR/dprediction; returns the SSR (summed in a fixed order)."""
+    """d = 2 (prediction - y) = dSSR/dprediction; returns the SSR, summed point by point in
+    float64 (a fixed order, whatever the pack)."""
     total = 0.0
     for o in range(y.shape[0]):
         for p in range(y.shape[1]):
@@ -188,7 +189,7 @@ def _backward(blocks: Any, grads: Any, m: int, x: Any, acts: Any, slopes: Any, d
     for layer in range(len(blocks) - 1, -1, -1):
         block, d, code = blocks[layer][m], ds[layer], codes[layer]
         n_in, n = block.shape[0] - 1, block.shape[1]
-        if code != 0 and not folded:
+        if code != IDENTITY and not folded:
             _times_slope(d.reshape(d.size), slopes[layer].reshape(d.size))
         inputs = x if layer == 0 else acts[layer - 1]
         gemm(NO_TRANS, TRANS, inputs, d, grads[layer][m], d.shape[1])
@@ -196,7 +197,7 @@ def _backward(blocks: Any, grads: Any, m: int, x: Any, acts: Any, slopes: Any, d
         if layer == 0:
             break
         below, below_code = ds[layer - 1], codes[layer - 1]
-        if n == 1 and below_code != 0:  # an outer product, times the slope below, in one pass
+        if n == 1 and below_code != IDENTITY:  # an outer product, times the slope below, in one pass
             _outer_times_slope(block[:n_in], d, slopes[layer - 1], below)
             folded = True
         else:
