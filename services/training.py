@@ -125,7 +125,6 @@ def warm_up() -> None:
     first pack of tiny networks (benchmarks/RESULTS.md, ninth session). Never for a GPU worker:
     CUDA must not be started before a fork, and NumPy's kernels are not what it runs."""
     shapes = [(layers, activation) for layers in ((1, 2, 1), (1, 8, 8, 1)) for activation in engine.ACTIVATIONS]
-    shapes += [((1, 24, 1), "tanh"), ((1, 8, 8, 8, 1), "tanh")]  # the fused wide step of 2 and 4 layers
     for layers, activation in shapes:  # both layouts, every activation's kernels
         arch, points = engine.Architecture(layers, activation), 3 * layers[1] + 1
         for dtype in ("float64", "float32"):

@@ -6,8 +6,9 @@ Zen 3, float64): two independent trainings of half the pack on two threads ran 1
 one after the other, two processes 1.8x; the calls' own Python work was ~10% of a step. Here one
 compiled call, which never takes the GIL, runs a chunk of members through forward, SSR and
 backward, member by member (a member's activations stay in cache), with the same numba
-activation kernels and, for the matrix products, NumPy's own OpenBLAS (``cblas_?gemm``, found
-through threadpoolctl), so BLAS thread limits and CPU kernels are NumPy's.
+activation kernels and, for the matrix products, NumPy's own OpenBLAS (``numba_blas``), so BLAS
+thread limits and CPU kernels are NumPy's. ``predict`` runs the same forward pass: predictions
+have the bits the SSR was computed from.
 
 Per member and layer (inputs carry a row of ones, blocks are [W | b]^T (i + 1, o)):
     forward   z = block^T [a; 1]          gemm, then a, slope = act(z), act'(z)
@@ -16,6 +17,10 @@ Per member and layer (inputs carry a row of ones, blocks are [W | b]^T (i + 1, o
               d below = W dz                gemm (o = 1: an outer product, with the slope folded in)
 A member's numbers do not depend on the pack around it (each member is its own products and
 loops), so a pack still rounds exactly like its members alone.
+
+numba's on-disk cache of this module holds the activation kernels it calls but is keyed by
+this file alone: after changing ``numba_kernels.py`` or ``numba_float32.py``, delete
+``services/engine/__pycache__/numba_wide*`` (Docker images never carry the cache).
 """
 
 from __future__ import annotations
@@ -23,74 +28,26 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from llvmlite import binding as llvm
 from numba import njit, types
 from numba.extending import overload
 
 from services.engine import numba_float32 as f32
 from services.engine import numba_kernels as nk
-from services.engine.backend import threadpool_controller
 from services.engine.layouts import WideLayer
 from services.engine.model_first import WideNetwork
+from services.engine.numba_blas import NO_TRANS, TRANS, gemm
 
 FLAGS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 IDENTITY, RELU, TANH, SIGMOID, SOFTPLUS = range(5)  # each layer's activation, as the compiled code sees it
 CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "softplus": SOFTPLUS}
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-
-
-def _register_blas() -> None:
-    """Give NumPy's OpenBLAS ``cblas_sgemm``/``cblas_dgemm`` (64-bit integers) the names the
-    compiled code calls. ImportError (this module is then not used) where NumPy's BLAS is not
-    an ILP64 OpenBLAS that threadpoolctl can find."""
-    np.ones((2, 2)) @ np.ones((2, 2))  # NumPy's BLAS is loaded by its first product
-    controller = threadpool_controller()
-    for lib in controller.lib_controllers if controller is not None else []:
-        if lib.internal_api != "openblas":
-            continue
-        llvm.load_library_permanently(lib.filepath)  # already loaded by NumPy: its symbols, for the JIT
-        for prefix in ("scipy_", ""):
-            single, double = (llvm.address_of_symbol(f"{prefix}cblas_{t}gemm64_") for t in "sd")
-            if single and double:
-                llvm.add_symbol("descent_sgemm", single)
-                llvm.add_symbol("descent_dgemm", double)
-                return
-    raise ImportError("numba_wide needs NumPy's BLAS to be an ILP64 OpenBLAS found by threadpoolctl")
-
-
-_register_blas()
-
-
-def _gemm_type(real: Any) -> Any:
-    i32, i64, ptr = types.int32, types.int64, types.voidptr
-    return types.void(i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64)
-
-
-_SGEMM = types.ExternalFunction("descent_sgemm", _gemm_type(types.float32))
-_DGEMM = types.ExternalFunction("descent_dgemm", _gemm_type(types.float64))
-
-
-def gemm(trans_a: int, trans_b: int, a: Any, b: Any, c: Any, k: int) -> None:
-    """c = op(a) op(b) (overwritten), row-major 2-D arrays with contiguous rows; k the inner size."""
-
-
-@overload(gemm, inline="always")
-def _gemm(trans_a, trans_b, a, b, c, k):  # noqa: ANN001, ANN202 - numba compares it with impl
-    single = c.dtype == types.float32
-    blas, real = (_SGEMM, np.float32) if single else (_DGEMM, np.float64)
-
-    def impl(trans_a, trans_b, a, b, c, k):  # noqa: ANN001, ANN202 - numba matches the stub's names
-        size = c.itemsize
-        blas(ROW_MAJOR, trans_a, trans_b, c.shape[0], c.shape[1], k, real(1.0), a.ctypes, a.strides[0] // size,
-             b.ctypes, b.strides[0] // size, real(0.0), c.ctypes, c.strides[0] // size)
-    return impl
+Work = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # z scratch, activations, slopes, ds (flat)
 
 
 def activate(code: int, z: Any, a: Any, slope: Any) -> None:
-    """a = act(z), slope = act'(z) for flat contiguous arrays of one dtype."""
+    """a = act(z), slope = act'(z) for flat contiguous arrays of one dtype (not identity)."""
 
 
-@overload(activate, inline="always")
+@overload(activate)
 def _activate(code, z, a, slope):  # noqa: ANN001, ANN202
     module = f32 if z.dtype == types.float32 else nk
     tanh, softplus, sigmoid, relu = module._tanh, module._softplus, module._sigmoid, nk._relu
@@ -102,10 +59,8 @@ def _activate(code, z, a, slope):  # noqa: ANN001, ANN202
             tanh(z, a, slope)
         elif code == SIGMOID:
             sigmoid(z, a, slope)
-        elif code == SOFTPLUS:
+        else:
             softplus(z, a, slope)
-        else:  # identity
-            a[:] = z
     return impl
 
 
@@ -114,7 +69,7 @@ def affine_first(code: int, block: Any, x: Any, a: Any, slope: Any) -> bool:
     did it (tanh, softplus), False (nothing done) otherwise."""
 
 
-@overload(affine_first, inline="always")
+@overload(affine_first)
 def _affine_first(code, block, x, a, slope):  # noqa: ANN001, ANN202
     kernels = f32.AFFINE_KERNELS if a.dtype == types.float32 else nk.AFFINE_KERNELS
     tanh, softplus = kernels["tanh"], kernels["softplus"]
@@ -135,6 +90,7 @@ def _affine_first(code, block, x, a, slope):  # noqa: ANN001, ANN202
 
 @njit(**FLAGS)
 def _times_slope(d: Any, slope: Any) -> None:
+    """d *= slope (dSSR/da to dSSR/dz), flat."""
     for k in range(d.size):
         d[k] *= slope[k]
 
@@ -150,21 +106,40 @@ def _outer_times_slope(w: Any, dz: Any, slope: Any, out: Any) -> None:
 
 
 @njit(**FLAGS)
-def _forward(blocks: Any, m: int, x: Any, z: Any, acts: Any, slopes: Any, codes: Any) -> None:
-    """One member's forward pass: every layer's activation (with its row of ones) and slope."""
+def _views(flat: Any, offsets: Any, rows: Any, layer: int, points: int) -> Any:
+    """Layer ``layer``'s (rows, points) view of a flat per-member work buffer (``offsets`` and
+    ``rows`` count rows of ``points``)."""
+    start = offsets[layer] * points
+    return flat[start:start + rows[layer] * points].reshape((rows[layer], points))
+
+
+@njit(**FLAGS)
+def _block(row: Any, shape: Any, layer: int) -> Any:
+    """Layer ``layer``'s block [W | b]^T (i + 1, o) in a member's flat parameters."""
+    n_in, n, start = shape[layer, 0], shape[layer, 1], shape[layer, 2]
+    return row[start:start + (n_in + 1) * n].reshape((n_in + 1, n))
+
+
+@njit(**FLAGS)
+def _forward(row: Any, net: Any, x: Any, work: Any) -> None:
+    """One member's forward pass (parameters ``row``): every layer's activation, over its row
+    of ones, and its slope, in ``work``."""
+    shape, codes, act_at, act_rows, at, widths = net
+    z, acts, slopes, _ = work
+    points = x.shape[1]
     inputs = x
-    for layer in range(len(blocks)):
-        block, a, slope, code = blocks[layer][m], acts[layer], slopes[layer], codes[layer]
+    for layer in range(codes.size):
+        block, code = _block(row, shape, layer), codes[layer]
+        a, slope = _views(acts, act_at, act_rows, layer, points), _views(slopes, at, widths, layer, points)
         n = block.shape[1]
-        size = n * a.shape[1]
         if layer == 0 and block.shape[0] == 2 and affine_first(code, block, x, a, slope):
             inputs = a
             continue
         if code == IDENTITY:  # z is a itself
-            gemm(TRANS, NO_TRANS, block, inputs, a[:n], block.shape[0])
+            gemm(TRANS, NO_TRANS, block, inputs, a[:n])
         else:
-            out = z[:size].reshape((n, a.shape[1]))
-            gemm(TRANS, NO_TRANS, block, inputs, out, block.shape[0])
+            size = n * points
+            gemm(TRANS, NO_TRANS, block, inputs, z[:size].reshape((n, points)))
             activate(code, z[:size], a.reshape(a.size)[:size], slope.reshape(size))
         inputs = a
 
@@ -183,70 +158,115 @@ def _residual(a: Any, y: Any, d: Any) -> float:
 
 
 @njit(**FLAGS)
-def _backward(blocks: Any, grads: Any, m: int, x: Any, acts: Any, slopes: Any, ds: Any, codes: Any) -> None:
-    """One member's backward pass from ds[-1] = dSSR/dprediction: gradients into ``grads``."""
-    folded = False  # True: ds[layer] already holds dSSR/dz (the slope was folded in above)
-    for layer in range(len(blocks) - 1, -1, -1):
-        block, d, code = blocks[layer][m], ds[layer], codes[layer]
+def _backward(row: Any, grad: Any, net: Any, x: Any, work: Any) -> None:
+    """One member's backward pass from its last d = dSSR/dprediction: the gradient into ``grad``
+    (its flat row, laid out like ``row``)."""
+    shape, codes, act_at, act_rows, at, widths = net
+    _, acts, slopes, ds = work
+    points = x.shape[1]
+    folded = False  # True: this layer's d already holds dSSR/dz (the slope was folded in above)
+    for layer in range(codes.size - 1, -1, -1):
+        block, code = _block(row, shape, layer), codes[layer]
+        d = _views(ds, at, widths, layer, points)
         n_in, n = block.shape[0] - 1, block.shape[1]
         if code != IDENTITY and not folded:
-            _times_slope(d.reshape(d.size), slopes[layer].reshape(d.size))
-        inputs = x if layer == 0 else acts[layer - 1]
-        gemm(NO_TRANS, TRANS, inputs, d, grads[layer][m], d.shape[1])
+            _times_slope(d.reshape(d.size), _views(slopes, at, widths, layer, points).reshape(d.size))
+        inputs = x if layer == 0 else _views(acts, act_at, act_rows, layer - 1, points)
+        gemm(NO_TRANS, TRANS, inputs, d, _block(grad, shape, layer))
         folded = False
         if layer == 0:
             break
-        below, below_code = ds[layer - 1], codes[layer - 1]
-        if n == 1 and below_code != IDENTITY:  # an outer product, times the slope below, in one pass
-            _outer_times_slope(block[:n_in], d, slopes[layer - 1], below)
+        below = _views(ds, at, widths, layer - 1, points)
+        if n == 1 and codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
+            _outer_times_slope(block[:n_in], d, _views(slopes, at, widths, layer - 1, points), below)
             folded = True
         else:
-            gemm(NO_TRANS, NO_TRANS, block[:n_in], d, below, n)
+            gemm(NO_TRANS, NO_TRANS, block[:n_in], d, below)
 
 
 @njit(**FLAGS)
-def chunk_step(blocks: Any, grads: Any, want_grad: bool, x: Any, y: Any, work: Any, codes: Any, out: Any) -> None:
-    """SSR of each member of the chunk into ``out`` and, with ``want_grad``, its gradient into the
-    ``grads`` blocks (same shapes as ``blocks``): member by member, in this one call."""
-    z, acts, slopes, ds = work
-    last = len(blocks) - 1
+def chunk_step(params: Any, grads: Any, want_grad: bool, net: Any, x: Any, y: Any, work: Any, out: Any) -> None:
+    """SSR of each member (row of ``params``) into ``out`` and, with ``want_grad``, its gradient
+    into the same row of ``grads``: member by member, in this one call."""
+    shape, codes, act_at, act_rows, at, widths = net
+    last, points = codes.size - 1, x.shape[1]
     for m in range(out.size):
-        _forward(blocks, m, x, z, acts, slopes, codes)
-        out[m] = _residual(acts[last], y, ds[last])
+        _forward(params[m], net, x, work)
+        out[m] = _residual(_views(work[1], act_at, act_rows, last, points), y, _views(work[3], at, widths, last, points))
         if want_grad:
-            _backward(blocks, grads, m, x, acts, slopes, ds, codes)
+            _backward(params[m], grads[m], net, x, work)
+
+
+@njit(**FLAGS)
+def chunk_predict(params: Any, net: Any, x: Any, work: Any, out: Any) -> None:
+    """Predictions out (members, P, n_out) of the chunk: the forward pass of ``chunk_step``."""
+    shape, codes, act_at, act_rows, at, widths = net
+    last = _views(work[1], act_at, act_rows, codes.size - 1, x.shape[1])
+    for m in range(out.shape[0]):
+        _forward(params[m], net, x, work)
+        for o in range(out.shape[2]):
+            for p in range(out.shape[1]):
+                out[m, p, o] = last[o, p]
 
 
 class FusedWideNetwork(WideNetwork):
-    """``WideNetwork`` whose step (any chunk of members and points) is one compiled call."""
+    """``WideNetwork`` whose step (any chunk of members and points) is one compiled call.
+
+    The compiled code takes flat buffers and tables of where each layer's pieces start, so one
+    compilation per dtype serves every depth, width and chunk."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.codes = np.array([CODES[name] for name in self.activations], dtype=np.int64)
-        self._work: dict[tuple[int, int], tuple] = {}
+        layers, widths = self.arch.layers, self.arch.layers[1:]
+        act_rows = [n + (i < len(widths) - 1) for i, n in enumerate(widths)]  # a row of ones under hidden layers
+        self.net = (
+            np.array([(i, o, off) for i, o, off in zip(layers, widths, self.layout.offsets)], dtype=np.int64),
+            np.array([CODES[name] for name in self.activations], dtype=np.int64),
+            np.cumsum([0] + act_rows[:-1], dtype=np.int64), np.array(act_rows, dtype=np.int64),
+            np.cumsum([0] + list(widths[:-1]), dtype=np.int64), np.array(widths, dtype=np.int64),
+        )  # per layer: (inputs, outputs, parameter offset); codes; where activations, slopes, ds start, rows
+        self._work: dict[tuple[int, int], Work] = {}
 
-    def work(self, points: int, slot: int) -> tuple:
-        """One member's buffers for ``points`` points (made once per size and thread slot):
-        z scratch, and per layer its activation with a row of ones (none for the last), slope
-        and d, all C-contiguous (n, points)."""
+    def work(self, points: int, slot: int) -> Work:
+        """One member's buffers for ``points`` points (made once per size and thread slot): z
+        scratch, then flat: every layer's activation (with a row of ones under it, none under
+        the last), slope and d, each C-contiguous (rows, points) at ``self.net``'s offsets."""
         key = (points, slot)
         if key not in self._work:
-            widths, dtype = self.arch.layers[1:], self.layout.dtype
-            acts = []
-            for i, n in enumerate(widths):
-                a = np.empty((n + (i < len(widths) - 1), points), dtype)
-                a[n:] = 1
-                acts.append(a)
-            z = np.empty(max(widths) * points, dtype)
-            slopes = tuple(np.empty((n, points), dtype) for n in widths)
-            ds = tuple(np.empty((n, points), dtype) for n in widths)
-            self._work[key] = (z, tuple(acts), slopes, ds)
+            _, _, act_at, act_rows, _, widths = self.net
+            dtype = self.layout.dtype
+            acts = np.ones(int(act_rows.sum()) * points, dtype)  # the ones rows stay ones
+            self._work[key] = (np.empty(int(widths.max()) * points, dtype), acts,
+                               np.empty(int(widths.sum()) * points, dtype), np.empty(int(widths.sum()) * points, dtype))
         return self._work[key]
 
-    def step(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any, slot: int = 0) -> Any:
-        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)  # point chunks are strided views
+    def step(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
+             slot: int = 0) -> Any:
+        """As ``Network.step``, in one compiled call. A point chunk's x and y (strided views of
+        the data) are copied first: the compiled code takes contiguous rows only."""
+        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
         out = np.empty(self.members_of(views), dtype=self.layout.dtype) if out is None else out
-        blocks = tuple(layer.block for layer in views)
-        targets = blocks if grads is None else tuple(layer.block for layer in grads)
-        chunk_step(blocks, targets, grads is not None, x, y, self.work(x.shape[1], slot), self.codes, out)
+        params = self.rows_of(views)
+        targets = params if grads is None else self.rows_of(grads)
+        chunk_step(params, targets, grads is not None, self.net, x, y, self.work(x.shape[1], slot), out)
         return out
+
+    def predict(self, views: list[WideLayer], x: Any) -> Any:
+        """Canonical predictions (M, P, n_out), chunk by chunk, by the forward pass the SSR
+        comes from (the same bits)."""
+        points = x.shape[1]
+        out = np.empty((self.layout.members, points, self.arch.layers[-1]), dtype=self.layout.dtype)
+        member_ranges, point_ranges = self.chunks(points)
+        params = self.rows_of(views)
+        for m0, m1 in member_ranges:
+            for p0, p1 in point_ranges:
+                chunk = np.ascontiguousarray(x[:, p0:p1])
+                chunk_predict(params[m0:m1], self.net, chunk, self.work(p1 - p0, 0), out[m0:m1, p0:p1])
+        return out
+
+    def rows_of(self, views: list[WideLayer]) -> np.ndarray:
+        """The flat (members, n_params) rows that per-layer views (of some members) cut up: the
+        first layer's block starts each row (``Layout`` puts it at offset 0)."""
+        first = views[0].block
+        return np.lib.stride_tricks.as_strided(first, shape=(first.shape[0], self.layout.n_params),
+                                               strides=(first.strides[0], first.itemsize))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,9 @@ def build(xp: Any, arch: Architecture, members: int, dtype: str, kernels: str = 
     return TinyNetwork(xp, arch, layout, activation_kernels)
 
 
+@lru_cache(maxsize=1)
 def _fused_wide() -> type[Network] | None:
-    """``numba_wide.FusedWideNetwork``, or None where it cannot find NumPy's BLAS."""
+    """``numba_wide.FusedWideNetwork``, or None where it cannot find NumPy's BLAS (asked once)."""
     try:
         return importlib.import_module("services.engine.numba_wide").FusedWideNetwork
     except ImportError:

@@ -13,6 +13,7 @@ from services.engine.model_first import WideNetwork
 from tests.engine.helpers import sine_data, stacked
 
 numba_wide = pytest.importorskip("services.engine.numba_wide", exc_type=ImportError)
+numba_blas = pytest.importorskip("services.engine.numba_blas", exc_type=ImportError)
 numba = pytest.importorskip("numba")
 
 ARCHES = [
@@ -25,25 +26,32 @@ ARCHES = [
 
 
 @numba.njit
-def _product(trans_a, trans_b, a, b, c, k):  # noqa: ANN001, ANN202 - the compiled gemm, called from a test
-    numba_wide.gemm(trans_a, trans_b, a, b, c, k)
+def _product(trans_a, trans_b, a, b, c):  # noqa: ANN001, ANN202 - the compiled gemm, called from a test
+    numba_blas.gemm(trans_a, trans_b, a, b, c)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_gemm_is_numpys_product(dtype: str) -> None:
-    """The BLAS call on row-major blocks with contiguous rows, strided between them (a block of a
-    member inside a flat buffer), transposed or not, as NumPy's matmul computes it."""
+    """The three products of a step on the views the engine passes: a member's block [W | b]^T
+    inside the flat parameter rows of a pack, its first rows W, and (n, P) activations."""
     rng = np.random.default_rng(0)
-    flat = rng.standard_normal((3, 200)).astype(dtype)
-    block = flat[1, 7:7 + 33 * 5].reshape(33, 5)  # (i + 1, o) inside a member's row
+    flat = rng.standard_normal((3, 200)).astype(dtype)  # 3 members' parameter rows
+    block = flat[:, 7:7 + 33 * 5].reshape(3, 33, 5)[1]  # member 1's (i + 1, o) block
     inputs = rng.standard_normal((33, 70)).astype(dtype)
-    out = np.full((5, 70), np.nan, dtype)
-    _product(numba_wide.TRANS, numba_wide.NO_TRANS, block, inputs, out, 33)
     tol = 1e-13 if dtype == "float64" else 2e-5
+    out = np.full((5, 70), np.nan, dtype)  # never read: NaN there must not spread
+    _product(numba_blas.TRANS, numba_blas.NO_TRANS, block, inputs, out)
     np.testing.assert_allclose(out, block.T @ inputs, rtol=tol, atol=tol)
-    grad = np.full((33, 5), np.nan, dtype)
-    _product(numba_wide.NO_TRANS, numba_wide.TRANS, inputs, out, grad, 70)
+    grad = flat[:, 7:7 + 33 * 5].reshape(3, 33, 5)[2]  # into another member's block
+    _product(numba_blas.NO_TRANS, numba_blas.TRANS, inputs, out, grad)
     np.testing.assert_allclose(grad, inputs @ out.T, rtol=tol, atol=tol * 100)
+    below = np.full((32, 70), np.nan, dtype)
+    _product(numba_blas.NO_TRANS, numba_blas.NO_TRANS, block[:32], out, below)
+    np.testing.assert_allclose(below, block[:32] @ out, rtol=tol, atol=tol * 10)
+    one_row = flat[0, :70].reshape(1, 70)  # a one-row operand: its leading dimension is its length
+    row_out = np.full((5, 1), np.nan, dtype)
+    _product(numba_blas.NO_TRANS, numba_blas.TRANS, out, one_row, row_out)
+    np.testing.assert_allclose(row_out, out @ one_row.T, rtol=tol, atol=tol * 100)
 
 
 def _loss_and_grad(cls: type, arch: Architecture, dtype: str, seeds: tuple[int, ...] = (0, 1, 2, 3),
@@ -94,3 +102,17 @@ def test_non_finite_values_reach_the_ssr() -> None:
     x, y = sine_data(20)
     ssr = net.loss(layout.views(params), *net.data(x, y))
     assert np.isnan(ssr[1]) and np.isfinite(ssr[[0, 2]]).all()
+
+
+def test_wide_packs_with_numba_get_the_fused_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where this module imports, ``build`` gives wide packs with the numba kernels the fused
+    network (a broken import would otherwise pass unseen: the layer-by-layer one runs too);
+    tiny packs and the NumPy kernels keep theirs."""
+    from services.engine import training
+
+    wide = Architecture((1, 32, 32, 1), "tanh")
+    assert type(training.build(np, wide, 2, "float32", "numba")) is numba_wide.FusedWideNetwork
+    assert type(training.build(np, wide, 2, "float32", "numpy")) is WideNetwork
+    assert not isinstance(training.build(np, Architecture((1, 2, 1), "softplus"), 2, "float64", "numba"), WideNetwork)
+    monkeypatch.setattr(training, "FUSED_WIDE", False)
+    assert type(training.build(np, wide, 2, "float32", "numba")) is WideNetwork

@@ -21,9 +21,14 @@ from services import training
 from services.engine import Architecture, PackConfig, init_parameters, init_state, train
 
 def compiled():
-    from services.engine import numba_kernels, numba_tiny, numba_wide
+    from services.engine import numba_kernels, numba_tiny
+    try:  # where NumPy's BLAS is one it can call
+        from services.engine import numba_wide
+    except ImportError:
+        numba_wide = None
+    modules = [m for m in (numba_kernels, numba_tiny, numba_wide) if m is not None]
     return {f"{module.__name__}.{name}": len(getattr(module, name).signatures)
-            for module in (numba_kernels, numba_tiny, numba_wide) for name in dir(module)
+            for module in modules for name in dir(module)
             if hasattr(getattr(module, name), "signatures")}
 
 def pack(layers, activation, dtype, members, points, **config):
@@ -41,8 +46,8 @@ pack((1, 2, 1), "softplus", "float64", 1, 3, min_step_size=np.full(1, 1e-3))  # 
 pack((1, 2, 1), "relu", "float32", 40, 5, momentum=np.full(40, 0.5))
 pack((1, 16, 16, 1), "tanh", "float64", 3, 200)
 pack((1, 32, 32, 1), "sigmoid", "float32", 5, 100)
-pack((1, 24, 1), "tanh", "float64", 4, 50)  # one hidden layer
-pack((1, 40, 30, 20, 1), "softplus", "float32", 2, 60)  # three
+pack((1, 24, 1), "tanh", "float64", 1, 50)  # one hidden layer, one member
+pack((1, 40, 30, 20, 1), "softplus", "float32", 2, 60)  # three hidden layers
 print(json.dumps([before, compiled()]))
 """
 
