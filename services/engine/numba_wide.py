@@ -19,8 +19,8 @@ A member's numbers do not depend on the pack around it (each member is its own p
 loops), so a pack still rounds exactly like its members alone.
 
 numba's on-disk cache of this module holds the activation kernels it calls but is keyed by
-this file alone: after changing ``numba_kernels.py`` or ``numba_float32.py``, delete
-``services/engine/__pycache__/numba_wide*`` (Docker images never carry the cache).
+this file alone: after changing ``numba_layers.py``, ``numba_kernels.py`` or ``numba_float32.py``,
+delete ``services/engine/__pycache__/numba_wide*`` (Docker images never carry the cache).
 """
 
 from __future__ import annotations
@@ -28,81 +28,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
-from services.engine import numba_float32 as f32
-from services.engine import numba_kernels as nk
 from services.engine.layouts import WideLayer
 from services.engine.model_first import WideNetwork
 from services.engine.numba_blas import NO_TRANS, TRANS, gemm
-
-FLAGS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-IDENTITY, RELU, TANH, SIGMOID, SOFTPLUS = range(5)  # each layer's activation, as the compiled code sees it
-CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "softplus": SOFTPLUS}
+from services.engine.numba_layers import (
+    CODES, FLAGS, IDENTITY, activate, affine_first, outer_times_slope, times_slope,
+)
 Work = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # z scratch, activations, slopes, ds (flat)
-
-
-def activate(code: int, z: Any, a: Any, slope: Any) -> None:
-    """a = act(z), slope = act'(z) for flat contiguous arrays of one dtype (not identity)."""
-
-
-@overload(activate)
-def _activate(code, z, a, slope):  # noqa: ANN001, ANN202
-    module = f32 if z.dtype == types.float32 else nk
-    tanh, softplus, sigmoid, relu = module._tanh, module._softplus, module._sigmoid, nk._relu
-
-    def impl(code, z, a, slope):  # noqa: ANN001, ANN202
-        if code == RELU:
-            relu(z, a, slope)
-        elif code == TANH:
-            tanh(z, a, slope)
-        elif code == SIGMOID:
-            sigmoid(z, a, slope)
-        else:
-            softplus(z, a, slope)
-    return impl
-
-
-def affine_first(code: int, block: Any, x: Any, a: Any, slope: Any) -> bool:
-    """a[:o] = act(w x + b) and slope for a first layer of one input: True when a fused kernel
-    did it (tanh, softplus), False (nothing done) otherwise."""
-
-
-@overload(affine_first)
-def _affine_first(code, block, x, a, slope):  # noqa: ANN001, ANN202
-    kernels = f32.AFFINE_KERNELS if a.dtype == types.float32 else nk.AFFINE_KERNELS
-    tanh, softplus = kernels["tanh"], kernels["softplus"]
-
-    def impl(code, block, x, a, slope):  # noqa: ANN001, ANN202
-        n, points = slope.shape
-        target, slopes = a.reshape((1, a.shape[0], points)), slope.reshape((1, n, points))
-        w, b = block[0:1, :], block[1:2, :]
-        if code == TANH:
-            tanh(w, b, x[0], target, slopes)
-        elif code == SOFTPLUS:
-            softplus(w, b, x[0], target, slopes)
-        else:
-            return False
-        return True
-    return impl
-
-
-@njit(**FLAGS)
-def _times_slope(d: Any, slope: Any) -> None:
-    """d *= slope (dSSR/da to dSSR/dz), flat."""
-    for k in range(d.size):
-        d[k] *= slope[k]
-
-
-@njit(**FLAGS)
-def _outer_times_slope(w: Any, dz: Any, slope: Any, out: Any) -> None:
-    """out[i, p] = (w[i, 0] dz[0, p]) slope[i, p]: back through a one-output layer (an outer
-    product) and the activation below, in one pass, rounded like ``numba_kernels``'."""
-    for i in range(out.shape[0]):
-        weight = w[i, 0]
-        for p in range(out.shape[1]):
-            out[i, p] = (weight * dz[0, p]) * slope[i, p]
 
 
 @njit(**FLAGS)
@@ -170,7 +104,7 @@ def _backward(row: Any, grad: Any, net: Any, x: Any, work: Any) -> None:
         d = _views(ds, at, widths, layer, points)
         n_in, n = block.shape[0] - 1, block.shape[1]
         if code != IDENTITY and not folded:
-            _times_slope(d.reshape(d.size), _views(slopes, at, widths, layer, points).reshape(d.size))
+            times_slope(d.reshape(d.size), _views(slopes, at, widths, layer, points).reshape(d.size))
         inputs = x if layer == 0 else _views(acts, act_at, act_rows, layer - 1, points)
         gemm(NO_TRANS, TRANS, inputs, d, _block(grad, shape, layer))
         folded = False
@@ -178,7 +112,7 @@ def _backward(row: Any, grad: Any, net: Any, x: Any, work: Any) -> None:
             break
         below = _views(ds, at, widths, layer - 1, points)
         if n == 1 and codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
-            _outer_times_slope(block[:n_in], d, _views(slopes, at, widths, layer - 1, points), below)
+            outer_times_slope(block[:n_in], d, _views(slopes, at, widths, layer - 1, points), below)
             folded = True
         else:
             gemm(NO_TRANS, NO_TRANS, block[:n_in], d, below)

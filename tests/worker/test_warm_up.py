@@ -23,10 +23,10 @@ from services.engine import Architecture, PackConfig, init_parameters, init_stat
 def compiled():
     from services.engine import numba_kernels, numba_tiny
     try:  # where NumPy's BLAS is one it can call
-        from services.engine import numba_wide
+        from services.engine import numba_layers, numba_wide
     except ImportError:
-        numba_wide = None
-    modules = [m for m in (numba_kernels, numba_tiny, numba_wide) if m is not None]
+        numba_layers = numba_wide = None
+    modules = [m for m in (numba_kernels, numba_tiny, numba_layers, numba_wide) if m is not None]
     return {f"{module.__name__}.{name}": len(getattr(module, name).signatures)
             for module in modules for name in dir(module)
             if hasattr(getattr(module, name), "signatures")}
