@@ -1,9 +1,9 @@
 """The model-first network with numba (optional extra ``fast``): a chunk's whole step in one call.
 
-Why: ``WideNetwork.step`` makes about fifteen NumPy and numba calls per chunk of members, and on
-two cores each call hands Python's GIL from one thread to the other. Measured on W4 (2-core AMD
-Zen 3, float64): two independent trainings of half the pack on two threads ran 1.54x as fast as
-one after the other, two processes 1.8x; the calls' own Python work was ~10% of a step. Here one
+Why: ``WideNetwork.step`` makes about fifteen NumPy and numba calls per chunk of members, and
+when the chunks run on parallel threads each call hands Python's GIL from one thread to the
+other: two threads then gained much less than two processes would (benchmarks/RESULTS.md,
+"Twelfth session"), and the calls' own Python work was a noticeable part of a step. Here one
 compiled call, which never takes the GIL, runs a chunk of members through forward, SSR and
 backward, member by member (a member's activations stay in cache), with the same numba
 activation kernels and, for the matrix products, NumPy's own OpenBLAS (``numba_blas``), so BLAS
