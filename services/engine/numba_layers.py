@@ -16,7 +16,7 @@ from services.engine import numba_float32 as f32
 from services.engine import numba_kernels as nk
 
 FLAGS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-IDENTITY, RELU, TANH, SIGMOID, SOFTPLUS = range(5)  # each layer's activation, as the compiled code sees it
+IDENTITY, RELU, TANH, SIGMOID, SOFTPLUS = range(5)  # a layer's activation, as compiled code sees it (numba_tiny too)
 CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "softplus": SOFTPLUS}
 
 
@@ -70,13 +70,3 @@ def times_slope(d: Any, slope: Any) -> None:
     """d *= slope (dSSR/da to dSSR/dz), flat."""
     for k in range(d.size):
         d[k] *= slope[k]
-
-
-@njit(**FLAGS)
-def outer_times_slope(w: Any, dz: Any, slope: Any, out: Any) -> None:
-    """out[i, p] = (w[i, 0] dz[0, p]) slope[i, p]: back through a one-output layer (an outer
-    product) and the activation below, in one pass, rounded like ``numba_kernels``'."""
-    for i in range(out.shape[0]):
-        weight = w[i, 0]
-        for p in range(out.shape[1]):
-            out[i, p] = (weight * dz[0, p]) * slope[i, p]

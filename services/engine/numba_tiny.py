@@ -19,21 +19,19 @@ from services.engine.layouts import TinyLayer
 from services.engine.model_last import TinyNetwork
 from services.engine.network import LayerBuffers
 from services.engine.numba_kernels import _relu, _sigmoid, _softplus, _tanh
-
-FLAGS = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-CODES = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4}
+from services.engine.numba_layers import CODES, FLAGS, IDENTITY, RELU, SIGMOID, TANH
 
 
 @njit(**FLAGS)
 def _activate(code: int, z: Any, a: Any, slope: Any) -> None:
     """a = act(z), slope = act'(z) for flat arrays (identity: a = z, slope unused)."""
-    if code == 0:
+    if code == IDENTITY:
         a[:] = z
-    elif code == 1:
+    elif code == RELU:
         _relu(z, a, slope)
-    elif code == 2:
+    elif code == TANH:
         _tanh(z, a, slope)
-    elif code == 3:
+    elif code == SIGMOID:
         _sigmoid(z, a, slope)
     else:
         _softplus(z, a, slope)

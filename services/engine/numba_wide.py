@@ -33,9 +33,8 @@ from numba import njit
 from services.engine.layouts import WideLayer
 from services.engine.model_first import WideNetwork
 from services.engine.numba_blas import NO_TRANS, TRANS, gemm
-from services.engine.numba_layers import (
-    CODES, FLAGS, IDENTITY, activate, affine_first, outer_times_slope, times_slope,
-)
+from services.engine.numba_kernels import _outer_times_slope
+from services.engine.numba_layers import CODES, FLAGS, IDENTITY, activate, affine_first, times_slope
 Work = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # z scratch, activations, slopes, ds (flat)
 
 
@@ -112,7 +111,9 @@ def _backward(row: Any, grad: Any, net: Any, x: Any, work: Any) -> None:
             break
         below = _views(ds, at, widths, layer - 1, points)
         if n == 1 and codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
-            outer_times_slope(block[:n_in], d, _views(slopes, at, widths, layer - 1, points), below)
+            planes = (1, n_in, points)  # the layer-by-layer kernel's (members, n_in, points), one member
+            _outer_times_slope(block[:n_in].T, d, _views(slopes, at, widths, layer - 1, points).reshape(planes),
+                               below.reshape(planes))
             folded = True
         else:
             gemm(NO_TRANS, NO_TRANS, block[:n_in], d, below)
