@@ -31,15 +31,14 @@ def even(count: int) -> int:
 
 # OpenBLAS multiplies small matrices (M N K up to 100^3 multiply-adds) without first packing
 # them, with kernels of their own on AVX-512 CPUs (its SkylakeX kernels, which Sapphire Rapids and
-# Zen 4 run too). W4's products (32 x 33 by 33 x P, one core) ran 20-25% faster forward and
-# 45% (float32: 90%) faster for the weight gradient with P <= 946 than with P = 2000, and W4
-# 19-22% faster (benchmarks/RESULTS.md, "Tenth session"). So points are chunked to keep products
-# that small where the BLAS has that path (``SMALL_PRODUCTS`` None: ask it); with AVX2 kernels
-# the smaller chunks only cost their extra calls (W4 5% slower)...
+# Zen 4 run too), and those ran W4's products clearly faster than the packed path. So points are
+# chunked to keep products that small where the BLAS has that path (``SMALL_PRODUCTS`` None: ask
+# it); with AVX2 kernels there is no such path and smaller chunks only cost their extra calls...
 SMALL_PRODUCT_MACS = 100**3
 SMALL_PRODUCTS: bool | None = None
-# ...and where that leaves at least this many points a chunk: W3's 64 x 65 products would need
-# chunks of 240 points, and its weight gradient ran 10-20% slower in those.
+# ...and only where that leaves at least this many points a chunk: W3's 64 x 65 products would
+# need chunks of 240 points, where its weight gradient ran slower than in big chunks.
+# (Measurements: benchmarks/RESULTS.md, "Tenth session".)
 MIN_SMALL_POINTS = 512
 
 

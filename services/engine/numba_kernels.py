@@ -180,7 +180,7 @@ def _outer_times_slope(w: Any, dz: Any, slope: Any, out: Any) -> None:
 # The first layer of a network with one input feature, with its activation, in one pass:
 # a[m, j, p] = act(w[m, j] x[p] + b[m, j]) and the slope. As a matrix product its inner
 # dimension is 2 (x and the row of ones), which BLAS runs far below its peak, and z then makes
-# one more trip through memory; here z never leaves a register. (W3: 6% of the step.)
+# one more trip through memory; here z never leaves a register.
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _affine_tanh(w: Any, b: Any, x: Any, a: Any, slope: Any) -> None:

@@ -2,8 +2,8 @@
 
 LLVM tunes most AVX-512 CPUs (Skylake-X to Sapphire Rapids) with "prefer-256-bit": it then
 vectorizes loops with 256-bit registers, half of what the CPU has. The activation kernels are
-bound by arithmetic throughput, so 512-bit vectors make them about 20-25% faster there (on a
-2-core Sapphire Rapids VM, per value: tanh float64 1.01 -> 0.82 ns, float32 0.36 -> 0.30 ns).
+bound by arithmetic throughput, so they gain from 512-bit vectors there (measured in
+benchmarks/RESULTS.md, "Fourth session").
 The numbers do not change: the kernels give LLVM no freedom to reorder, so a value does not
 depend on the vector width (tests/engine/test_numba.py compiles them both ways and compares).
 """

@@ -25,7 +25,7 @@ delete ``services/engine/__pycache__/numba_wide*`` (Docker images never carry th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -35,7 +35,27 @@ from services.engine.model_first import WideNetwork
 from services.engine.numba_blas import NO_TRANS, TRANS, gemm
 from services.engine.numba_kernels import _outer_times_slope
 from services.engine.numba_layers import CODES, FLAGS, IDENTITY, activate, affine_first, times_slope
-Work = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # z scratch, activations, slopes, ds (flat)
+
+
+class Tables(NamedTuple):
+    """Where each layer's pieces lie in a member's flat buffers, one entry per layer (int64
+    arrays: compiled code reads them at run time, so one compilation serves every network)."""
+
+    shape: np.ndarray  # (layers, 3): inputs, outputs, offset of the layer's block in a parameter row
+    codes: np.ndarray  # the layer's activation (numba_layers.CODES)
+    act_at: np.ndarray  # first row of the layer's activations in Work.acts
+    act_rows: np.ndarray  # their rows: outputs, plus a row of ones under a hidden layer
+    at: np.ndarray  # first row of the layer's slopes and ds in Work.slopes and Work.ds
+    widths: np.ndarray  # outputs (rows of slopes and ds)
+
+
+class Work(NamedTuple):
+    """One member's flat buffers for a chunk of points, rows of ``points`` values each."""
+
+    z: np.ndarray  # scratch for one layer's pre-activations
+    acts: np.ndarray  # every layer's activations (the ones rows stay ones)
+    slopes: np.ndarray  # every layer's act'(z)
+    ds: np.ndarray  # every layer's dSSR/da, then dSSR/dz
 
 
 @njit(**FLAGS)
@@ -54,16 +74,32 @@ def _block(row: Any, shape: Any, layer: int) -> Any:
 
 
 @njit(**FLAGS)
-def _forward(row: Any, net: Any, x: Any, work: Any) -> None:
+def _acts(work: Work, net: Tables, layer: int, points: int) -> Any:
+    """Layer ``layer``'s activations (with the row of ones under a hidden layer)."""
+    return _views(work.acts, net.act_at, net.act_rows, layer, points)
+
+
+@njit(**FLAGS)
+def _slopes(work: Work, net: Tables, layer: int, points: int) -> Any:
+    """Layer ``layer``'s act'(z)."""
+    return _views(work.slopes, net.at, net.widths, layer, points)
+
+
+@njit(**FLAGS)
+def _ds(work: Work, net: Tables, layer: int, points: int) -> Any:
+    """Layer ``layer``'s dSSR/da (then, times the slope, dSSR/dz)."""
+    return _views(work.ds, net.at, net.widths, layer, points)
+
+
+@njit(**FLAGS)
+def _forward(row: Any, net: Tables, x: Any, work: Work) -> None:
     """One member's forward pass (parameters ``row``): every layer's activation, over its row
     of ones, and its slope, in ``work``."""
-    shape, codes, act_at, act_rows, at, widths = net
-    z, acts, slopes, _ = work
-    points = x.shape[1]
+    z, points = work.z, x.shape[1]
     inputs = x
-    for layer in range(codes.size):
-        block, code = _block(row, shape, layer), codes[layer]
-        a, slope = _views(acts, act_at, act_rows, layer, points), _views(slopes, at, widths, layer, points)
+    for layer in range(net.codes.size):
+        block, code = _block(row, net.shape, layer), net.codes[layer]
+        a, slope = _acts(work, net, layer, points), _slopes(work, net, layer, points)
         n = block.shape[1]
         if layer == 0 and block.shape[0] == 2 and affine_first(code, block, x, a, slope):
             inputs = a
@@ -91,28 +127,26 @@ def _residual(a: Any, y: Any, d: Any) -> float:
 
 
 @njit(**FLAGS)
-def _backward(row: Any, grad: Any, net: Any, x: Any, work: Any) -> None:
+def _backward(row: Any, grad: Any, net: Tables, x: Any, work: Work) -> None:
     """One member's backward pass from its last d = dSSR/dprediction: the gradient into ``grad``
     (its flat row, laid out like ``row``)."""
-    shape, codes, act_at, act_rows, at, widths = net
-    _, acts, slopes, ds = work
     points = x.shape[1]
     folded = False  # True: this layer's d already holds dSSR/dz (the slope was folded in above)
-    for layer in range(codes.size - 1, -1, -1):
-        block, code = _block(row, shape, layer), codes[layer]
-        d = _views(ds, at, widths, layer, points)
+    for layer in range(net.codes.size - 1, -1, -1):
+        block, code = _block(row, net.shape, layer), net.codes[layer]
+        d = _ds(work, net, layer, points)
         n_in, n = block.shape[0] - 1, block.shape[1]
         if code != IDENTITY and not folded:
-            times_slope(d.reshape(d.size), _views(slopes, at, widths, layer, points).reshape(d.size))
-        inputs = x if layer == 0 else _views(acts, act_at, act_rows, layer - 1, points)
-        gemm(NO_TRANS, TRANS, inputs, d, _block(grad, shape, layer))
+            times_slope(d.reshape(d.size), _slopes(work, net, layer, points).reshape(d.size))
+        inputs = x if layer == 0 else _acts(work, net, layer - 1, points)
+        gemm(NO_TRANS, TRANS, inputs, d, _block(grad, net.shape, layer))
         folded = False
         if layer == 0:
             break
-        below = _views(ds, at, widths, layer - 1, points)
-        if n == 1 and codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
+        below = _ds(work, net, layer - 1, points)
+        if n == 1 and net.codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
             planes = (1, n_in, points)  # the layer-by-layer kernel's (members, n_in, points), one member
-            _outer_times_slope(block[:n_in].T, d, _views(slopes, at, widths, layer - 1, points).reshape(planes),
+            _outer_times_slope(block[:n_in].T, d, _slopes(work, net, layer - 1, points).reshape(planes),
                                below.reshape(planes))
             folded = True
         else:
@@ -120,23 +154,22 @@ def _backward(row: Any, grad: Any, net: Any, x: Any, work: Any) -> None:
 
 
 @njit(**FLAGS)
-def chunk_step(params: Any, grads: Any, want_grad: bool, net: Any, x: Any, y: Any, work: Any, out: Any) -> None:
+def chunk_step(params: Any, grads: Any, want_grad: bool, net: Tables, x: Any, y: Any, work: Work,
+               out: Any) -> None:
     """SSR of each member (row of ``params``) into ``out`` and, with ``want_grad``, its gradient
     into the same row of ``grads``: member by member, in this one call."""
-    shape, codes, act_at, act_rows, at, widths = net
-    last, points = codes.size - 1, x.shape[1]
+    last, points = net.codes.size - 1, x.shape[1]
     for m in range(out.size):
         _forward(params[m], net, x, work)
-        out[m] = _residual(_views(work[1], act_at, act_rows, last, points), y, _views(work[3], at, widths, last, points))
+        out[m] = _residual(_acts(work, net, last, points), y, _ds(work, net, last, points))
         if want_grad:
             _backward(params[m], grads[m], net, x, work)
 
 
 @njit(**FLAGS)
-def chunk_predict(params: Any, net: Any, x: Any, work: Any, out: Any) -> None:
+def chunk_predict(params: Any, net: Tables, x: Any, work: Work, out: Any) -> None:
     """Predictions out (members, P, n_out) of the chunk: the forward pass of ``chunk_step``."""
-    shape, codes, act_at, act_rows, at, widths = net
-    last = _views(work[1], act_at, act_rows, codes.size - 1, x.shape[1])
+    last = _acts(work, net, net.codes.size - 1, x.shape[1])
     for m in range(out.shape[0]):
         _forward(params[m], net, x, work)
         for o in range(out.shape[2]):
@@ -154,12 +187,12 @@ class FusedWideNetwork(WideNetwork):
         super().__init__(*args)
         layers, widths = self.arch.layers, self.arch.layers[1:]
         act_rows = [n + (i < len(widths) - 1) for i, n in enumerate(widths)]  # a row of ones under hidden layers
-        self.net = (
-            np.array([(i, o, off) for i, o, off in zip(layers, widths, self.layout.offsets)], dtype=np.int64),
-            np.array([CODES[name] for name in self.activations], dtype=np.int64),
-            np.cumsum([0] + act_rows[:-1], dtype=np.int64), np.array(act_rows, dtype=np.int64),
-            np.cumsum([0] + list(widths[:-1]), dtype=np.int64), np.array(widths, dtype=np.int64),
-        )  # per layer: (inputs, outputs, parameter offset); codes; where activations, slopes, ds start, rows
+        self.net = Tables(
+            shape=np.array([(i, o, off) for i, o, off in zip(layers, widths, self.layout.offsets)], dtype=np.int64),
+            codes=np.array([CODES[name] for name in self.activations], dtype=np.int64),
+            act_at=np.cumsum([0] + act_rows[:-1], dtype=np.int64), act_rows=np.array(act_rows, dtype=np.int64),
+            at=np.cumsum([0] + list(widths[:-1]), dtype=np.int64), widths=np.array(widths, dtype=np.int64),
+        )
         self._work: dict[tuple[int, int], Work] = {}
 
     def work(self, points: int, slot: int) -> Work:
@@ -168,11 +201,10 @@ class FusedWideNetwork(WideNetwork):
         the last), slope and d, each C-contiguous (rows, points) at ``self.net``'s offsets."""
         key = (points, slot)
         if key not in self._work:
-            _, _, act_at, act_rows, _, widths = self.net
-            dtype = self.layout.dtype
-            acts = np.ones(int(act_rows.sum()) * points, dtype)  # the ones rows stay ones
-            self._work[key] = (np.empty(int(widths.max()) * points, dtype), acts,
-                               np.empty(int(widths.sum()) * points, dtype), np.empty(int(widths.sum()) * points, dtype))
+            rows, widest, dtype = int(self.net.widths.sum()), int(self.net.widths.max()), self.layout.dtype
+            self._work[key] = Work(z=np.empty(widest * points, dtype),
+                                   acts=np.ones(int(self.net.act_rows.sum()) * points, dtype),
+                                   slopes=np.empty(rows * points, dtype), ds=np.empty(rows * points, dtype))
         return self._work[key]
 
     def step(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
