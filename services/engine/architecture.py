@@ -45,10 +45,6 @@ class Architecture:
             shapes[f"layers.{i}.bias"] = (n_out,)
         return shapes
 
-    def parameter_count(self) -> int:
-        """Total number of scalars in one network."""
-        return sum(math.prod(s) for s in self.parameter_shapes().values())
-
 
 def check_dtype(dtype: str) -> str:
     """Normalise a dtype name; only float64 and float32 are supported."""

@@ -38,6 +38,21 @@ def to_host(xp: Any, array: Any) -> np.ndarray:
     return xp.asnumpy(array)
 
 
+def einsum_into(xp: Any, spec: str, a: Any, b: Any, out: Any) -> Any:
+    """out[...] = einsum(spec, a, b), in place where the namespace supports it."""
+    if xp is np:
+        return np.einsum(spec, a, b, out=out)
+    out[...] = xp.einsum(spec, a, b)
+    return out
+
+
+def sum_into(xp: Any, a: Any, axis: int, out: Any) -> Any:
+    """out = a.sum(axis); NumPy's ufunc reduce directly, without np.sum's Python wrapper."""
+    if xp is np:
+        return np.add.reduce(a, axis=axis, out=out)
+    return xp.sum(a, axis=axis, out=out)
+
+
 def load_numexpr() -> Any | None:
     """The numexpr module, or None when it is not installed (the plain path is then used)."""
     try:

@@ -23,9 +23,9 @@ CHUNK_BYTES = 2 << 20
 
 def even(count: int) -> int:
     """``count`` rounded up to an even number of point chunks: on two cores (or four) an odd
-    count leaves one core idle while the other runs the last chunk (W3 had five chunks, a
-    core idle 10% of the time). A fixed rule, not the core count, so the plan and the numbers
-    stay the same on any number of threads."""
+    count leaves one core idle while the other runs the last chunk (W3 had five; see
+    benchmarks/RESULTS.md, "Fourth session"). A fixed rule, not the core count, so the plan
+    and the numbers stay the same on any number of threads."""
     return count + count % 2
 
 
@@ -53,9 +53,9 @@ def small_product_points(arch: Architecture) -> int | None:
 
 
 def plan_chunks(arch: Architecture, layout: Layout, points: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Member ranges and point ranges [start, stop) of the chunked passes."""
+    """Member ranges and point ranges [start, stop) of a model-first pack's chunked passes."""
     members = layout.members
-    if layout.model_last or not is_numpy(layout.xp):  # CPU caches only; a GPU wants big kernels
+    if not is_numpy(layout.xp):  # CPU caches only; a GPU wants big kernels
         return [(0, members)], [(0, points)]
     per_point = sum(arch.layers[1:]) * np.dtype(layout.dtype).itemsize
     count = even(-(-points * per_point // CHUNK_BYTES)) if points * per_point > CHUNK_BYTES else 1
@@ -74,11 +74,9 @@ SMALL_GEMM_FLOPS = 8e6
 
 
 def blas_thread_limit(arch: Architecture, layout: Layout, points: int) -> int | None:
-    """1 when the chunks of a pass run on parallel threads (``parallel``: each product then
-    has one core) or every matrix product is small; else None (leave BLAS alone). Depends
-    only on the architecture, P and the dtype, like the chunk plan."""
-    if layout.model_last:
-        return None
+    """For a model-first pack: 1 when the chunks of a pass run on parallel threads
+    (``parallel``: each product then has one core) or every matrix product is small; else None
+    (leave BLAS alone). Depends only on the architecture, P and the dtype, like the chunk plan."""
     member_ranges, point_ranges = plan_chunks(arch, layout, points)
     if len(member_ranges) * len(point_ranges) > 1 and cores() > 1:
         return 1

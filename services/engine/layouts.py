@@ -47,11 +47,11 @@ def prefers_model_last(arch: Architecture) -> bool:
 class Layout:
     """Offsets of every tensor in the flat buffer, and conversions, for one pack of M members.
 
-    Subclasses say where the member axis is (``member_axis``) and how a layer's tensors are cut
-    out of the buffer (``layer_views``, ``named_views``)."""
+    Subclasses say where the member axis is (``member_axis``), how a layer's tensors are cut
+    out of the buffer (``layer_views``, ``named_views``) and how a canonical tensor (M, *shape)
+    maps onto such a view and back (``to_working``, ``to_canonical``)."""
 
     member_axis = 0
-    model_last = False
 
     def __init__(self, xp: Any, arch: Architecture, members: int, dtype: str) -> None:
         self.xp, self.arch, self.members, self.dtype = xp, arch, members, dtype
@@ -122,7 +122,6 @@ class ModelLast(Layout):
     """(n_params, M): tensors (*shape, M), member axis last."""
 
     member_axis = 1
-    model_last = True
 
     def layer_views(self, buf: Any, off: int, n_in: int, n_out: int, m: int) -> TinyLayer:
         return TinyLayer(buf[off:off + n_out * n_in].reshape(n_out, n_in, m),

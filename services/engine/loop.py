@@ -18,7 +18,7 @@ from services.engine.backend import to_host
 from services.engine.batches import Batches
 from services.engine.blocks import Blocks, block_size
 from services.engine.config import PackConfig
-from services.engine.network import Network
+from services.engine.network import Limits, Network, Rates, UpdateBuffers
 from services.engine.state import DIVERGED, MAX_STEPS, MIN_STEP_SIZE, TARGET_SSR, TrainState
 from services.engine.stops import Stops, initial_reasons
 
@@ -33,10 +33,12 @@ class Trainer:
     Device buffers, all in the pack's flat layout: ``params`` (current parameters), ``spare``
     (where the update writes the next ones; the two swap after each step, so the previous
     values are still at hand when a member diverges), ``grad`` (dSSR/dparameters at
-    ``params``), ``delta`` (lr * grad), ``velocity`` / ``spare_velocity`` (momentum, swapped
-    alike); ``*_views`` are their per-layer views (see layouts)."""
+    ``params``), ``grad_next`` (where a compiled loop puts the gradient at ``spare``), ``delta``
+    (lr * grad), ``velocity`` / ``spare_velocity`` (momentum, swapped alike); ``*_views`` are
+    their per-layer views (see layouts)."""
 
     def __init__(self, xp: Any, net: Network, config: PackConfig, state: TrainState, x: Any, y: Any) -> None:
+        config.check(net.arch)  # ``train`` checked already; this guards a Trainer built by hand
         self.xp, self.net, self.layout, self.config = xp, net, net.layout, config
         lay = self.layout
         self.x, self.y = net.data(x, y)
@@ -96,9 +98,10 @@ class Trainer:
         count = min(max_updates, stops.next_max - 1) - it
         if not PLAIN_UPDATES or self.batches is not None or count <= 0:
             return 0
-        buffers = (self.params, self.spare, self.grad, self.grad_next, self.velocity, self.spare_velocity)
-        return self.net.plain_updates(buffers, (stops.lr, stops.mu), (stops.threshold, stops.target), stops.check_min,
-                                      self.spare_views, self.grad_next_views, self.x, self.y, hist, it, count)
+        buffers = UpdateBuffers(self.params, self.spare, self.grad, self.grad_next, self.velocity, self.spare_velocity)
+        return self.net.plain_updates(buffers, Rates(stops.lr, stops.mu), Limits(stops.threshold, stops.target),
+                                      stops.check_min, self.spare_views, self.grad_next_views, self.x, self.y, hist,
+                                      it, count)
 
     def _swap(self) -> None:
         """The new values (spare) become the current ones; the old ones become the spare."""

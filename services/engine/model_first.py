@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from services.engine import parallel
-from services.engine.chunks import plan_chunks
+from services.engine.backend import einsum_into
+from services.engine.chunks import blas_thread_limit, plan_chunks
 from services.engine.layouts import WideLayer
-from services.engine.model_last import einsum_into
 from services.engine.network import LayerBuffers, Network
 
 
-def rows(layers: list[WideLayer], m0: int, m1: int) -> list[WideLayer]:
+def member_slice(layers: list[WideLayer], m0: int, m1: int) -> list[WideLayer]:
     """Members [m0, m1) of per-layer views."""
     return [WideLayer(layer.block[m0:m1], layer.weight_t[m0:m1]) for layer in layers]
 
@@ -65,7 +65,9 @@ class WideNetwork(Network):
                 next_input = xp.empty((members, n + 1, points), dtype)
                 next_input[:, n, :] = 1
                 a = next_input[:, :n, :]
-            out.append(LayerBuffers(z, a, xp.empty(shape, dtype), next_input, xp.empty(shape, dtype), *shared[n]))
+            scratch, aux, zeros = shared[n]
+            out.append(LayerBuffers(z=z, a=a, d=xp.empty(shape, dtype), next_input=next_input,
+                                    slope=xp.empty(shape, dtype), scratch=scratch, aux=aux, zeros=zeros))
         return out
 
     def sum_of_squares(self, residual: Any, out: Any) -> Any:
@@ -85,11 +87,12 @@ class WideNetwork(Network):
         return fused is not None and x.shape[0] == 2 and fused(name, layer.block, x[0], buf)
 
     def affine_backward(self, layer: WideLayer, dz: Any, a: Any, grad: WideLayer, da: Any | None,
-                        buf: LayerBuffers, below: tuple[str, LayerBuffers] | None = None) -> bool:
+                        buf: LayerBuffers, below: LayerBuffers | None = None,
+                        below_activation: str | None = None) -> bool:
         """From dz (M, o, P): grad.block [dW | db]^T (M, i + 1, o) = [a; 1] dz^T and, unless
-        None, da (M, i, P) = W^T dz, the gradient for the layer below. With ``below`` (its
-        activation and buffers) a one-output layer may fold the slope of that activation into
-        da (the kernels' ``outer_backward``): returns True when da holds dSSR/dz below."""
+        None, da (M, i, P) = W^T dz, the gradient for the layer below. Given the layer below, a
+        one-output layer may fold the slope of its activation into da (the kernels'
+        ``outer_backward``): returns True when da holds dSSR/dz below."""
         xp = self.xp
         if xp is np:  # straight into the gradient buffer (a strided view of it)
             xp.matmul(a, xp.swapaxes(dz, 1, 2), out=grad.block)
@@ -101,10 +104,15 @@ class WideNetwork(Network):
             xp.matmul(layer.weight_t, dz, out=da)
             return False
         outer_backward = getattr(self.kernels, "outer_backward", None)  # numba kernels only
-        if below is not None and outer_backward is not None and outer_backward(below[0], layer.weight_t, dz, below[1]):
+        if below is not None and outer_backward is not None and \
+                outer_backward(below_activation, layer.weight_t, dz, below):
             return True
         xp.multiply(layer.weight_t, dz, out=da)  # one output: an outer product
         return False
+
+    def blas_thread_limit(self, points: int) -> int | None:
+        """See ``chunks.blas_thread_limit``."""
+        return blas_thread_limit(self.arch, self.layout, points)
 
     def chunks(self, points: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Member ranges and point ranges of the chunked passes for ``points`` points."""
@@ -135,14 +143,14 @@ class WideNetwork(Network):
             parallel.run(tasks, self.threads)
             return out
         for m0, m1 in member_ranges:  # one member chunk at a time, its point chunks in parallel
-            self._points(rows(views, m0, m1), x, y, None if grads is None else rows(grads, m0, m1),
+            self._points(member_slice(views, m0, m1), x, y, None if grads is None else member_slice(grads, m0, m1),
                          out[m0:m1], point_ranges)
         return out
 
     def _members(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
                  m0: int, m1: int, point_ranges: list[tuple[int, int]], slot: int) -> None:
         """Members [m0, m1) on all points, chunk by chunk, in the buffers of ``slot``."""
-        views, grads, out = rows(views, m0, m1), None if grads is None else rows(grads, m0, m1), out[m0:m1]
+        views, grads, out = member_slice(views, m0, m1), None if grads is None else member_slice(grads, m0, m1), out[m0:m1]
         if len(point_ranges) == 1:
             self.step(views, x, y, grads, out, slot)
             return
@@ -173,7 +181,7 @@ class WideNetwork(Network):
         member_ranges, point_ranges = self.chunks(points)
         for m0, m1 in member_ranges:
             for p0, p1 in point_ranges:
-                last = self.forward(rows(views, m0, m1), x[:, p0:p1])[-1].a
+                last = self.forward(member_slice(views, m0, m1), x[:, p0:p1])[-1].a
                 out[m0:m1, p0:p1] = last.transpose(0, 2, 1)
         return out
 

@@ -10,27 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from services.engine.backend import einsum_into, sum_into
 from services.engine.layouts import TinyLayer
 from services.engine.network import LayerBuffers, Network
 
 LOOP_MAX = 4  # at most this many broadcast ops per contraction, else one einsum
-
-
-def einsum_into(xp: Any, spec: str, a: Any, b: Any, out: Any) -> Any:
-    """out[...] = einsum(spec, a, b), in place where the namespace supports it."""
-    if xp is np:
-        return np.einsum(spec, a, b, out=out)
-    out[...] = xp.einsum(spec, a, b)
-    return out
-
-
-def sum_into(xp: Any, a: Any, axis: int, out: Any) -> Any:
-    """out = a.sum(axis); NumPy's ufunc reduce directly, without np.sum's Python wrapper."""
-    if xp is np:
-        return np.add.reduce(a, axis=axis, out=out)
-    return xp.sum(a, axis=axis, out=out)
 
 
 class TinyNetwork(Network):
@@ -57,8 +41,9 @@ class TinyNetwork(Network):
                 shared[n] = (xp.empty(shape, dtype), xp.empty(shape, dtype), xp.zeros(shape, dtype))
             z = xp.empty(shape, dtype)
             a = z if self.activations[i] == "identity" else xp.empty(shape, dtype)
-            out.append(LayerBuffers(z, a, xp.empty(shape, dtype), a, xp.empty(shape, dtype), *shared[n],
-                                    temp_out=xp.empty(shape, dtype),
+            scratch, aux, zeros = shared[n]
+            out.append(LayerBuffers(z=z, a=a, d=xp.empty(shape, dtype), next_input=a, slope=xp.empty(shape, dtype),
+                                    scratch=scratch, aux=aux, zeros=zeros, temp_out=xp.empty(shape, dtype),
                                     temp_in=xp.empty((n_in, points, members), dtype)))
         return out
 
@@ -85,10 +70,11 @@ class TinyNetwork(Network):
         return z
 
     def affine_backward(self, layer: TinyLayer, dz: Any, a: Any, grad: TinyLayer, da: Any | None,
-                        buf: LayerBuffers, below: tuple[str, LayerBuffers] | None = None) -> bool:
+                        buf: LayerBuffers, below: LayerBuffers | None = None,
+                        below_activation: str | None = None) -> bool:
         """From dz (o, P, M): grad.weight (o, i, M), grad.bias (o, M) and, unless None, da
-        (i, P, M) = W^T dz, the gradient for the layer below. ``below`` (its activation and
-        buffers) is unused here: returns False, da is dSSR/da (see ``Network.step``)."""
+        (i, P, M) = W^T dz, the gradient for the layer below. The layer below is not needed
+        here: returns False, da is dSSR/da (see ``Network.step``)."""
         xp, w = self.xp, layer.weight
         n_out, n_in = w.shape[0], w.shape[1]
         sum_into(xp, dz, 1, grad.bias)

@@ -5,15 +5,16 @@ holds what both layouts share: the order of a step (forward, residual, backward 
 and the buffers. ``model_last.TinyNetwork`` and ``model_first.WideNetwork`` supply the affine
 layers (``affine`` forward, ``affine_backward``) and the data layout.
 
-Buffers are preallocated once per (points, members) size (``Workspace``) and every op writes
-with ``out=``, so a training step allocates nothing; each transcendental is computed once per
-step (in the forward pass, kept for the backward pass).
+Buffers are preallocated once per (points, members) size (``Network.workspace``, built by a
+layout's ``make_workspace``) and every op writes with ``out=``, so a training step allocates
+nothing; each transcendental is computed once per step (in the forward pass, kept for the
+backward pass).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.engine.architecture import Architecture
 from services.engine.layouts import Layout
@@ -41,8 +42,38 @@ class LayerBuffers:
     temp_in: Any = None
 
 
+class UpdateBuffers(NamedTuple):
+    """The flat (layout-shaped) buffers an update reads and writes (``loop.Trainer``)."""
+
+    params: Any  # current parameters
+    spare: Any  # where the update writes the next ones
+    grad: Any  # dSSR/dparameters at params
+    grad_next: Any  # dSSR/dparameters at spare (a compiled loop's next gradient)
+    velocity: Any  # momentum at params (None without momentum)
+    spare_velocity: Any  # momentum at spare (None without momentum)
+
+
+class Rates(NamedTuple):
+    """Per-parameter rates, in the flat layout; 0 where a member or tensor does not move."""
+
+    lr: Any  # learning rate
+    mu: Any  # momentum coefficient (None without momentum)
+
+
+class Limits(NamedTuple):
+    """Per-member (M,) stop thresholds that an update tests."""
+
+    threshold: Any  # min_step_size: stop when every |lr * grad| of a member is below it
+    target: Any  # target SSR: stop when a member's SSR reaches it
+
+
 class Network:
-    """The computations of one pack: architecture, layout and activation kernels."""
+    """The computations of one pack: architecture, layout and activation kernels.
+
+    A layout's subclass supplies the hooks below that raise NotImplementedError: how data and
+    buffers are shaped (``data``, ``points_of``, ``members_of``, ``make_workspace``), the affine
+    layers (``affine``, ``affine_backward``), the SSR's sum (``sum_of_squares``), and how a whole
+    pass is run (``loss_and_grad``, ``predict``)."""
 
     def __init__(self, xp: Any, arch: Architecture, layout: Layout, kernels: Any) -> None:
         self.xp, self.arch, self.layout, self.kernels = xp, arch, layout, kernels
@@ -78,6 +109,53 @@ class Network:
             inputs = buf.next_input
         return buffers
 
+    def data(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """x (P, n_in), y (P, n_out) -> the layout's data arrays (made once per ``train``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def points_of(x: Any) -> int:
+        """Points in layout data x."""
+        raise NotImplementedError
+
+    @staticmethod
+    def members_of(views: list[Any]) -> int:
+        """Members that per-layer views hold."""
+        raise NotImplementedError
+
+    def make_workspace(self, points: int, members: int) -> list[LayerBuffers]:
+        """Every layer's buffers, shaped for this layout (``workspace`` keeps them)."""
+        raise NotImplementedError
+
+    def affine(self, layer: Any, a: Any, buf: LayerBuffers) -> Any:
+        """buf.z = W a + b for the layer's parameter views."""
+        raise NotImplementedError
+
+    def affine_backward(self, layer: Any, dz: Any, a: Any, grad: Any, da: Any | None, buf: LayerBuffers,
+                        below: LayerBuffers | None = None, below_activation: str | None = None) -> bool:
+        """From dz: the layer's gradient into ``grad`` and, unless None, da = W^T dz for the
+        layer below (its ``below`` buffers, whose activation is ``below_activation``). True when
+        the slope of that activation was folded in (da then holds dSSR/dz below)."""
+        raise NotImplementedError
+
+    def sum_of_squares(self, residual: Any, out: Any) -> Any:
+        """(M,) sum over outputs and points of residual^2 (into ``out`` if given)."""
+        raise NotImplementedError
+
+    def loss_and_grad(self, views: list[Any], x: Any, y: Any, grads: list[Any] | None, out: Any = None) -> Any:
+        """(M,) SSR and, unless ``grads`` is None, the gradients: ``step`` over the layout's
+        whole pass (model first: chunk by chunk)."""
+        raise NotImplementedError
+
+    def predict(self, views: list[Any], x: Any) -> Any:
+        """Canonical predictions (M, P, n_out) for layout data x (a new array)."""
+        raise NotImplementedError
+
+    def blas_thread_limit(self, points: int) -> int | None:
+        """The BLAS thread limit for a ``train`` call on ``points`` points; None: leave BLAS
+        alone (here: no matrix products)."""
+        return None
+
     def first_layer(self, layer: Any, x: Any, buf: LayerBuffers, name: str) -> bool:
         """Affine and activation of the first layer in one go where a layout and its kernels
         can (True: buf.a and buf.slope are set, buf.z is not); here never."""
@@ -101,11 +179,13 @@ class Network:
         if grads is None:
             return ssr
         last.d *= 2  # dSSR/dprediction = 2 (prediction - y)
-        done = False  # True: the layer above left dSSR/dz (not dSSR/da) in this layer's d
+        folded = False  # True: the layer above left dSSR/dz (not dSSR/da) in this layer's d
         for i in range(len(views) - 1, -1, -1):
-            dz = buffers[i].d if done else self.kernels.backward(self.activations[i], buffers[i])
-            below = buffers[i - 1] if i > 0 else None
-            inputs = below.next_input if below else x
-            done = self.affine_backward(views[i], dz, inputs, grads[i], below.d if below else None, buffers[i],
-                                        below=(self.activations[i - 1], below) if below else None)
+            dz = buffers[i].d if folded else self.kernels.backward(self.activations[i], buffers[i])
+            if i == 0:
+                self.affine_backward(views[0], dz, x, grads[0], None, buffers[0])
+                break
+            below = buffers[i - 1]
+            folded = self.affine_backward(views[i], dz, below.next_input, grads[i], below.d, buffers[i],
+                                          below=below, below_activation=self.activations[i - 1])
         return ssr

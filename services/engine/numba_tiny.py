@@ -10,16 +10,35 @@ Sums run in a fixed order per member, so a member's numbers do not depend on the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 
 from services.engine.layouts import TinyLayer
 from services.engine.model_last import TinyNetwork
-from services.engine.network import LayerBuffers
+from services.engine.network import LayerBuffers, Limits, Rates, UpdateBuffers
 from services.engine.numba_kernels import _relu, _sigmoid, _softplus, _tanh
 from services.engine.numba_layers import CODES, FLAGS, IDENTITY, RELU, SIGMOID, TANH
+
+
+class TinyLayers(NamedTuple):
+    """Per-layer views (tuples, one entry per layer) that a compiled step reads and writes."""
+
+    weights: tuple  # (o, i, M) each
+    biases: tuple  # (o, M) each
+    grad_weights: tuple  # where dSSR/dW goes, shaped as weights
+    grad_biases: tuple  # where dSSR/db goes, shaped as biases
+
+
+class TinyWork(NamedTuple):
+    """The workspace's per-layer buffers, (o, P, M) each, as tuples for compiled code."""
+
+    z: tuple  # pre-activations
+    a: tuple  # activations
+    slope: tuple  # act'(z)
+    d: tuple  # dSSR/da, then dSSR/dz
+    unused_da: Any  # where the first layer's da would go (it is not computed)
 
 
 @njit(**FLAGS)
@@ -64,9 +83,9 @@ def residual(prediction: Any, y: Any, d: Any, ssr: Any) -> None:
     ssr[:] = 0.0
     for o in range(prediction.shape[0]):
         for p in range(prediction.shape[1]):
-            target = y[o, p, 0]
+            observed = y[o, p, 0]
             for m in range(prediction.shape[2]):
-                r = prediction[o, p, m] - target
+                r = prediction[o, p, m] - observed
                 ssr[m] += r * r
                 d[o, p, m] = 2.0 * r
 
@@ -78,7 +97,7 @@ def layer_backward(w: Any, d: Any, slope: Any, a_in: Any, gw: Any, gb: Any, da: 
     gw (o, i, M) = sum over points of dz a_in, and (want_da) da (i, P, M) = W^T dz."""
     n_out, n_in, members = w.shape
     points, shared = d.shape[1], a_in.shape[2] == 1
-    if code != 0:
+    if code != IDENTITY:
         flat_d, flat_slope = d.reshape(-1), slope.reshape(-1)
         for j in range(flat_d.size):
             flat_d[j] *= flat_slope[j]
@@ -109,12 +128,13 @@ def layer_backward(w: Any, d: Any, slope: Any, a_in: Any, gw: Any, gb: Any, da: 
 # their own flags): an update must round like NumPy's separate multiply and subtract in the
 # one-update-at-a-time loop, not as a fused multiply-add.
 @njit(cache=True, nogil=True, error_model="numpy")
-def _update(buffers: Any, rates: Any, threshold: Any, momentum: bool, check_min: bool) -> bool:
+def _update(buffers: UpdateBuffers, rates: Rates, threshold: Any, momentum: bool, check_min: bool) -> bool:
     """``loop.Trainer._update`` on flat (n_params, M) buffers: spare = params - lr * grad, or
     with momentum spare_velocity = mu * velocity - lr * grad, spare = params + spare_velocity.
     False, with nothing decided, when a member's largest step is under its min_step_size."""
-    params, spare, grad, _, velocity, spare_velocity = buffers
-    lr, mu = rates
+    params, spare, grad, velocity, spare_velocity = (buffers.params, buffers.spare, buffers.grad,
+                                                     buffers.velocity, buffers.spare_velocity)
+    lr, mu = rates.lr, rates.mu
     n_params, members = params.shape
     if check_min:  # NaN-propagating max of |lr * grad| per member, as NumPy's max
         largest = np.zeros(members, dtype=params.dtype)
@@ -140,12 +160,12 @@ def _update(buffers: Any, rates: Any, threshold: Any, momentum: bool, check_min:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _ssr_and_gradient(layers: Any, work: Any, x: Any, y: Any, codes: Any, out: Any) -> None:
+def _ssr_and_gradient(layers: TinyLayers, work: TinyWork, x: Any, y: Any, codes: Any, out: Any) -> None:
     """A training step of the tiny network as one compiled call (``FusedTinyNetwork.step``):
     the SSR at the ``weights``/``biases`` views into ``out``, the gradient into the
     ``grad_weights``/``grad_biases`` views."""
-    weights, biases, grad_weights, grad_biases = layers
-    z, a, slope, d, temp = work
+    weights, biases, grad_weights, grad_biases = layers.weights, layers.biases, layers.grad_weights, layers.grad_biases
+    z, a, slope, d = work.z, work.a, work.slope, work.d
     last = len(weights) - 1
     layer_forward(weights[0], biases[0], x, z[0], a[0], slope[0], codes[0])
     for i in range(1, last + 1):
@@ -154,12 +174,12 @@ def _ssr_and_gradient(layers: Any, work: Any, x: Any, y: Any, codes: Any, out: A
     for i in range(last, 0, -1):
         layer_backward(weights[i], d[i], slope[i], a[i - 1], grad_weights[i], grad_biases[i], d[i - 1],
                        codes[i], True)
-    layer_backward(weights[0], d[0], slope[0], x, grad_weights[0], grad_biases[0], temp, codes[0], False)
+    layer_backward(weights[0], d[0], slope[0], x, grad_weights[0], grad_biases[0], work.unused_da, codes[0], False)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def plain_updates(buffers: Any, rates: Any, limits: Any, layers: Any, work: Any, x: Any, y: Any, codes: Any,
-                  hist: Any, start: int, count: int, momentum: bool, check_min: bool) -> int:
+def plain_updates(buffers: UpdateBuffers, rates: Rates, limits: Limits, layers: TinyLayers, work: TinyWork, x: Any,
+                  y: Any, codes: Any, hist: Any, start: int, count: int, momentum: bool, check_min: bool) -> int:
     """Up to ``count`` updates of ``loop.Trainer`` without going back to Python. Per update:
     ``_update`` into spare (and spare_velocity), the SSR at spare into hist[start + k] and its
     gradient into grad_next; then, unless a stop test would fire (min_step_size, a number not
@@ -167,27 +187,24 @@ def plain_updates(buffers: Any, rates: Any, limits: Any, layers: Any, work: Any,
     velocity and grad. Returns the updates taken: the one that would stop is left to the loop,
     which computes it again, exactly.
 
-    buffers: flat (n_params, M) params, spare, grad, grad_next, velocity, spare_velocity (the
-    last two unused without momentum); rates: flat lr and mu; limits: (M,) min_step_size and
-    target SSR (``check_min``: some threshold is positive); layers: per-layer views of spare and
-    grad_next; work: the workspace's buffers."""
-    params, spare, grad, grad_next, velocity, spare_velocity = buffers
-    threshold, target = limits
+    Without momentum, velocity, spare_velocity and mu are unused; ``check_min``: some
+    min_step_size threshold is positive; layers: per-layer views of spare and grad_next."""
+    params, spare, grad = buffers.params, buffers.spare, buffers.grad
     for k in range(count):
-        if not _update(buffers, rates, threshold, momentum, check_min):
+        if not _update(buffers, rates, limits.threshold, momentum, check_min):
             return k
         out = hist[start + k]
         _ssr_and_gradient(layers, work, x, y, codes, out)
         for m in range(out.size):
-            if not (np.isfinite(out[m]) and out[m] > target[m]):
+            if not (np.isfinite(out[m]) and out[m] > limits.target[m]):
                 return k
         for value in spare.flat:
             if not np.isfinite(value):
                 return k
         params[:] = spare
-        grad[:] = grad_next
+        grad[:] = buffers.grad_next
         if momentum:
-            velocity[:] = spare_velocity
+            buffers.velocity[:] = buffers.spare_velocity
     return count
 
 
@@ -220,27 +237,27 @@ class FusedTinyNetwork(TinyNetwork):
         _ssr_and_gradient(_layers(views, grads), _work(workspace), x, y, tuple(self.codes), out)
         return out
 
-    def plain_updates(self, buffers: tuple, rates: tuple, limits: tuple, check_min: bool,
+    def plain_updates(self, buffers: UpdateBuffers, rates: Rates, limits: Limits, check_min: bool,
                       spare_views: list[TinyLayer], next_views: list[TinyLayer], x: Any, y: Any, hist: Any,
                       start: int, count: int) -> int:
         """The kernel ``plain_updates`` on this network's workspace; the updates taken. Without
         momentum, ``buffers`` and ``rates`` hold None for velocity, spare_velocity and mu."""
         workspace = self.workspace(self.points_of(x), self.members_of(spare_views))
-        momentum = buffers[4] is not None
+        momentum = buffers.velocity is not None
         if not momentum:  # numba needs arrays of one type here: zero-member stand-ins, never read
-            none = buffers[0][:, :0]
-            buffers, rates = buffers[:4] + (none, none), (rates[0], none)
+            none = buffers.params[:, :0]
+            buffers, rates = buffers._replace(velocity=none, spare_velocity=none), rates._replace(mu=none)
         return plain_updates(buffers, rates, limits, _layers(spare_views, next_views), _work(workspace), x, y,
                              tuple(self.codes), hist, start, count, momentum, check_min)
 
 
-def _layers(views: list[TinyLayer], grads: list[TinyLayer]) -> tuple:
+def _layers(views: list[TinyLayer], grads: list[TinyLayer]) -> TinyLayers:
     """``_ssr_and_gradient``'s ``layers``: per-layer weights and biases, and their gradients' views."""
-    return (tuple(v.weight for v in views), tuple(v.bias for v in views),
-            tuple(g.weight for g in grads), tuple(g.bias for g in grads))
+    return TinyLayers(tuple(v.weight for v in views), tuple(v.bias for v in views),
+                      tuple(g.weight for g in grads), tuple(g.bias for g in grads))
 
 
-def _work(workspace: list[LayerBuffers]) -> tuple:
+def _work(workspace: list[LayerBuffers]) -> TinyWork:
     """``_ssr_and_gradient``'s ``work``: per-layer z, a, slope, d, and the first layer's unused da."""
-    return (tuple(b.z for b in workspace), tuple(b.a for b in workspace), tuple(b.slope for b in workspace),
-            tuple(b.d for b in workspace), workspace[0].temp_in)
+    return TinyWork(tuple(b.z for b in workspace), tuple(b.a for b in workspace), tuple(b.slope for b in workspace),
+                    tuple(b.d for b in workspace), workspace[0].temp_in)

@@ -14,7 +14,7 @@ Per member and layer (inputs carry a row of ones, blocks are [W | b]^T (i + 1, o
     forward   z = block^T [a; 1]          gemm, then a, slope = act(z), act'(z)
     backward  dz = d * slope               (folded into the layer above's product where o = 1)
               grad block = [a; 1] dz^T      gemm, straight into the gradient buffer
-              d below = W dz                gemm (o = 1: an outer product, with the slope folded in)
+              d below = W^T dz              gemm (o = 1: an outer product, with the slope folded in)
 A member's numbers do not depend on the pack around it (each member is its own products and
 loops), so a pack still rounds exactly like its members alone.
 
@@ -41,11 +41,11 @@ class Tables(NamedTuple):
     """Where each layer's pieces lie in a member's flat buffers, one entry per layer (int64
     arrays: compiled code reads them at run time, so one compilation serves every network)."""
 
-    shape: np.ndarray  # (layers, 3): inputs, outputs, offset of the layer's block in a parameter row
+    dims: np.ndarray  # (layers, 3): inputs, outputs, where the layer's block starts in a parameter row
     codes: np.ndarray  # the layer's activation (numba_layers.CODES)
     act_at: np.ndarray  # first row of the layer's activations in Work.acts
     act_rows: np.ndarray  # their rows: outputs, plus a row of ones under a hidden layer
-    at: np.ndarray  # first row of the layer's slopes and ds in Work.slopes and Work.ds
+    slope_at: np.ndarray  # first row of the layer's slopes in Work.slopes, and of its ds in Work.ds
     widths: np.ndarray  # outputs (rows of slopes and ds)
 
 
@@ -67,39 +67,39 @@ def _views(flat: Any, offsets: Any, rows: Any, layer: int, points: int) -> Any:
 
 
 @njit(**FLAGS)
-def _block(row: Any, shape: Any, layer: int) -> Any:
+def _block(row: Any, dims: Any, layer: int) -> Any:
     """Layer ``layer``'s block [W | b]^T (i + 1, o) in a member's flat parameters."""
-    n_in, n, start = shape[layer, 0], shape[layer, 1], shape[layer, 2]
+    n_in, n, start = dims[layer, 0], dims[layer, 1], dims[layer, 2]
     return row[start:start + (n_in + 1) * n].reshape((n_in + 1, n))
 
 
 @njit(**FLAGS)
-def _acts(work: Work, net: Tables, layer: int, points: int) -> Any:
+def _acts(work: Work, tables: Tables, layer: int, points: int) -> Any:
     """Layer ``layer``'s activations (with the row of ones under a hidden layer)."""
-    return _views(work.acts, net.act_at, net.act_rows, layer, points)
+    return _views(work.acts, tables.act_at, tables.act_rows, layer, points)
 
 
 @njit(**FLAGS)
-def _slopes(work: Work, net: Tables, layer: int, points: int) -> Any:
+def _slopes(work: Work, tables: Tables, layer: int, points: int) -> Any:
     """Layer ``layer``'s act'(z)."""
-    return _views(work.slopes, net.at, net.widths, layer, points)
+    return _views(work.slopes, tables.slope_at, tables.widths, layer, points)
 
 
 @njit(**FLAGS)
-def _ds(work: Work, net: Tables, layer: int, points: int) -> Any:
+def _ds(work: Work, tables: Tables, layer: int, points: int) -> Any:
     """Layer ``layer``'s dSSR/da (then, times the slope, dSSR/dz)."""
-    return _views(work.ds, net.at, net.widths, layer, points)
+    return _views(work.ds, tables.slope_at, tables.widths, layer, points)
 
 
 @njit(**FLAGS)
-def _forward(row: Any, net: Tables, x: Any, work: Work) -> None:
+def _forward(row: Any, tables: Tables, x: Any, work: Work) -> None:
     """One member's forward pass (parameters ``row``): every layer's activation, over its row
     of ones, and its slope, in ``work``."""
     z, points = work.z, x.shape[1]
     inputs = x
-    for layer in range(net.codes.size):
-        block, code = _block(row, net.shape, layer), net.codes[layer]
-        a, slope = _acts(work, net, layer, points), _slopes(work, net, layer, points)
+    for layer in range(tables.codes.size):
+        block, code = _block(row, tables.dims, layer), tables.codes[layer]
+        a, slope = _acts(work, tables, layer, points), _slopes(work, tables, layer, points)
         n = block.shape[1]
         if layer == 0 and block.shape[0] == 2 and affine_first(code, block, x, a, slope):
             inputs = a
@@ -127,26 +127,26 @@ def _residual(a: Any, y: Any, d: Any) -> float:
 
 
 @njit(**FLAGS)
-def _backward(row: Any, grad: Any, net: Tables, x: Any, work: Work) -> None:
+def _backward(row: Any, grad: Any, tables: Tables, x: Any, work: Work) -> None:
     """One member's backward pass from its last d = dSSR/dprediction: the gradient into ``grad``
     (its flat row, laid out like ``row``)."""
     points = x.shape[1]
     folded = False  # True: this layer's d already holds dSSR/dz (the slope was folded in above)
-    for layer in range(net.codes.size - 1, -1, -1):
-        block, code = _block(row, net.shape, layer), net.codes[layer]
-        d = _ds(work, net, layer, points)
+    for layer in range(tables.codes.size - 1, -1, -1):
+        block, code = _block(row, tables.dims, layer), tables.codes[layer]
+        d = _ds(work, tables, layer, points)
         n_in, n = block.shape[0] - 1, block.shape[1]
         if code != IDENTITY and not folded:
-            times_slope(d.reshape(d.size), _slopes(work, net, layer, points).reshape(d.size))
-        inputs = x if layer == 0 else _acts(work, net, layer - 1, points)
-        gemm(NO_TRANS, TRANS, inputs, d, _block(grad, net.shape, layer))
+            times_slope(d.reshape(d.size), _slopes(work, tables, layer, points).reshape(d.size))
+        inputs = x if layer == 0 else _acts(work, tables, layer - 1, points)
+        gemm(NO_TRANS, TRANS, inputs, d, _block(grad, tables.dims, layer))
         folded = False
         if layer == 0:
             break
-        below = _ds(work, net, layer - 1, points)
-        if n == 1 and net.codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
+        below = _ds(work, tables, layer - 1, points)
+        if n == 1 and tables.codes[layer - 1] != IDENTITY:  # an outer product, times the slope below, in one pass
             planes = (1, n_in, points)  # the layer-by-layer kernel's (members, n_in, points), one member
-            _outer_times_slope(block[:n_in].T, d, _slopes(work, net, layer - 1, points).reshape(planes),
+            _outer_times_slope(block[:n_in].T, d, _slopes(work, tables, layer - 1, points).reshape(planes),
                                below.reshape(planes))
             folded = True
         else:
@@ -154,24 +154,24 @@ def _backward(row: Any, grad: Any, net: Tables, x: Any, work: Work) -> None:
 
 
 @njit(**FLAGS)
-def chunk_step(params: Any, grads: Any, want_grad: bool, net: Tables, x: Any, y: Any, work: Work,
+def chunk_step(params: Any, grads: Any, want_grad: bool, tables: Tables, x: Any, y: Any, work: Work,
                out: Any) -> None:
     """SSR of each member (row of ``params``) into ``out`` and, with ``want_grad``, its gradient
     into the same row of ``grads``: member by member, in this one call."""
-    last, points = net.codes.size - 1, x.shape[1]
+    last, points = tables.codes.size - 1, x.shape[1]
     for m in range(out.size):
-        _forward(params[m], net, x, work)
-        out[m] = _residual(_acts(work, net, last, points), y, _ds(work, net, last, points))
+        _forward(params[m], tables, x, work)
+        out[m] = _residual(_acts(work, tables, last, points), y, _ds(work, tables, last, points))
         if want_grad:
-            _backward(params[m], grads[m], net, x, work)
+            _backward(params[m], grads[m], tables, x, work)
 
 
 @njit(**FLAGS)
-def chunk_predict(params: Any, net: Tables, x: Any, work: Work, out: Any) -> None:
+def chunk_predict(params: Any, tables: Tables, x: Any, work: Work, out: Any) -> None:
     """Predictions out (members, P, n_out) of the chunk: the forward pass of ``chunk_step``."""
-    last = _acts(work, net, net.codes.size - 1, x.shape[1])
+    last = _acts(work, tables, tables.codes.size - 1, x.shape[1])
     for m in range(out.shape[0]):
-        _forward(params[m], net, x, work)
+        _forward(params[m], tables, x, work)
         for o in range(out.shape[2]):
             for p in range(out.shape[1]):
                 out[m, p, o] = last[o, p]
@@ -187,23 +187,23 @@ class FusedWideNetwork(WideNetwork):
         super().__init__(*args)
         layers, widths = self.arch.layers, self.arch.layers[1:]
         act_rows = [n + (i < len(widths) - 1) for i, n in enumerate(widths)]  # a row of ones under hidden layers
-        self.net = Tables(
-            shape=np.array([(i, o, off) for i, o, off in zip(layers, widths, self.layout.offsets)], dtype=np.int64),
+        self.tables = Tables(
+            dims=np.array([(i, o, off) for i, o, off in zip(layers, widths, self.layout.offsets)], dtype=np.int64),
             codes=np.array([CODES[name] for name in self.activations], dtype=np.int64),
             act_at=np.cumsum([0] + act_rows[:-1], dtype=np.int64), act_rows=np.array(act_rows, dtype=np.int64),
-            at=np.cumsum([0] + list(widths[:-1]), dtype=np.int64), widths=np.array(widths, dtype=np.int64),
+            slope_at=np.cumsum([0] + list(widths[:-1]), dtype=np.int64), widths=np.array(widths, dtype=np.int64),
         )
         self._work: dict[tuple[int, int], Work] = {}
 
     def work(self, points: int, slot: int) -> Work:
         """One member's buffers for ``points`` points (made once per size and thread slot): z
         scratch, then flat: every layer's activation (with a row of ones under it, none under
-        the last), slope and d, each C-contiguous (rows, points) at ``self.net``'s offsets."""
+        the last), slope and d, each C-contiguous (rows, points) at ``self.tables``'s offsets."""
         key = (points, slot)
         if key not in self._work:
-            rows, widest, dtype = int(self.net.widths.sum()), int(self.net.widths.max()), self.layout.dtype
+            rows, widest, dtype = int(self.tables.widths.sum()), int(self.tables.widths.max()), self.layout.dtype
             self._work[key] = Work(z=np.empty(widest * points, dtype),
-                                   acts=np.ones(int(self.net.act_rows.sum()) * points, dtype),
+                                   acts=np.ones(int(self.tables.act_rows.sum()) * points, dtype),
                                    slopes=np.empty(rows * points, dtype), ds=np.empty(rows * points, dtype))
         return self._work[key]
 
@@ -215,7 +215,7 @@ class FusedWideNetwork(WideNetwork):
         out = np.empty(self.members_of(views), dtype=self.layout.dtype) if out is None else out
         params = self.rows_of(views)
         targets = params if grads is None else self.rows_of(grads)
-        chunk_step(params, targets, grads is not None, self.net, x, y, self.work(x.shape[1], slot), out)
+        chunk_step(params, targets, grads is not None, self.tables, x, y, self.work(x.shape[1], slot), out)
         return out
 
     def predict(self, views: list[WideLayer], x: Any) -> Any:
@@ -228,7 +228,7 @@ class FusedWideNetwork(WideNetwork):
         for m0, m1 in member_ranges:
             for p0, p1 in point_ranges:
                 chunk = np.ascontiguousarray(x[:, p0:p1])
-                chunk_predict(params[m0:m1], self.net, chunk, self.work(p1 - p0, 0), out[m0:m1, p0:p1])
+                chunk_predict(params[m0:m1], self.tables, chunk, self.work(p1 - p0, 0), out[m0:m1, p0:p1])
         return out
 
     def rows_of(self, views: list[WideLayer]) -> np.ndarray:

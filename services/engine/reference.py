@@ -36,7 +36,9 @@ def activate(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sigmoid = 1 / (1 + np.exp(-z))
     if name == "sigmoid":
         return sigmoid, sigmoid * (1 - sigmoid)
-    return np.logaddexp(0, z), sigmoid  # softplus = log(1 + e^z); its derivative is sigmoid
+    if name == "softplus":
+        return np.logaddexp(0, z), sigmoid  # softplus = log(1 + e^z); its derivative is sigmoid
+    raise ValueError(f"unknown activation {name!r}")
 
 
 def forward(arch: Architecture, params: dict[str, Any], x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

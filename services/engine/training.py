@@ -18,7 +18,6 @@ import numpy as np
 
 from services.engine.architecture import Architecture, check_dtype
 from services.engine.backend import blas_threads, kernels_for, to_host
-from services.engine.chunks import blas_thread_limit
 from services.engine.config import PackConfig
 from services.engine.layouts import ModelLast, layout_for, prefers_model_last
 from services.engine.loop import Trainer
@@ -149,7 +148,7 @@ def train(xp: Any, arch: Architecture, config: PackConfig, state: TrainState, x:
                              x, y, max_updates, kernels=kernels)
         return new.select([0]), history[:1]
     with network(xp, arch, state.size, config.dtype, kernels) as net:
-        limit = blas_thread_limit(arch, net.layout, int(np.shape(x)[0]))
+        limit = net.blas_thread_limit(int(np.shape(x)[0]))
         with np.errstate(all="ignore"), blas_threads(xp, limit):
             return Trainer(xp, net, config, state, x, y).run(int(max_updates))
 

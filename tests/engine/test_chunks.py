@@ -110,12 +110,10 @@ def test_chunked_predict_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_blas_thread_limit_is_one_only_for_many_small_products() -> None:
-    from services.engine.chunks import blas_thread_limit
     from services.engine.parallel import cores
 
     def limit(layers: tuple[int, ...], members: int, points: int, act: str = "tanh") -> int | None:
-        arch = Architecture(layers, act)
-        return blas_thread_limit(arch, layout_for(np, arch, members, "float64"), points)
+        return build(np, Architecture(layers, act), members, "float64").blas_thread_limit(points)
 
     assert limit((1, 32, 32, 1), 64, 1000) == 1          # W4: ~2 MFLOP per product
     assert limit((1, 64, 64, 1), 1, 1000, "softplus") is None  # one chunk of big products: threads

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from services.engine import STOP_REASONS, Architecture, PackConfig, init_state, train
+from services.engine.loop import Trainer
+from services.engine.training import build
 from tests.engine.helpers import run, sine_data, solo_runs, stacked
 
 pytestmark = pytest.mark.usefixtures("each_kernels")  # every kernel path installed
@@ -193,3 +195,5 @@ def test_trainable_names_must_exist() -> None:
     state = init_state(np, arch, good, stacked(arch, [0]), x, y)
     with pytest.raises(ValueError, match="unknown parameters"):
         train(np, arch, config, state, x, y, 1)
+    with pytest.raises(ValueError, match="layers.3.weight"):  # a Trainer built by hand checks too
+        Trainer(np, build(np, arch, 1, "float64"), config, state, x, y)
