@@ -7,11 +7,19 @@ batch b = step % n_batches covers order[b * B:(b + 1) * B] (the last one may be 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from services.engine.network import Network
+
+
+class EpochOrder(NamedTuple):
+    """One epoch's permutation of the points, on the host and on the network's device."""
+
+    epoch: int
+    host: np.ndarray
+    device: Any
 
 
 class Batches:
@@ -23,23 +31,23 @@ class Batches:
         self.x, self.y = net.data(x, y)  # points along axis 1 in both layouts
         self.points = int(self.x.shape[1])
         self.count = math.ceil(self.points / self.size)
-        self._order: tuple[int, np.ndarray, Any] | None = None  # (epoch, host order, device order)
+        self._order: EpochOrder | None = None  # the last epoch's, kept: steps come in order
 
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, Any]:
-        if self._order is None or self._order[0] != epoch:
+    def _epoch(self, epoch: int) -> EpochOrder:
+        if self._order is None or self._order.epoch != epoch:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.points)
-            self._order = (epoch, order, self.net.xp.asarray(order))
-        return self._order[1], self._order[2]
+            self._order = EpochOrder(epoch, order, self.net.xp.asarray(order))
+        return self._order
 
     def indices(self, step: int) -> np.ndarray:
         """Point indices of the batch used by update number ``step`` (0-based), host."""
         epoch, b = divmod(int(step), self.count)
-        return self._epoch(epoch)[0][b * self.size:(b + 1) * self.size]
+        return self._epoch(epoch).host[b * self.size:(b + 1) * self.size]
 
     def get(self, step: int) -> tuple[Any, Any]:
         """(x, y) of the batch for ``step`` in the network's layout (a gather on the device)."""
         epoch, b = divmod(int(step), self.count)
-        index = self._epoch(epoch)[1][b * self.size:(b + 1) * self.size]
+        index = self._epoch(epoch).device[b * self.size:(b + 1) * self.size]
         xp = self.net.xp
         return xp.take(self.x, index, axis=1), xp.take(self.y, index, axis=1)
 

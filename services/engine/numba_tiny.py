@@ -43,7 +43,10 @@ class TinyWork(NamedTuple):
 
 @njit(**FLAGS)
 def _activate(code: int, z: Any, a: Any, slope: Any) -> None:
-    """a = act(z), slope = act'(z) for flat arrays (identity: a = z, slope unused)."""
+    """a = act(z), slope = act'(z) for flat arrays (identity: a = z, slope unused). Unlike
+    ``numba_layers.activate`` it always takes the float64 kernels (float32 values are computed
+    in float64 and rounded once): the tiny network's float32 numbers were set so, and switching
+    would change them."""
     if code == IDENTITY:
         a[:] = z
     elif code == RELU:
