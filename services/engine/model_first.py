@@ -143,14 +143,15 @@ class WideNetwork(Network):
             parallel.run(tasks, self.threads)
             return out
         for m0, m1 in member_ranges:  # one member chunk at a time, its point chunks in parallel
-            self._points(member_slice(views, m0, m1), x, y, None if grads is None else member_slice(grads, m0, m1),
-                         out[m0:m1], point_ranges)
+            chunk_grads = None if grads is None else member_slice(grads, m0, m1)
+            self._points(member_slice(views, m0, m1), x, y, chunk_grads, out[m0:m1], point_ranges)
         return out
 
     def _members(self, views: list[WideLayer], x: Any, y: Any, grads: list[WideLayer] | None, out: Any,
                  m0: int, m1: int, point_ranges: list[tuple[int, int]], slot: int) -> None:
         """Members [m0, m1) on all points, chunk by chunk, in the buffers of ``slot``."""
-        views, grads, out = member_slice(views, m0, m1), None if grads is None else member_slice(grads, m0, m1), out[m0:m1]
+        views, out = member_slice(views, m0, m1), out[m0:m1]
+        grads = None if grads is None else member_slice(grads, m0, m1)
         if len(point_ranges) == 1:
             self.step(views, x, y, grads, out, slot)
             return
