@@ -18,9 +18,10 @@ Per member and layer (inputs carry a row of ones, blocks are [W | b]^T (i + 1, o
 A member's numbers do not depend on the pack around it (each member is its own products and
 loops), so a pack still rounds exactly like its members alone.
 
-numba's on-disk cache of this module holds the activation kernels it calls but is keyed by
-this file alone: after changing ``numba_layers.py``, ``numba_kernels.py`` or ``numba_float32.py``,
-delete ``services/engine/__pycache__/numba_wide*`` (Docker images never carry the cache).
+numba's on-disk cache of this module holds the activation kernels and BLAS calls it makes but
+is keyed by this file alone: after changing ``numba_layers.py``, ``numba_kernels.py``,
+``numba_float32.py`` or ``numba_blas.py``, delete ``services/engine/__pycache__/numba_wide*``
+(Docker images never carry the cache).
 """
 
 from __future__ import annotations

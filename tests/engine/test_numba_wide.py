@@ -54,6 +54,30 @@ def test_gemm_is_numpys_product(dtype: str) -> None:
     np.testing.assert_allclose(row_out, out @ one_row.T, rtol=tol, atol=tol * 100)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("trans_a", ["N", "T"])
+@pytest.mark.parametrize("trans_b", ["N", "T"])
+def test_one_row_and_one_column_products_are_numpys(dtype: str, trans_a: str, trans_b: str) -> None:
+    """A one-row or one-column result goes to gemv: every transpose, operands that are strided
+    views (rows of a wider buffer), and NaN left in the result does not spread."""
+    rng = np.random.default_rng(1)
+    tol = 1e-13 if dtype == "float64" else 2e-5
+    flags = {"N": numba_blas.NO_TRANS, "T": numba_blas.TRANS}
+
+    def operand(rows: int, cols: int, transposed: bool) -> np.ndarray:
+        wide = rng.standard_normal((cols, rows + 3) if transposed else (rows, cols + 3)).astype(dtype)
+        return wide[:, 1:rows + 1] if transposed else wide[:, 1:cols + 1]  # op() of it is rows x cols
+
+    for m, k, n in [(1, 33, 70), (70, 33, 1), (1, 5, 1)]:
+        a, b = operand(m, k, trans_a == "T"), operand(k, n, trans_b == "T")
+        wide_c = np.full((m, n + 2), np.nan, dtype)
+        c = wide_c[:, :n]
+        _product(flags[trans_a], flags[trans_b], a, b, c)
+        op_a, op_b = (a.T if trans_a == "T" else a), (b.T if trans_b == "T" else b)
+        np.testing.assert_allclose(c, op_a @ op_b, rtol=tol, atol=tol * 100)
+        assert np.isnan(wide_c[:, n:]).all()  # nothing written beside c
+
+
 def _loss_and_grad(cls: type, arch: Architecture, dtype: str, seeds: tuple[int, ...] = (0, 1, 2, 3),
                    points: int = 57) -> tuple:
     """SSR and flat gradient of the members ``seeds`` on sine data, and the network."""
