@@ -68,7 +68,7 @@ def test_one_row_and_one_column_products_are_numpys(dtype: str, trans_a: str, tr
         wide = rng.standard_normal((cols, rows + 3) if transposed else (rows, cols + 3)).astype(dtype)
         return wide[:, 1:rows + 1] if transposed else wide[:, 1:cols + 1]  # op() of it is rows x cols
 
-    for m, k, n in [(1, 33, 70), (70, 33, 1), (1, 5, 1)]:
+    for m, k, n in [(1, 33, 70), (70, 33, 1), (1, 5, 1), (1, 0, 4), (4, 0, 1)]:  # k = 0: zeros
         a, b = operand(m, k, trans_a == "T"), operand(k, n, trans_b == "T")
         wide_c = np.full((m, n + 2), np.nan, dtype)
         c = wide_c[:, :n]
