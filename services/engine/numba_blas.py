@@ -91,7 +91,6 @@ def _gemm(trans_a, trans_b, a, b, c):  # noqa: ANN001, ANN202 - numba checks its
 
     def impl(trans_a, trans_b, a, b, c):  # noqa: ANN001, ANN202
         m, n = c.shape
-        k = a.shape[0] if trans_a == TRANS else a.shape[1]
         if m == 1 or n == 1:
             c[...] = 0  # gemv scales y by beta = 0: a NaN left there must not spread
         if m == 1:  # c's row = op(b)^T times op(a)'s row, which starts at a's first element
@@ -103,6 +102,7 @@ def _gemm(trans_a, trans_b, a, b, c):  # noqa: ANN001, ANN202 - numba checks its
             gemv(ROW_MAJOR, trans_a, a.shape[0], a.shape[1], real(1.0), a.ctypes, _lead(a), b.ctypes, step,
                  real(0.0), c.ctypes, _lead(c))
         else:
+            k = a.shape[0] if trans_a == TRANS else a.shape[1]
             blas(ROW_MAJOR, trans_a, trans_b, m, n, k, real(1.0), a.ctypes, _lead(a), b.ctypes, _lead(b),
                  real(0.0), c.ctypes, _lead(c))
     return impl
