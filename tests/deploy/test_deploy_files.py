@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import json
 import re
 import shutil
 import subprocess

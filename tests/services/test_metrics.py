@@ -164,7 +164,7 @@ def test_a_scrape_shows_the_reading_taken_after_the_previous_one(configured: Set
     stale = scrape()  # answers at once with the first reading, and starts the next one
     assert stale[jobs] == 0 and stale[("descent_database_gauges_age_seconds", ())] >= 0
     deadline = time.monotonic() + 10
-    while (fresh := scrape())[jobs] != 1:
+    while scrape()[jobs] != 1:
         assert time.monotonic() < deadline, "the background reading never landed"
         time.sleep(0.05)
     configured.metrics_max_age = 0
