@@ -225,10 +225,16 @@ def parked_rungs(session: Session) -> list[tuple[str, int]]:
 
 
 def rung_ready(session: Session, sweep_id: str, rung: int) -> list[Parked] | None:
-    """The members parked at ``rung`` once no other member can still arrive there, else None."""
+    """The members parked at ``rung`` once no other member can still arrive there, else None.
+
+    Every unfinished member not parked at ``rung`` or above may still arrive: one waiting in the
+    queue (its ``rung`` NULL, so the test must not lean on SQL's NULL comparisons), one being
+    trained, one parked below. One parked above has passed this rung already: only a sweep cut by
+    an older release holds such members, and they must not keep its lowest rung from its cut."""
     unfinished = (_jobs.c.sweep_id == sweep_id) & _jobs.c.status.in_(("queued", "running"))
+    past = (_jobs.c.status == "queued") & _jobs.c.rung.is_not(None) & (_jobs.c.rung >= rung)
     at_rung = (_jobs.c.status == "queued") & (_jobs.c.rung == rung)
-    others = session.scalar(select(func.count()).where(unfinished, ~at_rung))
+    others = session.scalar(select(func.count()).where(unfinished, ~past))
     if others:
         return None
     rows = session.execute(select(_jobs.c.id, _jobs.c.ssr).where(_jobs.c.sweep_id == sweep_id, at_rung))

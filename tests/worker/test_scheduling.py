@@ -315,6 +315,49 @@ def run_until_finished(sweep_id: str, passes: int = 50) -> None:
 def test_successive_halving_stops_exactly_the_right_members_at_the_right_steps(configured) -> None:
     sweep = sweeps.submit_sweep(halving_sweep())
     run_until_finished(sweep.id)
+    assert_cut_across_the_sweep(sweep.id)
+
+
+def test_a_rung_waits_for_members_of_other_packs_still_in_the_queue(configured) -> None:
+    """Members of three packs (three widths): while two packs wait in the broker, the first
+    parks at rung 10 and nothing is cut; the cut comes once all nine are there."""
+    base = seed_job(max_steps=100, checkpoint_every=25)
+    sweep = sweeps.submit_sweep(SweepCreate.model_validate({
+        "name": "packs", "base": base,
+        "grid": {"architecture.layers": [[1, 2, 1], [1, 3, 1], [1, 4, 1]], "learning_rate": [0.002, 0.01, 0.05]},
+        "early_stopping": {"type": "successive_halving", "min_steps": 10, "reduction_factor": 3},
+    }))
+    sent: list[list[str]] = []
+    assert len(scheduler.run_pass("a", publish=lambda ids, device: sent.append(ids)).packs) == 3
+    train_now(sent[0], "cpu")  # one pack reaches rung 10 and parks; two wait in the broker
+    assert all(row(j).rung == 10 for j in sent[0]) and all(row(j).rung is None for j in sent[1])
+    assert scheduler.run_pass("a", publish=lambda ids, device: sent.append(ids)).cut == []
+    assert len(sent) == 3, "parked members are not dispatched again"
+    for ids in sent[1:]:
+        train_now(ids, "cpu")
+    assert scheduler.run_pass("a", publish=train_now).cut[0][1:] == (10, 3, 6)
+    run_until_finished(sweep.id)
+    assert_cut_across_the_sweep(sweep.id)
+
+
+def test_a_sweep_with_members_parked_at_two_rungs_is_cut_from_the_lowest(configured) -> None:
+    """A sweep cut too early by an older release (members parked at rungs 10 and 30 at once)
+    still finishes: those above the lowest rung do not block its cut."""
+    sweep = sweeps.submit_sweep(halving_sweep())
+    scheduler.run_pass("a", publish=lambda ids, device: None)
+    ids = [m.id for m in jobs.list_jobs(sweep_id=sweep.id, limit=100).items]
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id.in_(ids[:6])).values(rung=10, ssr=1.0))
+        session.execute(update(Job).where(Job.id.in_(ids[6:])).values(rung=30, ssr=1.0))
+    with session_scope() as session:
+        assert scheduling.rung_ready(session, sweep.id, 30) is None  # six members may still arrive
+        assert sorted(p.job_id for p in scheduling.rung_ready(session, sweep.id, 10)) == sorted(ids[:6])
+
+
+def assert_cut_across_the_sweep(sweep_id: str) -> None:
+    """Each rung stopped exactly the members that a cut over the whole sweep stops, read from
+    the members' own histories: the best third at rungs 10, 30 and 90 go on (9 -> 3 -> 1)."""
+    sweep = sweeps.get_sweep(sweep_id)
     members = jobs.list_jobs(sweep_id=sweep.id, limit=100).items
     curves = {m.id: jobs.get_history(m.id).ssr for m in members}
     alive = [m.id for m in members]
