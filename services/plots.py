@@ -29,6 +29,11 @@ DPI = 100
 FINISHED_EARLY = "early_stopped"
 MAX_VALUE_PANELS = 3  # sweep: final SSR against at most this many varied paths
 PLAIN = {"parse_math": False}  # names and values are the client's text: a "$" is no TeX
+# matplotlib places ticks a step beyond an axis's limits and overflows past about 1e270 on a log
+# axis (1e307 on a linear one), where a diverged job's last finite SSR can be: values are drawn
+# clipped into +-EDGE (a log axis: [TINY, EDGE]), and a panel that clipped one says so.
+EDGE = 1e200
+TINY = 1e-300
 
 
 def job_png(job_id: str, *, tenant: str = DEFAULT_TENANT) -> bytes:
@@ -72,17 +77,20 @@ def draw_job(view: JobView) -> bytes:
     job = view.job
     ssr = "no SSR yet" if job.ssr is None else f"SSR {job.ssr:.4g}"
     reason = f" ({job.stop_reason})" if job.stop_reason else ""
-    fig.suptitle(f"{job.name} · {job.id[:8]} · {job.status}{reason} at step {job.step}, {ssr}", **PLAIN)
+    one = len(drawers) == 1  # one panel is too narrow for the title on one line
+    name = f"{_short(job.name, 36 if one else 60)} · {job.id[:8]}"
+    fig.suptitle(f"{name}{chr(10) if one else ' · '}{job.status}{reason} at step {job.step}, {ssr}", **PLAIN)
     for draw, ax in zip(drawers, axes):
         draw(ax)
     return _png(fig)
 
 
 def _draw_fit(ax: Axes, fit: Fit) -> None:
-    ax.plot(fit.grid, fit.initial, color="C0", lw=1.5, ls="--", alpha=0.35, label=f"step {fit.first_step}")
-    ax.plot(fit.grid, fit.latest, color="C0", lw=2.2, label=f"step {fit.step}")
+    grid, initial, latest, x, y = _within(ax, fit.grid, fit.initial, fit.latest, fit.x, fit.y)
+    ax.plot(grid, initial, color="C0", lw=1.5, ls="--", alpha=0.35, label=f"step {fit.first_step}")
+    ax.plot(grid, latest, color="C0", lw=2.2, label=f"step {fit.step}")
     shown = "" if len(fit.x) == fit.n_points else f" ({len(fit.x)} of {fit.n_points} shown)"
-    ax.scatter(fit.x, fit.y, color="black", s=28, zorder=3, label=f"data{shown}")
+    ax.scatter(x, y, color="black", s=28, zorder=3, label=f"data{shown}")
     ax.set(title="Data and fitted curve", xlabel="x", ylabel="y")
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
@@ -90,15 +98,16 @@ def _draw_fit(ax: Axes, fit: Fit) -> None:
 
 def _draw_parameter(ax: Axes, path: ParameterPath) -> None:
     ax.margins(x=0.06, y=0.1)  # room for the step numbers
-    if len(path.curve_values):
-        ax.plot(path.curve_values, path.curve_ssr, color="0.35", lw=1.8, label="SSR, other parameters as stored")
-    ax.plot(path.values, path.ssr, color="C3", lw=0.8, alpha=0.5)
-    ax.scatter(path.values, path.ssr, color="C3", s=26, zorder=3,
+    values, ssr, curve_values, curve_ssr = _within(ax, path.values, path.ssr, path.curve_values, path.curve_ssr)
+    if len(curve_values):
+        ax.plot(curve_values, curve_ssr, color="0.35", lw=1.8, label="SSR, other parameters as stored")
+    ax.plot(values, ssr, color="C3", lw=0.8, alpha=0.5)
+    ax.scatter(values, ssr, color="C3", s=26, zorder=3,
                label="each step" if path.every_step else "stored checkpoints")
-    ax.scatter(path.values[-1:], path.ssr[-1:], color="C3", marker="*", s=160, zorder=4,
+    ax.scatter(values[-1:], ssr[-1:], color="C3", marker="*", s=160, zorder=4,
                label=f"step {int(path.steps[-1])}: {path.label.split()[0]} = {path.values[-1]:.4g}")
-    for k in _annotated(path.values, path.ssr):
-        ax.annotate(str(int(path.steps[k])), (path.values[k], path.ssr[k]), textcoords="offset points",
+    for k in _annotated(values, ssr):
+        ax.annotate(str(int(path.steps[k])), (values[k], ssr[k]), textcoords="offset points",
                     xytext=(5, 5), fontsize="x-small", color="C3")
     how = "the descent's steps" if path.every_step else "checkpoints only (replay unavailable)"
     ax.set(title=f"SSR against {path.label}\n{how}", xlabel=path.label, ylabel="SSR")
@@ -126,7 +135,8 @@ def _draw_ssr_path(ax: Axes, view: JobView) -> None:
     steps, ssr = view.steps, view.ssr
     good = np.isfinite(ssr) & (ssr > 0)
     if good.any():
-        ax.plot(steps[good], ssr[good], color="C3", lw=1.8, marker="o" if good.sum() <= 50 else None, ms=3)
+        shown, = _within(ax, ssr[good], log=True)
+        ax.plot(steps[good], shown, color="C3", lw=1.8, marker="o" if good.sum() <= 50 else None, ms=3)
         ax.set_yscale("log")
     else:
         _empty(ax, "no SSR recorded yet")
@@ -135,8 +145,30 @@ def _draw_ssr_path(ax: Axes, view: JobView) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
+def _short(name: str, most: int) -> str:
+    """A name as a title shows it: names run to 200 characters, wider than a picture."""
+    return name if len(name) <= most else name[:most - 1] + "…"
+
+
 def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _within(ax: Axes, *arrays: Any, log: bool = False) -> list[np.ndarray]:
+    """The arrays as drawn: clipped into what matplotlib can place on an axis (see EDGE), with a
+    note on the panel when a value was beyond EDGE. NaN and infinities pass through (matplotlib
+    leaves them out)."""
+    shown, beyond = [], False
+    for values in arrays:
+        values = np.asarray(values, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        beyond = beyond or bool((np.abs(finite) > EDGE).any())
+        clipped = np.clip(values, TINY if log else -EDGE, EDGE)
+        shown.append(np.where(np.isfinite(values), clipped, values))
+    if beyond and not any(t.get_text().startswith("values beyond") for t in ax.texts):
+        ax.text(0.02, 0.02, f"values beyond {EDGE:.0e} drawn at the edge", transform=ax.transAxes,
+                fontsize="x-small", color="0.4")
+    return shown
 
 
 def draw_sweep(view: SweepView) -> bytes:
@@ -147,8 +179,8 @@ def draw_sweep(view: SweepView) -> bytes:
     limited = f"; curves of {len(view.curves)} of {len(view.members)} members (spread over the ranking)" \
         if len(view.curves) < len([m for m in view.members if m.ssr is not None]) else ""
     more = f"; {len(view.paths) - len(paths)} more varied paths not drawn" if len(view.paths) > len(paths) else ""
-    fig.suptitle(f"sweep {view.name} · {view.id[:8]} · {view.status}: {len(view.members)} members{limited}{more}",
-                 **PLAIN)
+    name = f"sweep {_short(view.name, 48)} · {view.id[:8]}"
+    fig.suptitle(f"{name} · {view.status}: {len(view.members)} members{limited}{more}", **PLAIN)
     colour = _colouring(fig, axes[0], view)
     _draw_overlay(axes[0], view, colour)
     if not paths:
@@ -166,12 +198,12 @@ def _colouring(fig: Figure, ax: Axes, view: SweepView) -> Any:
         return lambda member: "C0"
     from matplotlib import cm, colors
 
-    low, high = min(values), max(values)
+    low, high = (float(v) for v in _within(ax, [min(values), max(values)])[0])
     log = low > 0 and high / low >= 10
     norm = colors.LogNorm(low, high) if log else colors.Normalize(low, high if high > low else low + 1)
     mapper = cm.ScalarMappable(norm=norm, cmap="viridis")
     fig.colorbar(mapper, ax=ax, label=first)
-    return lambda member: mapper.to_rgba((member.sweep_values or {})[first])
+    return lambda member: mapper.to_rgba(np.clip((member.sweep_values or {})[first], low, high))
 
 
 def _is_number(value: object) -> bool:
@@ -186,7 +218,8 @@ def _draw_overlay(ax: Axes, view: SweepView, colour: Any) -> None:
         if not good.any():
             continue
         early = by_id[job_id].stop_reason == FINISHED_EARLY
-        ax.plot(steps[good], ssr[good], color=colour(by_id[job_id]), lw=0.9 if early else 1.6,
+        shown, = _within(ax, ssr[good], log=True)
+        ax.plot(steps[good], shown, color=colour(by_id[job_id]), lw=0.9 if early else 1.6,
                 alpha=0.3 if early else 0.9)
         drawn += 1
     if drawn:
@@ -213,13 +246,15 @@ def _draw_values(ax: Axes, view: SweepView, path: str, legend: bool) -> None:
         return
     if all(_is_number(v) for v in values):
         xs = np.array(values, dtype=np.float64)
-        if xs.min() > 0 and xs.max() / xs.min() >= 10:
+        log = bool(xs.min() > 0 and xs.max() / xs.min() >= 10)
+        xs, = _within(ax, xs, log=log)
+        if log:
             ax.set_xscale("log")
     else:
         labels = sorted({repr(v) for v in values})
         xs = np.array([labels.index(repr(v)) for v in values], dtype=np.float64)
         ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, fontsize="small", **PLAIN)
-    ssr = np.array([m.ssr for m in done])
+    ssr, = _within(ax, [m.ssr for m in done], log=True)
     early = np.array([m.stop_reason == FINISHED_EARLY for m in done])
     diverged = np.array([m.status == "diverged" for m in done])
     trained = ~early & ~diverged
@@ -231,7 +266,7 @@ def _draw_values(ax: Axes, view: SweepView, path: str, legend: bool) -> None:
         ax.scatter(xs[diverged], ssr[diverged], color="C3", marker="x", s=40, label="diverged (last finite)")
     best = int(np.argmin(ssr))
     ax.scatter(xs[best:best + 1], ssr[best:best + 1], color="gold", edgecolors="black", marker="*", s=260,
-               zorder=2, label=f"best: {ssr[best]:.4g}")  # under its member's dot
+               zorder=2, label=f"best: {done[best].ssr:.4g}")  # under its member's dot
     ax.set_yscale("log")
     ax.set(title=f"final SSR against {path}", xlabel=path, ylabel="final SSR (log scale)")
     if legend:

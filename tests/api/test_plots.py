@@ -245,3 +245,35 @@ def test_pictures_drawn_in_parallel_threads_equal_one_drawn_alone(client: TestCl
     alone = plots.draw_job(view)
     with ThreadPoolExecutor(4) as pool:
         assert set(pool.map(lambda _: plots.draw_job(view), range(4))) == {alone}
+
+
+def diverging_job(learning_rate: float, trainable: list[str] | None = None) -> dict:
+    """One identity neuron on one point: its first step takes the SSR to about lr^2, the next
+    overflows, so the job ends diverged with a last finite SSR as large as float64 allows."""
+    return {"name": "diverges", "learning_rate": learning_rate, "trainable": trainable,
+            "architecture": {"layers": [1, 1], "activation": "identity", "output_activation": "identity"},
+            "data": {"x": [[1.0]], "y": [[0.0]]}, "stop": {"max_steps": 10},
+            "init": {"parameters": {"layers": [{"weight": [[1.0]], "bias": [0.0]}]}}}
+
+
+@pytest.mark.parametrize("learning_rate", [1e100, 1e142, 1e150, 1e153])
+@pytest.mark.parametrize("trainable", [None, ["layers.0.bias"]])
+def test_a_job_that_diverged_at_a_huge_ssr_is_still_drawn(
+    client: TestClient, learning_rate: float, trainable: list[str] | None,
+) -> None:
+    job_id = client.post("/v1/jobs", json=diverging_job(learning_rate, trainable)).json()["id"]
+    train(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "diverged" and job["ssr"] > 1e199, job  # matplotlib failed on 1e270..1e293
+    img = assert_picture(get_png(client, f"/v1/jobs/{job_id}/plot.png"), panels=2 if trainable is None else 3)
+    assert pixels_of(img, C3) > 100, "the SSR path is not drawn"
+
+
+@pytest.mark.parametrize("rates", [[1e142, 0.1, 1e-3], [1e142, 1e153, 0.1, 1e-3]])
+def test_a_sweep_with_a_member_diverged_at_a_huge_ssr_is_still_drawn(client: TestClient, rates: list[float]) -> None:
+    document = {"name": "huge", "base": diverging_job(0.1), "grid": {"learning_rate": rates}}
+    sweep_id = client.post("/v1/sweeps", json=document).json()["id"]
+    run_sweep(sweep_id, client)
+    statuses = sorted(m.status for m in plot_views.sweep_view(sweep_id).members)
+    assert statuses == ["diverged"] * (len(rates) - 2) + ["succeeded"] * 2
+    assert_picture(get_png(client, f"/v1/sweeps/{sweep_id}/plot.png"), panels=2)
