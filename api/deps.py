@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api.errors import NotJson, content_type, is_json_request
 from services.config import Settings
 from services.csv_data import parse_csv
 from services.errors import InvalidInput
@@ -34,11 +35,13 @@ async def dataset_body(request: Request) -> DatasetCreate:
     Parsing a CSV into matrices is pure (``services.csv_data.parse_csv``); storing it is the
     handler's one use case call.
     """
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = content_type(request)
+    if not (kind in CSV_TYPES or kind == "multipart/form-data" or is_json_request(request)):
+        raise NotJson(f"application/json, {', '.join(CSV_TYPES)} or multipart/form-data")
     try:
-        if content_type in CSV_TYPES:
+        if kind in CSV_TYPES:
             return _from_csv(await request.body(), ("csv",))
-        if content_type == "multipart/form-data":
+        if kind == "multipart/form-data":
             return await _from_upload(request)
         return DatasetCreate.model_validate_json(await request.body())
     except ValidationError as exc:

@@ -184,6 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register every handler; ``create_app`` calls this once."""
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(InvalidInput, _invalid_input)
+    app.add_exception_handler(NotJson, _not_json)
     app.add_exception_handler(NotFound, _status(404))
     app.add_exception_handler(Conflict, _status(409))
     app.add_exception_handler(Unauthorized, _unauthorized)
@@ -195,10 +196,40 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+def content_type(request: Request) -> str:
+    """The media type the client declared, lower case, without parameters ("" when none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def is_json_request(request: Request) -> bool:
-    """Whether a ``body`` location is in a JSON document (FastAPI reads no content type as JSON)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return not kind or kind == "application/json" or kind.endswith("+json")
+    """Whether the body was read as JSON: FastAPI (strict content type, its default) reads a body
+    as JSON only when the client says it is; the datasets endpoint does the same."""
+    kind = content_type(request)
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+class NotJson(Exception):
+    """A body in a media type the endpoint does not read (a 415); ``accepted`` names those it does."""
+
+    def __init__(self, accepted: str) -> None:
+        super().__init__(accepted)
+        self.accepted = accepted
+
+
+async def _not_json(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotJson)
+    if (refusal := await refused_key(request)) is not None:
+        return await _unauthorized(request, refusal)
+    return not_json(request, exc.accepted)
+
+
+def not_json(request: Request, accepted: str = "application/json") -> JSONResponse:
+    """415 for a body declared as something else (or not declared): a request that reached the
+    handler as bytes, not as the JSON it holds, would otherwise read "body: should be an object"."""
+    declared = content_type(request)
+    said = f"Content-Type {declared}" if declared else "no Content-Type"
+    return problem(415, f"body: send it with Content-Type {accepted} (the request has {said})",
+                   instance=request.url.path)
 
 
 async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -207,6 +238,8 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
     if (refusal := await refused_key(request)) is not None:
         return await _unauthorized(request, refusal)
     errors = exc.errors()
+    if not is_json_request(request) and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return not_json(request)  # FastAPI left the body as bytes
     return unprocessable(clean_errors(errors, json_body=is_json_request(request)), request.url.path, len(errors))
 
 
@@ -299,6 +332,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict with the resource's state",
     413: "Request body larger than the configured limit (max_body_bytes)",
+    415: "Body not declared as JSON (`Content-Type: application/json`; datasets also take CSV and multipart)",
     422: "Invalid input; `errors` names each field at fault",
     429: "A quota or rate limit is exhausted",
     503: "Storage unavailable; retry after Retry-After seconds",
@@ -321,15 +355,15 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # What every operation of a router may answer (``include_router(..., responses=...)``); an
-# operation's own (404, 409...) are added to these, and ``document_problems`` adds 400 and 413
-# to those with a body. 401 and 429 come with API keys and quotas.
+# operation's own (404, 409...) are added to these, and ``document_problems`` adds 400, 413
+# and 415 to those with a body. 401 and 429 come with API keys and quotas.
 COMMON = problem_responses(401, 422, 429, 503)
 
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     """Give every documented 4xx/5xx answer the problem-details body (route modules declare
     theirs as ``{404: {"description": ...}}``), and the components it refers to. Operations
-    with a body also answer 400 and 413 whatever their router says."""
+    with a body also answer 400, 413 and 415 whatever their router says."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     models = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(models.pop("$defs", {}))
@@ -342,7 +376,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             answers = operation["responses"]
             if "requestBody" in operation:
-                for status in (400, 413, 422):
+                for status in (400, 413, 415, 422):
                     answers.setdefault(str(status), problem_response(status))
             for status, answer in list(answers.items()):
                 if status[:1] in ("4", "5") and _undescribed(answer):

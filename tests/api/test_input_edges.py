@@ -10,13 +10,14 @@ Python's ``float()`` would take, and an empty ``trainable``.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
 from services.examples import statquest_job
-from tests.api.conftest import locs
+from tests.api.conftest import locs, train
 
 BEYOND_FLOAT32 = "exceeds the float32 range (±3.4e38)"
 
@@ -302,3 +303,36 @@ def test_an_empty_trainable_in_a_sweep_grid_is_located_there(client: TestClient)
     assert answer.status_code == 422, answer.text
     assert first_error(answer)["loc"] == ["body", "grid", "trainable", 1]
     assert "at least one parameter" in first_error(answer)["msg"]
+
+
+# --- a JSON body declared as something else is a 415 naming the Content-Type ---------------------
+
+
+@pytest.mark.parametrize("declared", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_not_declared_as_json_is_415_and_stores_nothing(client: TestClient, declared: str | None) -> None:
+    job_id = client.post("/v1/jobs", json=statquest_job()).json()["id"]
+    train(job_id)
+    headers = {} if declared is None else {"content-type": declared}
+    bodies = {"/v1/jobs": statquest_job(), f"/v1/jobs/{job_id}/predict": {"x": [[0.5]]},
+              "/v1/sweeps": {"name": "s", "base": statquest_job(), "grid": {"learning_rate": [0.1, 0.2]}},
+              "/v1/datasets": {"x": [[0.0]], "y": [[1.0]]}}
+    listed = client.get("/v1/jobs").json()["items"]
+    for path, body in bodies.items():
+        answer = client.post(path, content=json.dumps(body).encode(), headers=headers)
+        assert answer.status_code == 415, (path, answer.text)
+        detail = answer.json()["detail"]
+        assert detail.startswith("body: send it with Content-Type application/json"), detail
+        assert (declared or "no Content-Type") in detail, detail
+        assert ("text/csv" in detail) == (path == "/v1/datasets"), detail
+    assert client.get("/v1/jobs").json()["items"] == listed
+    for path, body in bodies.items():  # declared as JSON, the same bodies are taken
+        assert client.post(path, json=body).status_code in (200, 201), path
+
+
+def test_every_operation_with_a_body_documents_its_415(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    with_body = [(path, method) for path, operations in paths.items() for method, operation in operations.items()
+                 if "requestBody" in operation]
+    assert len(with_body) >= 4
+    for path, method in with_body:
+        assert "415" in paths[path][method]["responses"], (path, method)
