@@ -29,7 +29,7 @@ from services.idempotency import Claim, Created
 from services.spec import (
     BEYOND_FLOAT32, FINISHED, FLOAT32_MAX, ID_PATTERN, DatasetRead, HistoryRead, InlineData, JobCreate, JobPage,
     JobRead, JobStatus, LayerParameters, Matrix, ParametersRead, PredictRead, check_data_shape, check_limits,
-    check_matrix,
+    check_float32_range, check_matrix,
 )
 
 from sqlalchemy.orm import Session
@@ -439,8 +439,8 @@ def get_parameters(job_id: str, step: int | None = None, *, tenant: str = DEFAUL
         spec = repository.get_job_spec(session, job_id, tenant=tenant)
         found = repository.load_checkpoint_arrays(session, job_id, step)
         saved = repository.checkpoint_steps(session, job_id)
-    if found is None and step is None:
-        raise Conflict(f"job {job_id} has no checkpoint yet; parameters exist once it has trained")
+        if found is None and step is None:
+            raise _untrained(session, job_id, tenant, "parameters exist once it has trained")
     if found is None:
         where = "none yet" if not saved else f"checkpoints at steps {_steps_text(saved)}"
         raise NotFound("checkpoint", f"{job_id} at step {step} ({where})")
@@ -455,6 +455,15 @@ def get_parameters(job_id: str, step: int | None = None, *, tenant: str = DEFAUL
     return ParametersRead(step=at, layers=layers, checkpoint_steps=saved)
 
 
+def _untrained(session: Session, job_id: str, tenant: str, then: str) -> Conflict:
+    """A job without a checkpoint: one still to train gets ``then``; one that ended first
+    (cancelled in the queue, failed) never will."""
+    status = repository.get_job(session, job_id, tenant=tenant).status
+    if status in FINISHED:
+        return Conflict(f"job {job_id} ended {status} before its first checkpoint: it has no parameters")
+    return Conflict(f"job {job_id} has no checkpoint yet; {then}")
+
+
 def _steps_text(steps: list[int], most: int = 20) -> str:
     shown = ", ".join(map(str, steps[:most]))
     return shown + (f" and {len(steps) - most} more" if len(steps) > most else "")
@@ -465,9 +474,11 @@ def predict(job_id: str, x: Matrix, *, tenant: str = DEFAULT_TENANT) -> PredictR
     with session_scope() as session:
         spec = JobCreate.model_validate(repository.get_job_spec(session, job_id, tenant=tenant))
         found = repository.load_checkpoint_arrays(session, job_id)
-    if found is None:
-        raise Conflict(f"job {job_id} has no checkpoint yet; it predicts once it has trained")
+        if found is None:
+            raise _untrained(session, job_id, tenant, "it predicts once it has trained")
     inputs = _prediction_inputs(x, spec.architecture.layers[0])
+    if spec.dtype == "float32":
+        check_float32_range(x, ("x",))  # the network computes in float32: such an input is infinite
     arch = spec.architecture.to_engine()
     _, arrays = found
     prefix = "parameters/"

@@ -129,6 +129,25 @@ def test_float32_inline_data_beyond_float32_is_422_at_the_element(client: TestCl
     assert first_error(answer)["msg"] == BEYOND_FLOAT32
 
 
+def test_a_float32_jobs_prediction_input_beyond_float32_is_422_at_the_element(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json=statquest_job() | {"dtype": "float32"}).json()["id"]
+    train(job_id)
+    answer = client.post(f"/v1/jobs/{job_id}/predict", json={"x": [[0.5], [-1e39]]})
+    assert answer.status_code == 422, answer.text
+    assert locs(answer) == ["body.x.1.0"] and first_error(answer)["msg"] == BEYOND_FLOAT32
+
+
+def test_a_job_that_ended_before_training_says_it_has_no_parameters(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json=statquest_job()).json()["id"]
+    waiting = client.post(f"/v1/jobs/{job_id}/predict", json={"x": [[0.5]]})
+    assert waiting.status_code == 409 and "predicts once it has trained" in waiting.json()["detail"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    for answer in (client.post(f"/v1/jobs/{job_id}/predict", json={"x": [[0.5]]}),
+                   client.get(f"/v1/jobs/{job_id}/parameters")):
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["detail"] == f"job {job_id} ended cancelled before its first checkpoint: it has no parameters"
+
+
 def test_float32_accepts_its_largest_number_and_float64_accepts_more(client: TestClient) -> None:
     largest = {"x": [[0.0], [3.4028234663852886e38], [1.0]], "y": [[0.0], [1.0], [0.0]]}
     assert client.post("/v1/jobs", json=statquest_job() | {"dtype": "float32", "data": largest}).status_code == 201
