@@ -238,7 +238,9 @@ def cancel(resource_id: Id, url: Url = DEFAULT_URL, key: Key = None, as_json: Js
     Queued work never starts; running work stops at its next checkpoint."""
     resource = _client(url, key).find(resource_id)
     info = resource.cancel()
-    typer.echo(out.to_json(info) if as_json else f"{resource.kind} {resource.id}: {info.status}")
+    pending = " (cancel requested: it stops at its next checkpoint)" if getattr(info, "cancel_requested", False) \
+        and info.status == "running" else ""
+    typer.echo(out.to_json(info) if as_json else f"{resource.kind} {resource.id}: {info.status}{pending}")
 
 
 @command("leaderboard")
@@ -299,8 +301,10 @@ def _read_json(path: Path, kind: str) -> dict[str, Any]:
 
 
 def _points(values: list[str], from_csv: Path | None) -> Matrix:
-    if bool(values) == bool(from_csv):
+    if values and from_csv is not None:
         raise CliError("give the points with --x (repeatable) or --csv FILE, not both")
+    if not values and from_csv is None:
+        raise CliError("give the points with --x (repeatable) or --csv FILE")
     if from_csv is not None:
         try:
             return _csv_points(from_csv.read_text())
@@ -315,7 +319,9 @@ def _csv_points(text: str) -> Matrix:
         raise CliError("the CSV needs a header row and at least one point")
     header = [name.strip().lower() for name in rows[0]]
     columns = [i for i, name in enumerate(header) if name == "x" or (name[:1] == "x" and name[1:].isdigit())]
-    columns = sorted(columns, key=lambda i: int(header[i][1:] or 0)) or list(range(len(header)))
+    if not columns:  # a header of numbers is a point, not names: say so rather than drop it
+        raise CliError(f"the CSV's first line names no input column (x, or x1, x2...): got {','.join(rows[0])!r}")
+    columns = sorted(columns, key=lambda i: int(header[i][1:] or 0))
     return [_numbers([row[i] if i < len(row) else "" for i in columns], f"CSV line {n}")
             for n, row in enumerate(rows[1:], 2)]
 

@@ -125,3 +125,15 @@ def test_non_finite_points_in_a_csv_are_refused(stub: str, tmp_path: Path) -> No
     (points := tmp_path / "points.csv").write_text("x\n0.5\nNaN\n")
     result = CliRunner().invoke(app, ["predict", JOB_ID, "--csv", str(points), "--url", stub])
     assert result.exit_code == 1 and result.stderr == "error: CSV line 3: expected finite numbers, got 'NaN'\n"
+
+
+@pytest.mark.parametrize(("text", "got"), [("0.1\n0.2\n", "0.1"), ("y\n0.3\n", "y"), ("foo,bar\n1,2\n", "foo,bar")])
+def test_a_csv_without_an_input_column_is_refused_not_read_as_points(stub: str, tmp_path: Path, text: str,
+                                                                     got: str) -> None:
+    """A first line of numbers (no header) was taken as the header and that point dropped; a
+    header without x was read as the input anyway."""
+    (points := tmp_path / "points.csv").write_text(text)
+    result = CliRunner().invoke(app, ["predict", JOB_ID, "--csv", str(points), "--url", stub])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"error: the CSV's first line names no input column (x, or x1, x2...): got {got!r}\n"
+    assert not any(path.endswith("/predict") for path in StubApi.seen)

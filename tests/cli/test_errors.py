@@ -124,7 +124,9 @@ def test_no_answer_is_one_error_after_the_retries() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["ls"], "error: cannot reach Descent at "),
     (["submit", "missing.json"], "error: cannot read missing.json: No such file or directory"),
-    (["predict", "some-id"], "error: give the points with --x (repeatable) or --csv FILE, not both"),
+    (["predict", "some-id"], "error: give the points with --x (repeatable) or --csv FILE\n"),
+    (["predict", "some-id", "--x", "1", "--csv", "p.csv"],
+     "error: give the points with --x (repeatable) or --csv FILE, not both"),
     (["predict", "some-id", "--x", "a,b"], "error: --x 'a,b': expected numbers, got 'a,b'"),
 ])
 def test_cli_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_path: Path,
