@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from sqlalchemy.orm import Session
+
 from services.config import get_settings
 from services.db import checkpoints as ckpt
 from services.db import scheduling
@@ -63,6 +65,7 @@ class Heartbeat:
             with self._writing, session_scope() as session:
                 if self.name:
                     scheduling.register_worker(session, self.name, self.queues, socket.gethostname(), os.getpid())
+                    forget_dead_neighbours(session)
                 if claims:
                     ckpt.hold_fences(session, claims, scheduling.db_now(session))
         except DomainError as exc:
@@ -71,6 +74,27 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(get_settings().heartbeat_seconds):
             self.beat()
+
+
+def forget_dead_neighbours(session: Session) -> None:
+    """A worker killed outright (a crash, kill -9) leaves its row, counted live for up to a
+    lease beside its replacement: in the workers gauge and in the scheduler's free slots. A row
+    of this host whose process is gone and that missed two beats is dead for sure (two beats: a
+    process of another PID namespace under the same host name still beats, and is kept)."""
+    quiet = 2 * get_settings().heartbeat_seconds
+    for name, pid in scheduling.quiet_workers_on(session, socket.gethostname(), quiet):
+        if pid != os.getpid() and not _alive(pid):
+            scheduling.forget_worker(session, name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 _current: dict[int, Heartbeat] = {}

@@ -197,17 +197,26 @@ def register_worker(session: Session, name: str, queues: str, hostname: str, pid
     session.execute(statement.on_conflict_do_update(index_elements=["name"], set_={"seen_at": now}))
 
 
+def quiet_workers_on(session: Session, hostname: str, seconds: float) -> list[tuple[str, int]]:
+    """(name, pid) of the worker rows of ``hostname`` not renewed for ``seconds``."""
+    since = db_now(session) - timedelta(seconds=seconds)
+    rows = session.execute(select(Worker.name, Worker.pid).where(Worker.hostname == hostname, Worker.seen_at < since))
+    return [(name, pid) for name, pid in rows]
+
+
 def forget_worker(session: Session, name: str) -> None:
     session.execute(Worker.__table__.delete().where(Worker.name == name))
 
 
 def stamp_finished_sweeps(session: Session, now: datetime) -> int:
-    """Sweeps whose last member just finished get their ``finished_at`` (dashboards keep a
-    finished sweep's series for a while; a sweep's status itself is computed from its members)."""
+    """Sweeps whose last member just finished get their ``finished_at``: when that member ended,
+    as reads give it before this stamp (dashboards keep a finished sweep's series for a while; a
+    sweep's status itself is computed from its members)."""
     unfinished = (select(_jobs.c.id).where(_jobs.c.sweep_id == Sweep.id, _jobs.c.status.in_(("queued", "running")))
                   .exists())
+    last = select(func.max(_jobs.c.finished_at)).where(_jobs.c.sweep_id == Sweep.id).scalar_subquery()
     return session.execute(
-        update(Sweep).where(Sweep.finished_at.is_(None), ~unfinished).values(finished_at=now)
+        update(Sweep).where(Sweep.finished_at.is_(None), ~unfinished).values(finished_at=func.coalesce(last, now))
         .execution_options(synchronize_session=False)
     ).rowcount
 

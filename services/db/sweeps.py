@@ -97,6 +97,11 @@ def member_counts(session: Session, sweep_id: str) -> tuple[dict[str, int], dict
     return counts, reasons, steps
 
 
+def last_finished_at(session: Session, sweep_id: str) -> datetime | None:
+    """When the sweep's last member ended: the sweep's own ``finished_at``."""
+    return as_utc(session.scalar(select(func.max(_jobs.c.finished_at)).where(_jobs.c.sweep_id == sweep_id)))
+
+
 def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[LeaderEntry]:
     """Members with an SSR, lowest first (ties by id)."""
     rows = session.execute(

@@ -8,16 +8,20 @@ import contextlib
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from services import jobs, scheduler, sweeps
+from services import heartbeat, jobs, scheduler, sweeps
 from services.db import scheduling
-from services.db.models import Job, SchedulerLease, utcnow
+from services.db.models import Job, SchedulerLease, Worker, utcnow
 from services.db.session import session_scope
 from services.sweep_spec import SweepCreate
 from services.training import run_pack
@@ -440,3 +444,38 @@ def test_only_free_workers_get_packs_and_jobs_that_wait_leave_together(configure
     with session_scope() as session:
         session.execute(update(Job).where(Job.id.in_([busy, *first])).values(status="succeeded"))
     assert [p.job_ids for p in scheduler.run_pass("a").packs] == [later[:2], later[2:]]
+
+
+def test_a_finished_sweep_has_its_finished_at_before_and_after_the_stamp(configured) -> None:
+    """Finished is read from the members; finished_at was written only by the next pass, so a
+    read in between gave a finished sweep without one. Both now give the last member's end."""
+    sweep = sweeps.submit_sweep(SweepCreate.model_validate({
+        "name": "f", "base": seed_job(max_steps=5), "grid": {"learning_rate": [0.01, 0.02]}}))
+    sent: list[list[str]] = []
+    scheduler.run_pass("a", publish=lambda ids, device: sent.append(ids))
+    assert sweeps.get_sweep(sweep.id).finished_at is None
+    for ids in sent:
+        train_now(ids, "cpu")
+    read = sweeps.get_sweep(sweep.id)
+    last = max(jobs.get_job(m.id).finished_at for m in jobs.list_jobs(sweep_id=sweep.id).items)
+    assert read.status == "finished" and read.finished_at == last
+    scheduler.run_pass("a")  # the stamp
+    assert sweeps.get_sweep(sweep.id).finished_at == last
+
+
+def test_a_killed_workers_row_goes_at_the_next_beat_of_a_neighbour(configured) -> None:
+    """Only a row of this host whose process is gone and that missed two beats is forgotten: a
+    live process, a recent row (maybe another PID namespace) and another host's rows stay."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host, old = socket.gethostname(), utcnow() - timedelta(minutes=1)
+    rows = {"dead": (host, gone.pid, old), "recent": (host, gone.pid, utcnow()),
+            "alive": (host, os.getppid(), old), "elsewhere": ("another-host", gone.pid, old)}
+    with session_scope() as session:
+        for name, (where, pid, seen) in rows.items():
+            scheduling.register_worker(session, name, "cpu", where, pid)
+            session.execute(update(Worker).where(Worker.name == name).values(seen_at=seen))
+    with session_scope() as session:
+        heartbeat.forget_dead_neighbours(session)
+    with session_scope() as session:
+        assert sorted(session.scalars(select(Worker.name))) == ["alive", "elsewhere", "recent"]
