@@ -177,6 +177,21 @@ def test_descent_settings_in_compose_default_to_the_code_defaults() -> None:
         assert TypeAdapter(field.annotation).validate_python(env[key]) == field.default, key
 
 
+# Settings compose does not pass to every service, and why: the embedded stack's own (`descent up`),
+# or given to each service on its command line (queues, metrics port) or left to the image.
+NOT_SHARED = {"home": "embedded stack's folder", "broker_polling_interval": "embedded transport only",
+              "worker_queues": "--queues per worker service", "metrics_port": "--metrics-port per service",
+              "engine_backend": "set by --queues gpu", "worker_max_tasks_per_child": "optional, unset: none"}
+
+
+def test_every_setting_can_be_set_from_env() -> None:
+    """An operator sets any setting in .env: compose hands containers only what it names."""
+    env = SERVICES["api"]["environment"]
+    for name in Settings.model_fields:
+        var = f"DESCENT_{name.upper()}"
+        assert (var in env) != (name in NOT_SHARED), f"{var}: neither passed by compose nor named in NOT_SHARED"
+
+
 def test_compose_ships_with_auth_on() -> None:
     """Every Descent service gets both keys from .env; .env.example's are valid keys for two
     tenants and a metrics key, and say to change them."""
