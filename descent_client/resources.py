@@ -139,7 +139,8 @@ class Sweep(_Resource[SweepRead]):
 
     def wait(self, progress: Progress = False, *, timeout: float | None = None, max_poll: float = 1.0,
              patience: float = 60.0) -> SweepRead:
-        """Until every member finished (or the sweep was cancelled); ``progress`` as for jobs."""
+        """Until every member has ended (a cancelled sweep's running members stop at their next
+        checkpoint, after the sweep reads ``cancelled``); ``progress`` as for jobs."""
         steps, share = Rate(), Rate()
 
         def draw(writer: LineWriter, info: SweepRead, ended: bool) -> None:
@@ -150,7 +151,10 @@ class Sweep(_Resource[SweepRead]):
             key = f"{info.status} {sorted(info.counts.items())}"
             writer.draw(*sweep_parts(info, steps.per_second(), eta), key=key, final=ended)
 
-        return self._wait(lambda info: info.status in SWEEP_FINISHED, draw, progress, timeout, max_poll, patience)
+        def ended(info: SweepRead) -> bool:
+            return info.status in SWEEP_FINISHED and not info.counts.get("queued", 0) + info.counts.get("running", 0)
+
+        return self._wait(ended, draw, progress, timeout, max_poll, patience)
 
     def leaderboard(self) -> list[LeaderEntry]:
         """The best members (at most 10) by SSR, as of now."""

@@ -10,6 +10,7 @@ Files of a past run would be counted again, so a folder is always new or wiped a
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -26,7 +27,15 @@ def ensure(env: dict[str, str] | None = None) -> Path:
         return Path(given)
     path = Path(tempfile.mkdtemp(prefix="descent-metrics-"))
     env[ENV] = str(path)
+    atexit.register(_remove, path, os.getpid())
     return path
+
+
+def _remove(path: Path, creator: int) -> None:
+    """At the creating process's exit, its folder goes (forked children inherit the hook: only
+    the creator, the last of its tree to stop, acts)."""
+    if os.getpid() == creator:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fresh(path: Path, env: dict[str, str] | None = None) -> Path:

@@ -375,13 +375,15 @@ def _flush(pack: Pack, keep: list[int] | None = None) -> list[int]:
     training = [pack.members[i] for i in keep]
     outcomes, held = _write(pack.queue, pack.pending, training)
     pack.pending.clear()
-    if outcomes:
-        log.info("finished %d job(s) of %d: %s", len(outcomes), len(pack.members), _ids([o.claim for o in outcomes]))
     ended = {o.claim.job_id for o in outcomes}
     for m in training:
         if m.claim.job_id not in held:
             log.warning("job %s lost its fence (attempt %d); stopping it", m.claim.job_id, m.claim.attempt)
-    return [i for i in keep if pack.members[i].claim.job_id in held and pack.members[i].claim.job_id not in ended]
+    going_on = [i for i in keep if pack.members[i].claim.job_id in held and pack.members[i].claim.job_id not in ended]
+    if outcomes:  # a commit may end members of earlier chunks too (checkpoint_commit_seconds)
+        log.info("finished %d job(s), %d of the pack train on: %s", len(outcomes), len(going_on),
+                 _ids([o.claim for o in outcomes]))
+    return going_on
 
 
 @_storage_retry

@@ -4,6 +4,7 @@ create nothing twice (faults injected at the network: answers dropped, a 503), c
 from __future__ import annotations
 
 import io
+import time
 import math
 
 import httpx
@@ -130,6 +131,21 @@ def test_a_cancel_is_idempotent(stack: Running) -> None:
     assert job.cancel().status in ("queued", "running", "cancelled")  # a second cancel is no error
     assert job.wait(timeout=60).status == "cancelled"
     assert job.cancel().status == "cancelled"
+
+
+def test_a_cancelled_sweeps_wait_ends_when_its_running_members_have_stopped(stack: Running) -> None:
+    """The sweep reads ``cancelled`` at once; its running members stop at their next checkpoint."""
+    client = Client(stack.url)
+    long = statquest_job() | {"stop": {"max_steps": 10**6}, "checkpoint_every": 2000}
+    sweep = client.sweep({"name": "long", "base": long, "grid": {"learning_rate": [0.01, 0.02]}})
+    deadline = time.monotonic() + 60
+    while not sweep.refresh().counts.get("running"):
+        assert time.monotonic() < deadline, "no member started"
+        time.sleep(0.05)
+    sweep.cancel()
+    final = sweep.wait(timeout=60, max_poll=0.05)
+    assert final.status == "cancelled" and final.counts == {"cancelled": 2}, final
+    assert final.finished_at is not None
 
 
 def test_plots_are_pngs(stack: Running) -> None:
