@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from descent_client.progress import sweep_fraction
 from services.spec import JobRead, Matrix, ParametersRead
 from services.sweep_spec import LeaderEntry, SweepRead
 
@@ -95,7 +96,8 @@ def job_detail(job: JobRead) -> str:
 
 
 def sweep_detail(sweep: SweepRead) -> str:
-    share = f"{sweep.steps_done}/{sweep.steps_planned} steps planned"
+    # Planned steps are an upper bound (stop rules, halving): a finished sweep is 100% below it.
+    share = f"{sweep_fraction(sweep):.0%} ({sweep.steps_done} of {sweep.steps_planned} planned steps trained)"
     fields: list[tuple[str, Any]] = [
         ("sweep", sweep.id), ("name", sweep.name), ("status", sweep.status), ("members", sweep.members),
         ("by status", _counts(sweep.counts)), ("stop reasons", _counts(sweep.stop_reasons)), ("progress", share),

@@ -136,7 +136,7 @@ def _read(session: Session, sweep_id: str, tenant: str, board: bool = True) -> S
         id=row.id, name=row.name, status=sweep_status(row.cancelled, counts, steps), created_at=store.created_at(row),
         finished_at=finished_at,
         members=row.members, paths=row.paths, early_stopping=early, counts=counts, stop_reasons=reasons,
-        steps_done=steps, steps_planned=row.planned_steps, best=leaders[0] if leaders else None,
+        steps_done=steps, steps_planned=row.planned_steps, best=leaders[0] if leaders and leaders[0].status != "diverged" else None,
         leaderboard=leaders if board else [],
     )
 

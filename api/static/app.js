@@ -16,6 +16,10 @@ let generation = 0; // a newer refresh (a click) supersedes one still waiting fo
 
 class AuthNeeded extends Error {}
 
+// An id as a label: its last 8 digits. The first ones are the creation time (UUIDv7), shared by
+// every member of a sweep.
+const shortId = (id) => id.slice(-8);
+
 async function api(path, blob = false) {
   const key = localStorage.getItem(KEY);
   const answer = await fetch(path, { headers: key ? { Authorization: `Bearer ${key}` } : {} });
@@ -142,7 +146,7 @@ async function showJob(id) {
   $("job-title").textContent = `${job.name} · ${job.id}`;
   $("job-facts").textContent = [
     job.status + (job.stop_reason ? ` (${job.stop_reason})` : ""), `step ${job.step}`, `SSR ${ssrText(job.ssr)}`,
-    job.sweep_id ? `member of sweep ${job.sweep_id.slice(0, 8)}` : null,
+    job.sweep_id ? `member of sweep ${shortId(job.sweep_id)}` : null,
     job.worker && job.worker.hostname ? `worker ${job.worker.hostname}:${job.worker.pid}` : null,
     job.error ? `error: ${job.error}` : null,
   ].filter(Boolean).join(" · ");
@@ -157,7 +161,7 @@ async function showSweep(id) {
   $("sweep-title").textContent = `${sweep.name} · ${sweep.id}`;
   const counts = Object.entries(sweep.counts).map(([status, n]) => `${n} ${status}`).join(", ");
   $("sweep-facts").textContent = [
-    sweep.status, `${sweep.members} members (${counts})`, `${sweep.steps_done} of ${sweep.steps_planned} steps`,
+    sweep.status, `${sweep.members} members (${counts})`, `${sweep.steps_done} of ${sweep.steps_planned} planned steps trained`,
     sweep.paths.length ? `varies ${sweep.paths.join(", ")}` : null,
     sweep.early_stopping ? `successive halving from step ${sweep.early_stopping.min_steps}` : null,
   ].filter(Boolean).join(" · ");
@@ -168,7 +172,7 @@ async function showSweep(id) {
     cell(row, String(rank + 1), "number");
     const link = document.createElement("a");
     link.href = `#job/${entry.job_id}`;
-    link.textContent = entry.job_id.slice(0, 8);
+    link.textContent = shortId(entry.job_id);
     cell(row, link);
     cell(row, ssrText(entry.ssr), "number");
     cell(row, String(entry.step), "number");

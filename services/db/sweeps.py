@@ -103,12 +103,13 @@ def last_finished_at(session: Session, sweep_id: str) -> datetime | None:
 
 
 def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[LeaderEntry]:
-    """Members with an SSR, lowest first (ties by id)."""
-    rows = session.execute(
-        select(_jobs.c.id, _jobs.c.ssr, _jobs.c.step, _jobs.c.status, _jobs.c.stop_reason, _jobs.c.sweep_values)
-        .where(_jobs.c.sweep_id == sweep_id, _jobs.c.ssr.is_not(None))
-        .order_by(_jobs.c.ssr, _jobs.c.id).limit(limit)
-    )
+    """Members with an SSR, lowest first (ties by id); diverged ones after all others: their SSR
+    is the last finite one, often step 0's, which says nothing of how well they trained."""
+    members = (select(_jobs.c.id, _jobs.c.ssr, _jobs.c.step, _jobs.c.status, _jobs.c.stop_reason, _jobs.c.sweep_values)
+               .where(_jobs.c.sweep_id == sweep_id, _jobs.c.ssr.is_not(None)).order_by(_jobs.c.ssr, _jobs.c.id))
+    rows = session.execute(members.where(_jobs.c.status != "diverged").limit(limit)).all()
+    if len(rows) < limit:
+        rows += session.execute(members.where(_jobs.c.status == "diverged").limit(limit - len(rows))).all()
     return [LeaderEntry(job_id=r.id, ssr=finite_or_none(r.ssr), step=r.step, status=r.status,
                         stop_reason=r.stop_reason, values=r.sweep_values or {}) for r in rows]
 

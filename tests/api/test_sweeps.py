@@ -303,6 +303,21 @@ def test_cancel_of_a_finished_sweep_is_409(client: TestClient) -> None:
 # --- counts, status, leaderboard ---------------------------------------------------------------
 
 
+def test_diverged_members_rank_after_the_others_and_are_never_best(client: TestClient) -> None:
+    """A diverged member keeps its last finite SSR, often step 0's: lower than a slow member's."""
+    sweep = create(client, body(grid={"learning_rate": [0.01, 0.02, 0.05, 0.1]}))
+    ids = [j["id"] for j in members(client, sweep["id"])]
+    set_jobs(ids[:2], status="diverged", step=0, ssr=0.5, stop_reason="non_finite")
+    set_jobs(ids[2:3], status="succeeded", step=10, ssr=2.0, stop_reason="max_steps")
+    set_jobs(ids[3:], status="succeeded", step=10, ssr=3.0, stop_reason="max_steps")
+    read = client.get(f"/v1/sweeps/{sweep['id']}").json()
+    assert [e["job_id"] for e in read["leaderboard"]] == [ids[2], ids[3], *sorted(ids[:2])]
+    assert read["best"]["job_id"] == ids[2]
+    set_jobs(ids[2:], status="diverged", step=0, ssr=0.5, stop_reason="non_finite")
+    everyone = client.get(f"/v1/sweeps/{sweep['id']}").json()
+    assert everyone["best"] is None and len(everyone["leaderboard"]) == 4
+
+
 def test_leaderboard_ranks_members_with_an_ssr_and_counts_reflect_the_rows(client: TestClient) -> None:
     sweep = create(client, body(grid={"learning_rate": [0.01, 0.02, 0.05, 0.1], "init.seed": [1, 2, 3]}))
     jobs = members(client, sweep["id"])

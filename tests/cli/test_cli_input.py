@@ -137,3 +137,15 @@ def test_a_csv_without_an_input_column_is_refused_not_read_as_points(stub: str, 
     assert result.exit_code == 1, result.output
     assert result.stderr == f"error: the CSV's first line names no input column (x, or x1, x2...): got {got!r}\n"
     assert not any(path.endswith("/predict") for path in StubApi.seen)
+
+
+def test_a_finished_sweep_with_early_stops_shows_100_percent_below_its_planned_steps() -> None:
+    from datetime import datetime, timezone
+
+    from services.cli_output import sweep_detail
+    from services.sweep_spec import SweepRead
+
+    sweep = SweepRead(id="s", name="n", status="finished", created_at=datetime.now(timezone.utc), members=9,
+                      paths=["learning_rate"], counts={"succeeded": 9}, stop_reasons={"early_stopped": 8},
+                      steps_done=1100, steps_planned=4500, best=None, leaderboard=[])
+    assert "100% (1100 of 4500 planned steps trained)" in sweep_detail(sweep)

@@ -132,7 +132,10 @@ def test_the_page_lists_work_draws_the_ssr_curve_and_shows_a_leaderboard(
     board = browse(binary, tmp_path / "profile", f"{running.url}/#sweep/{sweep['id']}", "--dump-dom").stdout.decode()
     rows = board[board.index('id="leaderboard"'):board.index("</table>", board.index('id="leaderboard"'))]
     assert rows.count("<tr") == 1 + len(sweep["leaderboard"]) and "learning_rate=" in rows
-    assert sweep["best"]["job_id"][:8] in rows
+    labels = re.findall(r'href="#job/([0-9a-f-]+)">([0-9a-f-]+)</a>', rows)
+    assert len(labels) == len(sweep["leaderboard"]) and sweep["best"]["job_id"][-8:] in rows
+    assert all(job_id.endswith(label) for job_id, label in labels)
+    assert len({label for _, label in labels}) == len(labels), "members' labels alike (UUIDv7 time prefix)"
 
 
 def test_with_auth_on_the_page_asks_for_an_api_key(start_up: Callable[..., Running], tmp_path: Path) -> None:
