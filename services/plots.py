@@ -264,9 +264,11 @@ def _draw_values(ax: Axes, view: SweepView, path: str, legend: bool) -> None:
                    label="early stopped (SSR at its rung)")
     if diverged.any():
         ax.scatter(xs[diverged], ssr[diverged], color="C3", marker="x", s=40, label="diverged (last finite)")
-    best = int(np.argmin(ssr))
-    ax.scatter(xs[best:best + 1], ssr[best:best + 1], color="gold", edgecolors="black", marker="*", s=260,
-               zorder=2, label=f"best: {done[best].ssr:.4g}")  # under its member's dot
+    ranked = np.flatnonzero(~diverged)  # a diverged member's last finite SSR is never the best
+    if len(ranked):
+        best = int(ranked[np.argmin(ssr[ranked])])
+        ax.scatter(xs[best:best + 1], ssr[best:best + 1], color="gold", edgecolors="black", marker="*", s=260,
+                   zorder=2, label=f"best: {done[best].ssr:.4g}")  # under its member's dot
     ax.set_yscale("log")
     ax.set(title=f"final SSR against {path}", xlabel=path, ylabel="final SSR (log scale)")
     if legend:

@@ -130,13 +130,14 @@ def _read(session: Session, sweep_id: str, tenant: str, board: bool = True) -> S
     leaders = store.leaderboard(session, sweep_id, 10 if board else 1)
     early = row.spec.get("early_stopping")
     finished_at = as_utc(row.finished_at)
+    best = leaders[0] if leaders and leaders[0].status != "diverged" else None  # diverged rank last
     if finished_at is None and not counts.get("queued", 0) + counts.get("running", 0):
         finished_at = store.last_finished_at(session, sweep_id)  # until the scheduler stamps the same
     return SweepRead(
         id=row.id, name=row.name, status=sweep_status(row.cancelled, counts, steps), created_at=store.created_at(row),
         finished_at=finished_at,
         members=row.members, paths=row.paths, early_stopping=early, counts=counts, stop_reasons=reasons,
-        steps_done=steps, steps_planned=row.planned_steps, best=leaders[0] if leaders and leaders[0].status != "diverged" else None,
+        steps_done=steps, steps_planned=row.planned_steps, best=best,
         leaderboard=leaders if board else [],
     )
 

@@ -269,11 +269,12 @@ def test_a_job_that_diverged_at_a_huge_ssr_is_still_drawn(
     assert pixels_of(img, C3) > 100, "the SSR path is not drawn"
 
 
-@pytest.mark.parametrize("rates", [[1e142, 0.1, 1e-3], [1e142, 1e153, 0.1, 1e-3]])
+@pytest.mark.parametrize("rates", [[1e142, 0.1, 1e-3], [1e142, 1e153, 0.1, 1e-3], [1e142, 1e153]])
 def test_a_sweep_with_a_member_diverged_at_a_huge_ssr_is_still_drawn(client: TestClient, rates: list[float]) -> None:
     document = {"name": "huge", "base": diverging_job(0.1), "grid": {"learning_rate": rates}}
     sweep_id = client.post("/v1/sweeps", json=document).json()["id"]
     run_sweep(sweep_id, client)
     statuses = sorted(m.status for m in plot_views.sweep_view(sweep_id).members)
-    assert statuses == ["diverged"] * (len(rates) - 2) + ["succeeded"] * 2
+    huge = sum(rate > 1 for rate in rates)
+    assert statuses == ["diverged"] * huge + ["succeeded"] * (len(rates) - huge)
     assert_picture(get_png(client, f"/v1/sweeps/{sweep_id}/plot.png"), panels=2)
