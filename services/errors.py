@@ -30,6 +30,15 @@ class InvalidInput(DomainError, ValueError):
         self.loc, self.message = loc, message
 
 
+class ShapeMismatch(InvalidInput):
+    """Data whose width does not fit the layers: located at the data, and ``layers_loc`` names the
+    layer it disagrees with (a sweep that varies the layers blames its value there)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str, layers_loc: tuple[str | int, ...]) -> None:
+        super().__init__(loc, message)
+        self.layers_loc = layers_loc
+
+
 class Unauthorized(DomainError):
     """No credentials, or credentials that name no one (HTTP 401 with ``WWW-Authenticate``)."""
 

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from services.config import Settings
 from services.engine import Architecture
-from services.errors import InvalidInput
+from services.errors import InvalidInput, ShapeMismatch
 from services.examples import statquest_job
 
 Activation = Literal["identity", "relu", "softplus", "sigmoid", "tanh"]
@@ -258,10 +258,12 @@ def _rows(spec: JobCreate, part: Literal["x", "y"]) -> str:
 def check_data_shape(spec: JobCreate, n_in: int, n_out: int) -> None:
     layers = spec.architecture.layers
     if n_in != layers[0]:
-        raise InvalidInput(data_loc(spec, "x"), f"{_rows(spec, 'x')} have {n_in} values but layers[0] is {layers[0]}")
+        raise ShapeMismatch(data_loc(spec, "x"), f"{_rows(spec, 'x')} have {n_in} values but layers[0] is {layers[0]}",
+                            ("architecture", "layers", 0))
     if n_out != layers[-1]:
-        raise InvalidInput(data_loc(spec, "y"),
-                           f"{_rows(spec, 'y')} have {n_out} values but layers[-1] is {layers[-1]}")
+        raise ShapeMismatch(data_loc(spec, "y"),
+                            f"{_rows(spec, 'y')} have {n_out} values but layers[-1] is {layers[-1]}",
+                            ("architecture", "layers", len(layers) - 1))
 
 
 def check_limits(spec: JobCreate, settings: Settings, n_points: int | None = None) -> None:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.errors import InvalidInput
+from services.errors import InvalidInput, ShapeMismatch
 from services.examples import statquest_job
 from services.spec import INT64_MAX, STEPS_MAX, Integer, JobCreate, Number, Strict, Text, check_json
 
@@ -327,9 +327,15 @@ def _gc_paused() -> Iterator[None]:
 
 
 def member_error(sweep: SweepCreate, member: Member, exc: ValidationError | InvalidInput) -> InvalidInput:
-    """``exc`` (raised for ``member``'s job) located at the sweep field behind it."""
+    """``exc`` (raised for ``member``'s job) located at the sweep field behind it: data that does
+    not fit a member's varied layers is the layers' fault, not the base's."""
     loc, message = _job_error(exc)
-    path = _blamed_path(varied_paths(sweep), loc)
+    paths = varied_paths(sweep)
+    path = _blamed_path(paths, loc)
+    shape = _cause(exc)
+    if path is None and isinstance(shape, ShapeMismatch) and _blamed_path(paths, shape.layers_loc) is not None:
+        loc = shape.layers_loc
+        path = _blamed_path(paths, loc)
     if path is None:
         return InvalidInput(("base", *loc), message)
     positions, draw = _coordinates(sweep, member.index)
@@ -396,6 +402,14 @@ def _job_error(exc: ValidationError | InvalidInput) -> tuple[Loc, str]:
     if isinstance(cause, InvalidInput):
         return (*loc, *cause.loc), cause.message
     return loc, error["msg"]
+
+
+def _cause(exc: ValidationError | InvalidInput) -> InvalidInput | None:
+    """The ``InvalidInput`` itself, raised directly or inside a model validator."""
+    if isinstance(exc, InvalidInput):
+        return exc
+    cause = (exc.errors(include_url=False)[0].get("ctx") or {}).get("error")
+    return cause if isinstance(cause, InvalidInput) else None
 
 
 def _blamed_path(paths: list[str], loc: Loc) -> str | None:

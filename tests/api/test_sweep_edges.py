@@ -178,3 +178,22 @@ def test_an_unknown_varied_path_is_refused_at_the_path(
 ) -> None:
     error = refused(client, sweep(**fields))
     assert error["loc"] == loc and error["msg"].startswith(message), error
+
+
+# --- varied layers that do not fit the data: the grid value is at fault, not the base ------------
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["inline", "dataset_id"])
+@pytest.mark.parametrize(("layers", "loc", "said"), [
+    ([[1, 3, 1], [2, 3, 1]], ["body", "grid", "architecture.layers", 1, 0], "layers[0] is 2"),
+    ([[1, 3, 1], [1, 3, 2]], ["body", "grid", "architecture.layers", 1, 2], "layers[-1] is 2"),
+])
+def test_varied_layers_that_do_not_fit_the_data_are_blamed_at_the_grid_value(
+    client: TestClient, stored: bool, layers: list[list[int]], loc: list[Any], said: str,
+) -> None:
+    base = seeded()
+    if stored:
+        data = client.post("/v1/datasets", json=base["data"]).json()
+        base["data"] = {"dataset_id": data["id"]}
+    error = refused(client, sweep(base, grid={"architecture.layers": layers}))
+    assert error["loc"] == loc and error["msg"].startswith("member 1: ") and said in error["msg"], error

@@ -160,10 +160,9 @@ def test_a_bad_grid_value_is_located_at_its_index_and_nothing_is_stored(
 @pytest.mark.parametrize(("base_changes", "grid", "loc"), [
     # A plain job with batch_size 50 on this 3-point data set is a 422 at body.batch_size.
     ({}, {"batch_size": [2, 50]}, ["body", "grid", "batch_size", 1]),
-    # Member 1 has 2 inputs, the data set 1; in the other order the sweep is refused at the base's
-    # data.dataset_id (the request has no data.x: the fault is in the dataset it names).
+    # Member 1 has 2 inputs, the data set 1: the varied layers are at fault (its first width).
     ({"init": {"seed": 0}, "trainable": None}, {"architecture.layers": [[1, 2, 1], [2, 2, 1]]},
-     ["body", "base", "data", "dataset_id"]),
+     ["body", "grid", "architecture.layers", 1, 0]),
 ], ids=["batch-size", "layers"])
 def test_every_member_is_checked_against_a_referenced_dataset(
     client: TestClient, base_changes: dict, grid: dict, loc: list,
