@@ -161,7 +161,8 @@ async function showSweep(id) {
   $("sweep-title").textContent = `${sweep.name} · ${sweep.id}`;
   const counts = Object.entries(sweep.counts).map(([status, n]) => `${n} ${status}`).join(", ");
   $("sweep-facts").textContent = [
-    sweep.status, `${sweep.members} members (${counts})`, `${sweep.steps_done} of ${sweep.steps_planned} planned steps trained`,
+    sweep.status, `${sweep.members} members (${counts})`,
+    `${sweep.steps_done} of ${sweep.steps_planned} planned steps trained`,
     sweep.paths.length ? `varies ${sweep.paths.join(", ")}` : null,
     sweep.early_stopping ? `successive halving from step ${sweep.early_stopping.min_steps}` : null,
   ].filter(Boolean).join(" · ");
