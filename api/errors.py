@@ -237,10 +237,10 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if (refusal := await refused_key(request)) is not None:
         return await _unauthorized(request, refusal)
-    errors = exc.errors()
-    if not is_json_request(request) and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+    errors, json_body = exc.errors(), is_json_request(request)
+    if not json_body and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
         return not_json(request)  # FastAPI left the body as bytes
-    return unprocessable(clean_errors(errors, json_body=is_json_request(request)), request.url.path, len(errors))
+    return unprocessable(clean_errors(errors, json_body=json_body), request.url.path, len(errors))
 
 
 async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:

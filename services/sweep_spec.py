@@ -333,9 +333,9 @@ def member_error(sweep: SweepCreate, member: Member, exc: ValidationError | Inva
     paths = varied_paths(sweep)
     path = _blamed_path(paths, loc)
     shape = _cause(exc)
-    if path is None and isinstance(shape, ShapeMismatch) and _blamed_path(paths, shape.layers_loc) is not None:
-        loc = shape.layers_loc
-        path = _blamed_path(paths, loc)
+    if path is None and isinstance(shape, ShapeMismatch):
+        if (layers := _blamed_path(paths, shape.layers_loc)) is not None:
+            loc, path = shape.layers_loc, layers
     if path is None:
         return InvalidInput(("base", *loc), message)
     positions, draw = _coordinates(sweep, member.index)
@@ -398,8 +398,7 @@ def _job_error(exc: ValidationError | InvalidInput) -> tuple[Loc, str]:
         return exc.loc, exc.message
     error = exc.errors(include_url=False)[0]
     loc = tuple(error["loc"])
-    cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, InvalidInput):
+    if (cause := _cause(exc)) is not None:
         return (*loc, *cause.loc), cause.message
     return loc, error["msg"]
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import Job, SchedulerLease, Sweep, Worker, utcnow
 from services.db.session import WORKER_APPLICATION, dialect_insert
+from services.db.sweeps import last_finish
 from services.halving import Parked
 from services.packing import QueuedJob
 
@@ -214,7 +215,7 @@ def stamp_finished_sweeps(session: Session, now: datetime) -> int:
     sweep's status itself is computed from its members)."""
     unfinished = (select(_jobs.c.id).where(_jobs.c.sweep_id == Sweep.id, _jobs.c.status.in_(("queued", "running")))
                   .exists())
-    last = select(func.max(_jobs.c.finished_at)).where(_jobs.c.sweep_id == Sweep.id).scalar_subquery()
+    last = last_finish(Sweep.id).scalar_subquery()
     return session.execute(
         update(Sweep).where(Sweep.finished_at.is_(None), ~unfinished).values(finished_at=func.coalesce(last, now))
         .execution_options(synchronize_session=False)

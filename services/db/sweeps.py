@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Dialect, case, func, insert, select, tuple_, update
+from sqlalchemy import Dialect, Select, case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.types import TypeEngine
@@ -97,9 +98,14 @@ def member_counts(session: Session, sweep_id: str) -> tuple[dict[str, int], dict
     return counts, reasons, steps
 
 
+def last_finish(sweep_id: Any) -> Select:
+    """When a sweep's last member ended: the sweep's own ``finished_at``. ``sweep_id`` is an id,
+    or ``Sweep.id`` for a subquery of a statement over sweeps."""
+    return select(func.max(_jobs.c.finished_at)).where(_jobs.c.sweep_id == sweep_id)
+
+
 def last_finished_at(session: Session, sweep_id: str) -> datetime | None:
-    """When the sweep's last member ended: the sweep's own ``finished_at``."""
-    return as_utc(session.scalar(select(func.max(_jobs.c.finished_at)).where(_jobs.c.sweep_id == sweep_id)))
+    return as_utc(session.scalar(last_finish(sweep_id)))
 
 
 def leaderboard(session: Session, sweep_id: str, limit: int = 10) -> list[LeaderEntry]:
