@@ -36,9 +36,13 @@ MetricsPort = Annotated[int | None, typer.Option(min=1, max=65535, help="Serve t
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the schema up to date (Alembic migrations to head)."""
-    from services.db.migrate import upgrade
+    from services.db.migrate import SchemaTooNew, upgrade
 
-    upgrade()
+    try:
+        upgrade()
+    except SchemaTooNew as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo("database schema is up to date")
 
 

@@ -17,11 +17,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from services import halving, metrics, packing
 from services.config import Settings, get_settings
+from services.db import idempotency as keys
 from services.db import scheduling as store
 from services.db.session import session_scope
 from services.errors import DomainError
@@ -71,6 +72,7 @@ def run_pass(holder: str, settings: Settings | None = None,
                 session, now, settings.lease_seconds, settings.max_attempts)
             store.forget_dead_workers(session, now, 10 * settings.lease_seconds)
             store.stamp_finished_sweeps(session, now)
+            keys.forget_expired(session, now - timedelta(seconds=settings.idempotency_key_ttl))
         metrics.LOST_LEASES.inc(report.requeued + report.failed)
         metrics.count_finished({"failed": report.failed, "cancelled": report.cancelled})
     report.leader = True

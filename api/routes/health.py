@@ -1,10 +1,11 @@
 """Liveness and readiness probes.
 
 ``/healthz`` says the process answers; ``/readyz`` says it can do work: the database answers
-``SELECT 1`` and the broker accepts a connection (for the embedded ``filesystem://`` broker, its
-folder exists). Orchestrators (and ``descent up``) wait on ``/readyz``; under ``descent up`` its
-answer also echoes the stack's token (``"stack"``, from ``DESCENT_STACK_TOKEN``), so the
-supervisor knows its own API from another server on the same port.
+``SELECT 1`` with its schema not behind this code's migrations, and the broker accepts a
+connection (for the embedded ``filesystem://`` broker, its folder exists). Orchestrators (and
+``descent up``) wait on ``/readyz``; under ``descent up`` its answer also echoes the stack's
+token (``"stack"``, from ``DESCENT_STACK_TOKEN``), so the supervisor knows its own API from
+another server on the same port.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from api.deps import SettingsDep
 from api.errors import RETRY_AFTER_S, problem
 from services.config import Settings
+from services.db.migrate import schema_problem
 from services.db.session import session_scope
 from services.stack import TOKEN_ENV
 
@@ -50,13 +52,17 @@ def read_readiness(request: Request, settings: SettingsDep) -> JSONResponse:
 
 
 def _database_error() -> str | None:
+    """The database answers, and its schema is not behind this code's migrations."""
     try:
         with session_scope() as session:
             session.execute(text("SELECT 1"))
+            problem = schema_problem(session.connection())
     except Exception as exc:  # noqa: BLE001 (any failure means "not ready")
         log.warning("readiness: database: %s", exc)
         return f"database unreachable: {type(exc).__name__}"
-    return None
+    if problem:
+        log.warning("readiness: %s", problem)
+    return problem
 
 
 def _broker_error(settings: Settings) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from services.db.models import IdempotencyKey, utcnow
@@ -55,3 +55,21 @@ def store_key(session: Session, tenant: str, key: str, request_hash: str, resour
         where=_keys.c.created_at < expired_before,
     )
     return session.execute(statement.returning(_keys.c.key)).first() is not None
+
+
+# Rows one scheduler pass deletes at most: a backlog (a database from before the purge existed)
+# drains over a few passes instead of holding the maintenance transaction (and SQLite's lock).
+PURGE_BATCH = 1000
+
+
+def forget_expired(session: Session, expired_before: datetime, batch: int = PURGE_BATCH) -> int:
+    """Delete up to ``batch`` keys older than ``expired_before``; returns how many. An expired
+    key already counts as absent (``find_key``), but its row stayed: without this the table grew
+    by a row per keyed create for as long as the service ran. The scheduler's maintenance calls
+    it; ``ix_idempotency_keys_created`` keeps the lookup an index range scan. The age is
+    tested again on the row deleted: a key reused (overwritten by ``store_key``) since the
+    batch was picked is fresh again, and PostgreSQL re-checks that condition on the new row."""
+    expired = _keys.c.created_at < expired_before
+    oldest = select(_keys.c.tenant_id, _keys.c.key).where(expired).order_by(_keys.c.created_at).limit(batch)
+    statement = _keys.delete().where(tuple_(_keys.c.tenant_id, _keys.c.key).in_(oldest), expired)
+    return session.execute(statement).rowcount

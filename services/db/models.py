@@ -202,9 +202,9 @@ class Worker(Base):
 class IdempotencyKey(Base):
     """A client's ``Idempotency-Key`` on a create: a hash of the request it came with and the
     resource that request made, written in the resource's own transaction. Rows older than the
-    key lifetime count as absent and are overwritten by the next use of the key. Keys are per
-    tenant: two tenants may use the same key (``services/db/idempotency.py`` is the one place
-    that reads and writes these rows)."""
+    key lifetime count as absent and are overwritten by the next use of the key, and the
+    scheduler deletes them (``forget_expired``). Keys are per tenant: two tenants may use the
+    same key (``services/db/idempotency.py`` is the one place that reads and writes these rows)."""
 
     __tablename__ = "idempotency_keys"
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=DEFAULT_TENANT,
@@ -214,3 +214,5 @@ class IdempotencyKey(Base):
     resource: Mapped[str] = mapped_column(String(16))  # "job" | "sweep" | "dataset"
     resource_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)

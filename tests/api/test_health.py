@@ -75,3 +75,32 @@ def test_healthz_answers_while_every_pool_thread_is_busy(client: TestClient) -> 
 
 async def _in_loop(function):  # noqa: ANN001, ANN202 (runs ``function`` on the app's event loop)
     return function()
+
+
+def test_readyz_names_a_schema_behind_the_code(client: TestClient, configured: Settings) -> None:
+    """An API on a database one migration behind answered every request 503 "retry later" while
+    /readyz said ready. One a newer Descent migrated stays ready: in a rolling upgrade the
+    migration runs while the older APIs still serve."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from services.db.migrate import alembic_config
+
+    url = configured.database_url
+    command.downgrade(alembic_config(url), "-1")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    try:
+        behind = client.get("/readyz")
+        assert behind.status_code == 503 and set(behind.json()["failing"]) == {"database"}
+        assert "descent db upgrade" in behind.json()["failing"]["database"]
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+        assert client.get("/readyz").status_code == 200
+    finally:  # and back: the upgrade picks up from where the code left it
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :before"), {"before": before})
+        engine.dispose()
+        command.upgrade(alembic_config(url), "head")
+    assert client.get("/readyz").status_code == 200

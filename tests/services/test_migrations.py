@@ -13,6 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 import numpy as np
+import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,7 @@ from services.db.models import Base
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"alembic_version", "datasets", "jobs", "checkpoints", "history_chunks",
           "sweeps", "scheduler_leases", "workers", "idempotency_keys"}
-HEAD = "0007_partial_sweep_indexes"
+HEAD = "0008_idempotency_key_expiry"
 
 
 def schema_of(url: str) -> tuple[set[str], str | None, list]:
@@ -198,3 +199,41 @@ def test_0007_sweep_indexes_hold_members_only_and_sweep_lookups_still_use_them(d
         where = partial[name].get(f"{engine.dialect.name}_where")
         assert where is not None and "sweep_id IS NOT NULL" in str(where).replace("(", "").replace(")", ""), name
         assert name in plans[name], plans[name]
+
+
+def test_a_database_a_newer_descent_migrated_is_refused_with_a_clear_message(db_url: str, configured) -> None:
+    """A rollback of the code after a migration: ``descent db upgrade`` (compose's ``migrate``,
+    ``descent up``) printed Alembic's "Can't locate revision" under a 260-line traceback; now one
+    line says the database is newer than this Descent. ``schema_problem`` (/readyz) names a
+    schema behind the code, and lets one ahead of it be."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    try:
+        result = CliRunner().invoke(app, ["db", "upgrade"])  # the configured database: db_url
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.startswith("error: the database schema is at revision 9999_from_the_future")
+        assert "newer Descent" in result.output
+
+        from services.db.migrate import SchemaTooNew, schema_problem
+
+        with pytest.raises(SchemaTooNew, match="9999_from_the_future.*newer Descent"):
+            upgrade(db_url)
+        with engine.connect() as conn:
+            assert schema_problem(conn) is None  # older processes serve on in a rolling upgrade
+    finally:  # the PostgreSQL database is shared by the session's tests
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": HEAD})
+    command.downgrade(alembic_config(db_url), "-1")
+    try:
+        with engine.connect() as conn:
+            assert "descent db upgrade" in schema_problem(conn)
+    finally:
+        upgrade(db_url)
+    with engine.connect() as conn:
+        assert schema_problem(conn) is None
+    engine.dispose()

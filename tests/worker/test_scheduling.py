@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from services import heartbeat, jobs, scheduler, sweeps
 from services.db import scheduling
@@ -479,3 +479,75 @@ def test_a_killed_workers_row_goes_at_the_next_beat_of_a_neighbour(configured) -
         heartbeat.forget_dead_neighbours(session)
     with session_scope() as session:
         assert sorted(session.scalars(select(Worker.name))) == ["alive", "elsewhere", "recent"]
+
+
+def test_a_pass_deletes_expired_idempotency_keys_and_keeps_fresh_ones(configured) -> None:
+    """Keys older than their lifetime already count as absent; the scheduler's maintenance also
+    deletes their rows (a backlog at most ``batch`` rows per pass), so the table holds about a
+    lifetime of keys instead of every key ever sent. The resources they made stay."""
+    from services.db import idempotency
+    from services.db.models import IdempotencyKey
+    from services.spec import JobCreate
+
+    def keyed(*keys: str) -> list[str]:
+        return [jobs.submit_job_once(JobCreate.model_validate(seed_job(name=key)), key).value.id for key in keys]
+
+    def age(pattern: str) -> None:
+        expired = utcnow() - timedelta(seconds=configured.idempotency_key_ttl + 60)
+        with session_scope() as session:
+            session.execute(update(IdempotencyKey).where(IdempotencyKey.key.like(pattern)).values(created_at=expired))
+
+    def stored() -> list[str]:
+        with session_scope() as session:
+            return sorted(session.scalars(select(IdempotencyKey.key)))
+
+    made = keyed("old-1", "old-2", "fresh")
+    age("old-%")
+    scheduler.run_pass("a")
+    assert stored() == ["fresh"]
+    assert [jobs.get_job(job_id).id for job_id in made] == made
+    made += keyed("older-1", "older-2")
+    age("older-%")
+    with session_scope() as session:
+        assert idempotency.forget_expired(session, utcnow() - timedelta(hours=1), batch=1) == 1
+    assert len(stored()) == 2
+
+
+def test_a_key_reused_while_the_purge_waits_for_it_is_kept(pg_url: str) -> None:
+    """PostgreSQL: the purge picked an expired key, then waited on its row while a create reused
+    the key (``store_key`` overwrote the row: a fresh key for a new resource). On the row's new
+    version it still matched the key list picked before, and deleted the fresh key: a retry of
+    that create would have made a second resource."""
+    import threading
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from services.db import idempotency
+    from services.db.models import IdempotencyKey
+
+    engine = create_engine(pg_url)
+    expired = utcnow() - timedelta(days=2)
+    cutoff = utcnow() - timedelta(days=1)
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(delete(IdempotencyKey))
+            session.add(IdempotencyKey(key="k", request_hash="old", resource="job", resource_id="a", created_at=expired))
+        with Session(engine) as create:
+            with create.begin():
+                assert idempotency.store_key(create, "default", "k", "new", "job", "b", cutoff)
+                purged: list[int] = []
+
+                def purge() -> None:
+                    with Session(engine) as session, session.begin():
+                        purged.append(idempotency.forget_expired(session, cutoff))
+
+                purger = threading.Thread(target=purge)
+                purger.start()
+                time.sleep(0.5)  # the purge has picked the key and waits for the row lock
+            purger.join(10)
+        assert purged == [0]
+        with Session(engine) as session:
+            assert session.get(IdempotencyKey, ("default", "k")).request_hash == "new"
+    finally:
+        engine.dispose()
