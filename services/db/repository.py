@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 from uuid6 import uuid7
-from sqlalchemy import Select, insert, select, tuple_, update
+from sqlalchemy import Select, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from services.db import arrays, checkpoints
+from services.db import arrays, checkpoints, pg_arrays
 from services.db.models import Checkpoint, Dataset, HistoryChunk, Job, utcnow
 from services.db.session import dialect_insert
 from services.errors import NotFound
@@ -212,12 +212,16 @@ def read_history(session: Session, job_id: str, last_step: int) -> tuple[np.ndar
     """
     ssr = np.full(last_step + 1, np.nan)
     present = np.zeros(last_step + 1, dtype=bool)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    column = func.array_send(HistoryChunk.ssr) if postgres else HistoryChunk.ssr
     query = (
-        select(HistoryChunk.first_step, HistoryChunk.ssr)
+        select(HistoryChunk.first_step, column)
         .where(HistoryChunk.job_id == job_id, HistoryChunk.first_step <= last_step)
         .order_by(HistoryChunk.first_step)
     )
     for first, values in session.execute(query):
+        if postgres:
+            values = pg_arrays.decode_float8_array(values)
         chunk = values[: last_step + 1 - first]
         ssr[first:first + len(chunk)] = chunk
         present[first:first + len(chunk)] = True

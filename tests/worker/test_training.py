@@ -11,11 +11,12 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from services import engine, jobs
 from services.config import get_settings
 from services.db import checkpoints as ckpt
+from services.db import repository
 from services.db import scheduling
 from services.db import arrays as codec
 from services.db.models import Checkpoint, Dataset, HistoryChunk, Job, utcnow
@@ -306,6 +307,37 @@ def test_history_values_round_trip_exactly(configured) -> None:
         ckpt.write_history_chunks(session, [{"job_id": job_id, "first_step": 0, "ssr": values}])
         stored = session.scalar(select(HistoryChunk.ssr).where(HistoryChunk.job_id == job_id))
     np.testing.assert_array_equal(np.asarray(stored, dtype=np.float64), values)
+
+
+def test_read_history_gives_back_every_value_written_on_either_database(configured) -> None:
+    """PostgreSQL reads the chunks in binary (``array_send``, decoded by NumPy) where psycopg
+    parsed each float as text: the values, their steps and a later chunk's overlap must come
+    back exactly as written, NaN and infinities included."""
+    job_id = submit(seed_job()).id
+    first = np.array([20.423597677589, np.nan, np.inf, -np.inf, 5e-324, 1.0 / 3.0])
+    second = np.array([-0.0, 1e300, 2.5])
+    with session_scope() as session:
+        ckpt.write_history_chunks(session, [{"job_id": job_id, "first_step": 0, "ssr": first},
+                                            {"job_id": job_id, "first_step": 4, "ssr": second},
+                                            {"job_id": job_id, "first_step": 9, "ssr": np.array([7.0, 8.0])}])
+        steps, ssr = repository.read_history(session, job_id, 9)
+    np.testing.assert_array_equal(steps, [0, 1, 2, 3, 4, 5, 6, 9])
+    np.testing.assert_array_equal(ssr, np.concatenate([first[:4], second, [7.0]]))
+    assert ssr.dtype == np.float64 and steps.dtype == np.int64
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_read_history_takes_a_null_element_as_nan_on_postgresql(configured) -> None:
+    """Descent never writes SQL NULL elements, but a hand-made row (Grafana's users can write
+    SQL) must read as NaN there, not shift the values after it."""
+    job_id = submit(seed_job()).id
+    with session_scope() as session:
+        session.execute(text("INSERT INTO history_chunks (job_id, first_step, ssr) "
+                             "VALUES (:job, 0, ARRAY[1.5, NULL, 3.5]::float8[]), (:job, 3, '{}'::float8[])"),
+                        {"job": job_id})
+        steps, ssr = repository.read_history(session, job_id, 2)
+    np.testing.assert_array_equal(steps, [0, 1, 2])
+    np.testing.assert_array_equal(ssr, [1.5, np.nan, 3.5])
 
 
 def test_a_chunk_written_twice_is_stored_once(configured) -> None:
