@@ -5,8 +5,9 @@ is now, and no second resource; the same key with another request is a Conflict.
 The key is stored with a hash of the request and the resource's id in the transaction that
 inserts the resource (``Claim.store``). Two requests racing with one key both insert; the
 database lets one keep the key, the other's transaction rolls back (its resource with it) and it
-answers with the winner's resource. Keys live ``idempotency_key_ttl`` (24 h); an older one
-counts as new.
+answers with the winner's resource; so does one refused meanwhile (the winner filled the
+tenant's queue, say), as its retry would be. Keys live ``idempotency_key_ttl`` (24 h); an
+older one counts as new.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from services.config import get_settings
 from services.db import idempotency as store
 from services.db.models import utcnow
 from services.db.session import session_scope
-from services.errors import Conflict
+from services.errors import Conflict, DomainError
 
 HEADER = "Idempotency-Key"
 
@@ -81,6 +82,13 @@ def once(claim: Claim | None, create: Callable[[], T], read: Callable[[Session, 
             return Created(create())
         except KeyTaken:
             continue  # the winner has committed by now: the next lookup finds its resource
+        except DomainError:
+            # A request racing with this key may have committed between the lookup and the
+            # refusal (it filled the queue this one is refused for, say): answer as its retry.
+            replay = _replay(claim, read)
+            if replay is not None:
+                return replay
+            raise
     raise Conflict(f"{HEADER} {claim.key!r} is being used by concurrent requests; retry")
 
 

@@ -5,12 +5,14 @@ never leave ``services/db``.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import numpy as np
 from uuid6 import uuid7
-from sqlalchemy import Select, func, insert, select, tuple_, update
+from sqlalchemy import Select, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from services.db import arrays, checkpoints, pg_arrays
@@ -91,6 +93,31 @@ def load_dataset_arrays(session: Session, dataset_id: str) -> tuple[np.ndarray, 
     x = arrays.decode(row.dtype, (row.n_points, row.n_in), row.x)
     y = arrays.decode(row.dtype, (row.n_points, row.n_out), row.y)
     return x, y
+
+
+# --- submits ----------------------------------------------------------------------------------
+
+_SUBMITS = 0x4445_5343  # the advisory lock space of tenants' submits ("DESC")
+
+
+def lock_submits(session: Session, tenants: Iterable[str]) -> None:
+    """On PostgreSQL, wait until the tenants' other submits have committed, and make later ones
+    wait for this transaction (a transaction-scoped advisory lock per tenant): under READ
+    COMMITTED a count of queued jobs cannot see those of submits still in flight, so concurrent
+    submits each found room and a burst passed the tenant's queue limit many times over. Locks
+    are taken in one order (by key), so two transactions never wait on each other; a tenant
+    already locked in this transaction is skipped. SQLite runs one writer at a time already."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    held: set[str] = session.info.setdefault("descent_submit_locks", set())
+    for key, tenant in sorted((_lock_key(t), t) for t in set(tenants) - held):
+        session.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": _SUBMITS, "key": key})
+        held.add(tenant)
+
+
+def _lock_key(tenant: str) -> int:
+    """A stable int4 per tenant (Python's ``hash`` differs between processes)."""
+    return int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:4], "big", signed=True)
 
 
 # --- jobs -------------------------------------------------------------------------------------

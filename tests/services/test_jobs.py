@@ -254,3 +254,87 @@ def test_a_remembered_dataset_in_use_is_the_last_forgotten(configured, monkeypat
         assert not isinstance(jobs._write_submits([(spec, "default")])[0], Exception)
     remembered = {key[2] for key in jobs._known}
     assert remembered == {jobs._prepare(a)[0], jobs._prepare(c)[0]}
+
+
+def test_one_shared_transaction_never_queues_past_a_tenants_limit(configured, monkeypatch) -> None:
+    """A group commit inserts its batch at the end, so a fresh count inside it cannot see the
+    batch's own jobs: they are counted in, or a burst of one transaction passes any limit."""
+    from services import quotas
+    from services.config import get_settings
+    from services.errors import TooMany
+
+    monkeypatch.setenv("DESCENT_TENANT_MAX_QUEUED", "5")
+    get_settings.cache_clear()
+    monkeypatch.setattr(quotas, "_counts", {})  # nothing counted before this test's database
+    spec = make_spec()
+    answers = jobs._write_submits([(spec, tenant) for _ in range(12) for tenant in ("alice", "bob")])
+    for tenant in ("alice", "bob"):
+        mine = answers[("alice", "bob").index(tenant)::2]
+        assert [isinstance(a, TooMany) for a in mine] == [False] * 5 + [True] * 7, mine
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) == 10
+
+
+def test_a_submit_refused_after_a_racing_one_stored_its_key_is_that_ones_replay(configured, monkeypatch) -> None:
+    """Two submits with one key when the tenant has room for one: the second looks the key up
+    before the first commits, then finds the queue full. It answers as the first one's retry
+    (200, the job), not 429 for a job that exists."""
+    from services import idempotency, quotas
+    from services.config import get_settings
+    from services.db import repository
+    from services.idempotency import Claim
+
+    monkeypatch.setenv("DESCENT_TENANT_MAX_QUEUED", "1")
+    get_settings.cache_clear()
+    monkeypatch.setattr(quotas, "_counts", {})
+    spec = make_spec()
+    inline = jobs._prepare(spec)
+    claim = Claim.of("default", "retry-1", "job", jobs._request(spec, inline))
+    racer: list = []
+
+    def create_after_the_racer_committed():
+        racer.append(jobs.submit_job_once(spec, "retry-1").value)  # between this one's lookup and insert
+        return jobs._submit(spec, inline, claim, "default")  # the queue is full now
+
+    answer = idempotency.once(claim, create_after_the_racer_committed,
+                              lambda session, job_id: repository.get_job(session, job_id, tenant="default"))
+    assert answer.replayed and answer.value.id == racer[0].id
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_a_submit_counts_the_queue_after_the_tenants_submit_in_flight_commits(configured, monkeypatch) -> None:
+    """PostgreSQL's count cannot see a concurrent transaction's jobs: without waiting for it, a
+    burst of submits each found room (20 sweeps at once queued 30 jobs against a limit of 5)."""
+    import threading
+
+    from services import quotas
+    from services.config import get_settings
+    from services.db import repository
+    from services.errors import TooMany
+
+    monkeypatch.setenv("DESCENT_TENANT_MAX_QUEUED", "2")
+    get_settings.cache_clear()
+    monkeypatch.setattr(quotas, "_counts", {})
+    spec = make_spec()
+    second: list = []
+    racer = threading.Thread(target=lambda: second.append(_answer_of(jobs.submit_job, spec)))
+    with session_scope(write=True) as first:  # a sweep of two, in flight
+        quotas.check_queued(first, "default", 2)
+        dataset = jobs._dataset(first, spec, jobs._prepare(spec), "default", {})
+        repository.insert_jobs(first, [repository.new_job_values(**jobs.job_row(spec, dataset, "default"))
+                                       for _ in range(2)])
+        racer.start()
+        racer.join(timeout=1.0)
+        assert racer.is_alive(), f"the second submit did not wait for the first: {second}"
+    racer.join(timeout=30)
+    assert isinstance(second[0], TooMany), second
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 2
+
+
+def _answer_of(use_case, *args):  # noqa: ANN001, ANN202
+    try:
+        return use_case(*args)
+    except Exception as exc:  # noqa: BLE001 (the test looks at it)
+        return exc
