@@ -52,10 +52,11 @@ class KeyRing:
     @classmethod
     def parse(cls, api_keys: str, metrics_key: str = "") -> KeyRing:
         """``"tenant:key,tenant:key"`` or ``"key,key"`` (each key alone is a tenant named after
-        its digest); commas or whitespace separate entries. A bad entry is a ValueError that
-        names it (by position, never by its key)."""
+        its digest); commas or whitespace separate entries, and an empty one (a trailing comma of
+        a list edited by hand) is none. A bad entry is a ValueError that names it (by position,
+        never by its key)."""
         entries: list[tuple[bytes, str]] = []
-        for position, item in enumerate(re.split(r"[,\s]+", api_keys.strip()) if api_keys.strip() else [], 1):
+        for position, item in enumerate([item for item in re.split(r"[,\s]+", api_keys) if item], 1):
             tenant, sep, key = item.partition(":")
             if not sep:
                 tenant, key = f"key-{hashlib.sha256(item.encode()).hexdigest()[:12]}", item

@@ -163,7 +163,9 @@ def test_key_ring_formats_and_refusals() -> None:
     assert ring.tenant_of(METRICS + "x").startswith("key-")
     assert ring.tenant_of("alice") is None and ring.tenant_of(ALICE + "!") is None
     assert ALICE not in repr(ring)  # digests only
-    assert not KeyRing.parse("").enabled
+    assert not KeyRing.parse("").enabled and not KeyRing.parse(" , ").enabled
+    trailing = KeyRing.parse(f",alice:{ALICE},\n")  # a list edited by hand: empty entries are none
+    assert trailing.tenant_of(ALICE) == "alice" and len(trailing.entries) == 1
     for bad, says in [("alice:short", "at least 16"), (f"al ice:{ALICE}", "at least 16"),
                       (f"ali/ce:{ALICE}", "tenant"), (f"a:{ALICE},b:{ALICE}", "twice")]:
         with pytest.raises(ValueError, match=says):
