@@ -19,6 +19,7 @@ import httpx
 
 _WHERE = ("body", "query", "path", "header")
 UNAUTHORIZED = "unauthorized: set --key or DESCENT_API_KEY"
+WRONG_KEY = "unauthorized: the API key given (--key or DESCENT_API_KEY) is not valid"
 
 
 class DescentError(Exception):
@@ -73,6 +74,14 @@ class Unauthorized(ApiError):
         return UNAUTHORIZED
 
 
+class WrongKey(Unauthorized):
+    """A 401 to a request that sent a key: asking for one would send the user looking for a
+    setting they have already made."""
+
+    def _line(self) -> str:
+        return WRONG_KEY
+
+
 class NotFound(ApiError):
     pass
 
@@ -123,6 +132,8 @@ def error_from_response(response: httpx.Response) -> ApiError:
     detail, errors = parse_error_body(response)
     kind = _BY_STATUS.get(response.status_code, ApiError)
     request = response.request
+    if kind is Unauthorized and "authorization" in request.headers:
+        kind = WrongKey
     return kind(response.status_code, detail, errors, request.method, request.url.path, retry_after(response))
 
 

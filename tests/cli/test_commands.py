@@ -115,7 +115,8 @@ def test_errors_are_one_line_without_traceback(stack: Running, job_id: str, spec
 
 
 def test_a_missing_or_wrong_key_is_one_line_and_key_flag_works(stack: Running, job_id: str) -> None:
-    for key in (None, "not-the-key-0123456789"):
+    for key, says in [(None, "set --key or DESCENT_API_KEY"),
+                      ("not-the-key-0123456789", "the API key given (--key or DESCENT_API_KEY) is not valid")]:
         refused = run(stack, "show", job_id, key=key, code=1)
-        assert refused.stderr == "error: unauthorized: set --key or DESCENT_API_KEY\n"
+        assert refused.stderr == f"error: unauthorized: {says}\n"
     assert job_id in run(stack, "show", job_id, "--key", KEY, key=None).stdout

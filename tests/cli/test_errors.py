@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from descent_client import Client, ConnectionFailed, InvalidRequest, NotFound, Unauthorized
-from descent_client.errors import UNAUTHORIZED, ApiError, error_from_response, field_name
+from descent_client.errors import UNAUTHORIZED, WRONG_KEY, ApiError, error_from_response, field_name
 from descent_client.progress import LineWriter, bar, duration, job_parts, sweep_parts
 from services.cli import app
 from services.spec import JobRead, WorkerInfo
@@ -56,6 +56,9 @@ def test_other_errors_are_their_detail_text_in_both_shapes(body: dict) -> None:
 def test_a_401_says_how_to_give_a_key_and_a_non_json_answer_its_first_line() -> None:
     assert isinstance(error := error_from_response(answer(401, {"detail": "bad key"})), Unauthorized)
     assert str(error) == UNAUTHORIZED == "unauthorized: set --key or DESCENT_API_KEY"
+    keyed = httpx.Response(401, json={"detail": "the API key is not valid"},
+                           request=httpx.Request("GET", "http://api/v1/jobs", headers={"authorization": "Bearer x"}))
+    assert isinstance(error := error_from_response(keyed), Unauthorized) and str(error) == WRONG_KEY
     html = httpx.Response(502, text="Bad Gateway\n<html>...</html>", request=REQUEST)
     assert str(error_from_response(html)) == "Bad Gateway (HTTP 502)"
     assert type(error_from_response(answer(418, {"title": "I'm a teapot"}))) is ApiError
