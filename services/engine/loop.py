@@ -131,16 +131,23 @@ class Trainer:
         """spare = params - lr * grad, or with momentum mu: spare_velocity = mu * velocity - lr * grad,
         spare = params + spare_velocity. False when min_step_size stopped everyone."""
         xp, stops = self.xp, self.stops
-        xp.multiply(stops.lr, self.grad, out=self.delta)
+        self._delta()
         if stops.check_min:
             small = self._small_steps()
             if bool(small.any()):
                 self._stop(to_host(xp, small), MIN_STEP_SIZE, it, self.velocity)
                 if not stops.n_running:
                     return False
-                xp.multiply(stops.lr, self.grad, out=self.delta)
+                self._delta()
         self._apply()
         return True
+
+    def _delta(self) -> None:
+        """delta = lr * grad, and exactly 0 where lr is 0 (``Stops.still``): a frozen tensor's
+        (or a stopped member's) gradient may be infinite, and 0 * inf would be NaN."""
+        self.xp.multiply(self.stops.lr, self.grad, out=self.delta)
+        if self.stops.still is not None:
+            self.xp.copyto(self.delta, 0, where=self.stops.still)
 
     def _small_steps(self) -> Any:
         """(M,) device bool: the members whose largest step (in delta) is under min_step_size."""
@@ -162,7 +169,7 @@ class Trainer:
         tests' outcome written to ``flag`` (device bool (1,)) instead of read and acted on:
         one update of a block (``blocks``). Set when ``_update`` or ``_check`` would act."""
         xp, stops = self.xp, self.stops
-        xp.multiply(stops.lr, self.grad, out=self.delta)
+        self._delta()
         small = self._small_steps().any() if stops.check_min else None
         self._apply()
         ssr = self._evaluate(it + 1, it + 1 < max_updates, hist[it])

@@ -130,6 +130,13 @@ def layer_backward(w: Any, d: Any, slope: Any, a_in: Any, gw: Any, gb: Any, da: 
 # The functions below are compiled without fastmath's "contract" (the layer kernels they call keep
 # their own flags): an update must round like NumPy's separate multiply and subtract in the
 # one-update-at-a-time loop, not as a fused multiply-add.
+@njit(inline="always", error_model="numpy")
+def _step(lr: float, grad: float) -> float:
+    """lr * grad, and exactly lr (0, of the buffer's dtype) where lr is 0, as ``Trainer._delta``:
+    a frozen tensor's gradient may be infinite, and 0 * inf would be NaN."""
+    return lr * grad if lr != 0 else lr
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _update(buffers: UpdateBuffers, rates: Rates, threshold: Any, momentum: bool, check_min: bool) -> bool:
     """``loop.Trainer._update`` on flat (n_params, M) buffers: spare = params - lr * grad, or
@@ -143,7 +150,7 @@ def _update(buffers: UpdateBuffers, rates: Rates, threshold: Any, momentum: bool
         largest = np.zeros(members, dtype=params.dtype)
         for j in range(n_params):
             for m in range(members):
-                step = abs(lr[j, m] * grad[j, m])
+                step = abs(_step(lr[j, m], grad[j, m]))
                 if not np.isnan(largest[m]) and (np.isnan(step) or step > largest[m]):
                     largest[m] = step
         for m in range(members):
@@ -151,7 +158,7 @@ def _update(buffers: UpdateBuffers, rates: Rates, threshold: Any, momentum: bool
                 return False
     for j in range(n_params):
         for m in range(members):
-            delta = lr[j, m] * grad[j, m]
+            delta = _step(lr[j, m], grad[j, m])
             if momentum:
                 moved = mu[j, m] * velocity[j, m]
                 moved = moved - delta

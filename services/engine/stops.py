@@ -34,12 +34,23 @@ def initial_reasons(reason: np.ndarray, ssr: np.ndarray, finite: np.ndarray,
     return reason
 
 
+def min_step_threshold(min_step_size: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """min_step_size in the pack's dtype. One too small for it (below float32's smallest
+    subnormal, ~1.4e-45) would round to 0, which disables the rule; a step of the dtype is below
+    such a value only when it is exactly 0, so the threshold is the smallest subnormal instead."""
+    threshold = min_step_size.astype(dtype)
+    return np.where((min_step_size > 0) & (threshold == 0), np.finfo(dtype).smallest_subnormal, threshold)
+
+
 class Stops:
     """Reasons, update counts and device masks of a pack during one ``train`` call.
 
     Device masks, flat buffers in the pack's layout: ``lr`` and ``mu`` are each entry's learning
-    rate and momentum, 0 where the member stopped or the tensor is frozen; ``threshold`` and
-    ``target`` (M,) are min_step_size and target_ssr, neutral (0, -inf) for stopped members."""
+    rate and momentum, 0 where the member stopped or the tensor is frozen; ``still`` is where
+    ``lr`` is 0 (None when nowhere), whose step is set to 0 rather than 0 * gradient: a frozen
+    tensor's gradient may overflow while the trainable ones are fine, and 0 * inf = NaN would
+    move it and stop its member as diverged; ``threshold`` and ``target`` (M,) are
+    min_step_size and target_ssr, neutral (0, -inf) for stopped members."""
 
     def __init__(self, xp: Any, layout: Layout, config: PackConfig, reason: np.ndarray,
                  step: np.ndarray) -> None:
@@ -68,11 +79,13 @@ class Stops:
         self.n_running = int(run.sum())
         self.lr = self.layout.expand({n: c.learning_rate * (c.trainable_mask(n) & run)
                                       for n in self.layout.names})
+        still = self.lr == 0
+        self.still = still if bool(still.any()) else None
         self.mu = None
         if c.momentum is not None:
             self.mu = self.layout.expand({n: c.momentum * (c.trainable_mask(n) & run)
                                           for n in self.layout.names})
-        threshold = np.where(run, c.min_step_size, 0.0).astype(self.dtype)
+        threshold = min_step_threshold(np.where(run, c.min_step_size, 0.0), self.dtype)
         self.check_min = bool(np.any(threshold > 0))
         self.threshold = xp.asarray(threshold)
         target = np.where(run, c.target_ssr, -np.inf).astype(self.dtype)

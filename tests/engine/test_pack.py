@@ -99,6 +99,50 @@ def test_frozen_parameters_stay_put() -> None:
     assert not np.array_equal(state.parameters[names[1]][0], params[names[1]][0])
 
 
+@pytest.mark.parametrize(("dtype", "x", "w0", "rtol"),
+                         [("float64", 1e308, 1e-307, 1e-12), ("float32", 3e38, 1e-37, 1e-5)])
+@pytest.mark.parametrize("hidden", [1, 17])  # model last, model first
+def test_a_frozen_tensor_whose_gradient_overflows_stays_put(hidden: int, dtype: str, x: float, w0: float,
+                                                            rtol: float) -> None:
+    """Only the output bias trains. The first layer's weights are frozen, and their gradient,
+    2 * residual * x, overflows (x near the dtype's largest number): their step is 0, not
+    0 * inf = NaN, so the bias trains as it would alone (residual * 0.8 per update at lr 0.1)
+    instead of the network stopping as diverged at step 0."""
+    arch = Architecture((1, hidden, 1), "identity")
+    params = {"layers.0.weight": np.full((2, hidden, 1), w0, dtype),
+              "layers.0.bias": np.zeros((2, hidden), dtype),
+              "layers.1.weight": np.ones((2, 1, hidden), dtype), "layers.1.bias": np.zeros((2, 1), dtype)}
+    trainable = {name: np.full(2, name == "layers.1.bias") for name in arch.parameter_shapes()}
+    config = PackConfig(learning_rate=np.full(2, 0.1), trainable=trainable, max_steps=np.full(2, 5),
+                        min_step_size=np.array([0.0, 1e-12]), dtype=dtype)  # with and without the min step test
+    xs, ys = np.array([[x]], dtype), np.zeros((1, 1), dtype)
+    state, history = run(arch, config, params, xs, ys, 5)
+    residual0 = hidden * float(np.asarray(w0, dtype) * np.asarray(x, dtype))
+    assert [STOP_REASONS[int(r)] for r in state.stop_reason] == ["max_steps"] * 2
+    for member in range(2):
+        np.testing.assert_allclose(history[member], residual0 ** 2 * 0.64 ** np.arange(1, 6), rtol=rtol)
+    np.testing.assert_allclose(state.parameters["layers.1.bias"][:, 0], -residual0 * (1 - 0.8 ** 5), rtol=rtol)
+    for name in ("layers.0.weight", "layers.0.bias", "layers.1.weight"):
+        np.testing.assert_array_equal(state.parameters[name], params[name])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_min_step_size_too_small_for_the_dtype_still_stops_a_step_of_zero(dtype: str) -> None:
+    """Every relu unit is dead at every point, so the trainable first layer's gradient is exactly
+    0. A min_step_size of 1e-50 rounds to 0 in float32, which would disable the rule and train
+    on to max_steps; the step, 0, is below it in both dtypes: stopped at step 0."""
+    arch = Architecture((1, 3, 1), "relu")
+    params = {"layers.0.weight": np.array([[[-1.0], [-2.0], [-1.0]]], dtype),
+              "layers.0.bias": np.array([[-0.5, -0.1, -3.0]], dtype),
+              "layers.1.weight": np.ones((1, 1, 3), dtype), "layers.1.bias": np.zeros((1, 1), dtype)}
+    config = PackConfig.single(0.1, trainable={"layers.1.weight": False, "layers.1.bias": False}, max_steps=30,
+                               min_step_size=1e-50, dtype=dtype)
+    x = np.array([[0.0], [0.5], [1.0]], dtype)
+    state, _ = run(arch, config, params, x, np.array([[0.0], [1.0], [0.0]], dtype), 30)
+    assert STOP_REASONS[int(state.stop_reason[0])] == "min_step_size"
+    assert int(state.step[0]) == 0
+
+
 @pytest.mark.parametrize("momentum", [False, True])
 @pytest.mark.parametrize("layers", [(1, 2, 1), (1, 8, 8, 1)])
 def test_divergence_is_isolated(layers: tuple, momentum: bool) -> None:
