@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -57,6 +58,9 @@ def run_api(
     metrics_dir.ensure()  # before anything imports prometheus-client
     import uvicorn
 
+    # uvicorn stops gracefully on SIGTERM, then raises it again under the handler it found: the
+    # default one would kill this process before its exit hooks (the metrics folder's removal).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run("api.main:app", host=host, port=port, log_level="warning", access_log=False, workers=workers)
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+OWNER = "DESCENT_METRICS_DIR_OWNER"  # the PID of the process that made the folder
 
 
 def ensure(env: dict[str, str] | None = None) -> Path:
@@ -26,9 +27,18 @@ def ensure(env: dict[str, str] | None = None) -> Path:
     if given and Path(given).is_dir():
         return Path(given)
     path = Path(tempfile.mkdtemp(prefix="descent-metrics-"))
-    env[ENV] = str(path)
+    env[ENV], env[OWNER] = str(path), str(os.getpid())
     atexit.register(_remove, path, os.getpid())
     return path
+
+
+def remove_at_exit() -> None:
+    """For a program that the folder's maker exec'd into (``descent worker`` becomes Celery:
+    same PID, but the exec dropped the maker's exit hook): remove the folder at exit as the
+    maker would have. A folder a supervisor handed over, or one of another process, is left."""
+    given, owner = os.environ.get(ENV), os.environ.get(OWNER)
+    if given and owner == str(os.getpid()):
+        atexit.register(_remove, Path(given), os.getpid())
 
 
 def _remove(path: Path, creator: int) -> None:

@@ -320,7 +320,7 @@ def _initial_arrays(xp: object, arch: engine.Architecture, fresh: list[Member], 
 def _advance(pack: Pack) -> Pack | None:
     """Train one chunk of ``checkpoint_every`` updates, then checkpoint it (one host copy of
     the state per chunk: the checkpoint's; the steps before it come from the step array alone)."""
-    old = np.array(engine.to_host(pack.xp, pack.state.step), dtype=np.int64)
+    old = _steps(pack.xp, pack.state)
     every = halving.chunk_length(old.tolist(), pack.members[0].spec.checkpoint_every,
                                  [m.rule for m in pack.members])
     state, history = _train_slices(pack, every)
@@ -332,20 +332,35 @@ def _advance(pack: Pack) -> Pack | None:
 
 def _train_slices(pack: Pack, every: int) -> tuple[engine.TrainState, np.ndarray]:
     """Up to ``every`` updates, in slices of about SLICE_SECONDS, stopping early on a stop
-    request (slices are bit-identical to one call: the engine's contract)."""
+    request or once every member has stopped (slices are bit-identical to one call: the
+    engine's contract)."""
     state, parts, left, size = pack.state, [], every, min(every, pack.slice)
+    before = _steps(pack.xp, state)
     while left > 0:
         started = time.perf_counter()
         state, history = engine.train(pack.xp, pack.arch, pack.config, state, pack.x, pack.y, size)
-        per_step = (time.perf_counter() - started) / size
-        metrics.PACK_STEP.labels(pack.queue).observe(per_step)
+        elapsed = time.perf_counter() - started
         parts.append(history)
         left -= size
-        pack.slice = max(1, int(SLICE_SECONDS / max(per_step, 1e-9)))
+        # The engine returns early once every member has stopped (converged, diverged): the
+        # time is that of the updates it ran, not of the `size` it was asked for.
+        after = _steps(pack.xp, state)
+        ran, before = int(np.max(after - before, initial=0)), after
+        if ran:
+            per_step = elapsed / ran
+            metrics.PACK_STEP.labels(pack.queue).observe(per_step)
+            pack.slice = max(1, int(SLICE_SECONDS / max(per_step, 1e-9)))
+        if ran < size:  # every member has stopped: a further call would run no update
+            break
         size = min(left, pack.slice)
         if _stopping.is_set():
             break
     return state, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _steps(xp: object, state: engine.TrainState) -> np.ndarray:
+    """Each member's step count, copied to the host."""
+    return np.array(engine.to_host(xp, state.step), dtype=np.int64)
 
 
 def _commit(pack: Pack, arrays: dict[str, np.ndarray], old: np.ndarray,

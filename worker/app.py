@@ -16,7 +16,7 @@ import socket
 from billiard.process import active_children
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 
-from services import heap, heartbeat, metrics_export, training
+from services import heap, heartbeat, metrics_dir, metrics_export, training
 from services.config import get_settings
 from services.db.session import WORKER_APPLICATION, reset_engine, set_application_name
 from services.queue import make_celery
@@ -62,7 +62,9 @@ def _warm_engine(**_: object) -> None:
 
 @worker_init.connect
 def _serve_metrics(**_: object) -> None:
-    """The pool's parent is the one process that serves the children's merged metrics."""
+    """The pool's parent is the one process that serves the children's merged metrics, and
+    removes their folder when it stops if ``descent worker`` made it (each start makes one)."""
+    metrics_dir.remove_at_exit()
     port = get_settings().metrics_port
     if port is not None:
         metrics_export.serve(port)

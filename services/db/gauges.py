@@ -1,5 +1,7 @@
 """What the metrics scrape reads from the database: a handful of grouped queries whose cost
-grows with the jobs of the watched sweeps, never with all history (docs/design.md, "Metrics")."""
+grows with the jobs of the watched sweeps and the waiting ones (docs/design.md, "Metrics"), but
+for ``jobs_by_status``: ``descent_jobs{status}`` counts every job ever stored, a scan of all of
+them at each reading (about 35 ms at 440,000 jobs on PostgreSQL here)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Metrics in one process: the database gauges against rows written as workers would, on both
-databases (medians and counts are SQL), the request labels, and the names the dashboards use.
+databases (medians and counts are SQL), the request labels, the names the dashboards use, and
+the engine time per update of a pack that stops early.
 
 The multiprocess side (recycled prefork children, two API processes) is tested with real
 processes in tests/e2e/test_metrics_stack.py.
@@ -11,13 +12,15 @@ import statistics
 import time
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from api.main import create_app
-from services import metrics_export
+from services import engine, metrics_export, training
 from services.config import Settings
 from services.db.models import Job, Sweep, Worker, utcnow
 from services.db.session import session_scope
@@ -170,3 +173,29 @@ def test_a_scrape_shows_the_reading_taken_after_the_previous_one(configured: Set
     configured.metrics_max_age = 0
     submit_job(JobCreate.model_validate(statquest_job()))
     assert scrape()[jobs] == 2  # with max age 0 every scrape reads the database
+
+
+def test_pack_step_time_is_per_update_run_when_every_member_stops_early() -> None:
+    """The engine returns as soon as every member has stopped: a slice asked for 100 updates
+    that ran 5 took the time of 5, and the slices after it would run none. One observation,
+    of that slice's time per update (not per update asked for, 20x too fast)."""
+    arch = engine.Architecture((1, 2, 1), "softplus")
+    config = engine.PackConfig.single(learning_rate=0.01, max_steps=5)
+    params = {k: v[None] for k, v in engine.init_parameters(arch, seed=0).items()}
+    x = np.linspace(0.0, 1.0, 3).reshape(-1, 1)
+    y = np.sin(x)
+    pack = training.Pack([], np, arch, config, engine.init_state(np, arch, config, params, x, y), x, y)
+
+    def observed() -> tuple[float, float]:
+        return tuple(REGISTRY.get_sample_value(f"descent_pack_step_seconds_{s}", {"queue": "cpu"}) or 0.0
+                     for s in ("count", "sum"))
+
+    before = observed()
+    started = time.perf_counter()
+    state, history = training._train_slices(pack, 100_000)  # first slice: pack.slice, 100 updates
+    elapsed = time.perf_counter() - started
+
+    assert int(state.step[0]) == 5 and history.shape[1] >= 5
+    count, total = observed()
+    assert count - before[0] == 1
+    assert total - before[1] > elapsed / 5 / 10  # the engine's time for 5 updates, most of the elapsed

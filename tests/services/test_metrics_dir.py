@@ -3,9 +3,15 @@ not when a child forked from it does (a prefork pool's children share the folder
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 SCRIPT = """
 import os, sys
@@ -29,3 +35,63 @@ def test_the_creator_removes_its_folder_at_exit_and_a_forked_child_does_not() ->
     assert Path(path).name.startswith("descent-metrics-")
     assert after_child == "True", "a forked child's exit removed the shared folder"
     assert not Path(path).exists(), "the creator left its folder behind"
+
+
+def test_a_stopped_worker_removes_the_folder_descent_worker_made(sqlite_url: str, tmp_path: Path) -> None:
+    """``descent worker`` makes the folder, then execs Celery (which drops its exit hook): the
+    Celery parent removes it when a SIGTERM stops it, as every other command's folder goes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DESCENT_", "PROMETHEUS_"))}
+    env |= {"DESCENT_HOME": str(tmp_path / "home"), "DESCENT_DATABASE_URL": sqlite_url}
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("descent")), "worker", "--concurrency", "1"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item)
+        folder = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+        assert folder.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not folder.exists(), "the worker left its metrics folder behind"
+
+
+def test_a_single_process_api_stopped_by_sigterm_removes_its_folder(sqlite_url: str, tmp_path: Path) -> None:
+    """uvicorn stops gracefully on SIGTERM and then raises the signal again: under the default
+    handler the process died by it, before its exit hooks ran, and left its folder behind."""
+    from tests.e2e.conftest import free_port
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DESCENT_", "PROMETHEUS_"))}
+    env |= {"DESCENT_HOME": str(tmp_path / "home"), "DESCENT_DATABASE_URL": sqlite_url, "TMPDIR": str(temp)}
+    port, log = free_port(), tmp_path / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("descent")), "api", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        (folder,) = temp.glob("descent-metrics-*")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not folder.exists(), "the API left its metrics folder behind"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
