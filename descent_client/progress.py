@@ -77,6 +77,8 @@ def job_parts(job: JobRead, max_steps: int | None, rate: float | None) -> tuple[
         if rate and max_steps:
             after.append(f"ETA {duration((max_steps - job.step) / rate)}")
         waiting = f" at rung {job.rung}" if job.rung is not None else ""
+        if job.queue_workers == 0:
+            waiting = f" (no {job.device} worker running)"
         after.append(job.status + (" (cancel requested)" if job.cancel_requested else waiting))
     return fraction, f"{job.name} {job.id[:8]}", "  ".join(after)
 

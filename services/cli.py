@@ -76,8 +76,22 @@ def run_worker(
 
     A pack from the ``gpu`` queue trains with CuPy, one from the ``cpu`` queue with NumPy, so a
     worker of ``cpu,gpu`` serves both (a gpu worker gets DESCENT_ENGINE_BACKEND=cupy: no NumPy
-    warm-up before the fork).
+    warm-up before the fork). A worker of the gpu queue first checks that this host can compute
+    with CuPy (``gpu_problem``) and exits with one line if not.
     """
+    from services.queue import QUEUES  # Celery is loaded by the worker anyway
+
+    unknown = sorted(set(queues.split(",")) - set(QUEUES))
+    if unknown:
+        typer.echo(f"error: --queues {queues}: unknown queue {', '.join(map(repr, unknown))}; "
+                   f"the queues are {', '.join(QUEUES)}", err=True)
+        raise typer.Exit(2)
+    problem = gpu_problem() if "gpu" in queues.split(",") else None
+    if problem:
+        typer.echo(f"error: --queues {queues} trains on CuPy, and this host cannot ({problem}): install the "
+                   "gpu extra (pip install '.[gpu]'; Dockerfile.gpu has it) on a host with an NVIDIA GPU, "
+                   "or serve --queues cpu", err=True)
+        raise typer.Exit(1)
     env = os.environ.copy()
     metrics_dir.ensure(env)  # shared by the pool's children; the parent serves --metrics-port
     if metrics_port is not None:
@@ -91,6 +105,38 @@ def run_worker(
         argv += ["-n", name]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+# Imports CuPy, finds a device, and runs a reduction (an NVRTC kernel) and a product (cuBLAS):
+# what a pack of the gpu queue needs first.
+_GPU_PROBE = """
+import cupy
+if cupy.cuda.runtime.getDeviceCount() < 1:
+    raise RuntimeError("no CUDA device")
+if int(cupy.arange(3).sum()) != 3 or float((cupy.ones((2, 2)) @ cupy.ones((2, 2))).sum()) != 8.0:
+    raise RuntimeError("CuPy computed a wrong result")
+"""
+
+
+def gpu_problem(timeout: float = 300.0) -> str | None:
+    """Why this host cannot train the gpu queue's packs (the probe's last error line), or None.
+
+    A gpu worker without CuPy (or without a usable GPU) used to start, announce itself as a live
+    gpu worker (so the scheduler sent it packs and DescentNoWorkerForQueue stayed quiet) and fail
+    every gpu job it claimed at once with ``No module named 'cupy'``. Refused here, it exits
+    (compose restarts it, visibly) and the gpu jobs wait queued for a worker that can train them.
+    The probe runs in a child process: CUDA set up here would not survive the exec into Celery
+    and its fork into the pool."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"the CuPy check took over {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"the CuPy check exited with {done.returncode}"
 
 
 @app.command("scheduler", rich_help_panel=RUN,

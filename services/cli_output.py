@@ -90,6 +90,8 @@ def job_detail(job: JobRead) -> str:
         fields.append(("cancel", "requested: it stops at its next checkpoint"))
     if job.rung is not None:
         fields.append(("waits at rung", job.rung))
+    if job.queue_workers == 0:
+        fields.append(("waits for", f"a {job.device} worker: none is running; the job starts when one does"))
     if job.error:
         fields.append(("error", job.error))
     return _pairs(fields)

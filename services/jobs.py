@@ -20,7 +20,7 @@ import numpy as np
 from services import doorbell, engine, idempotency, metrics, packing, quotas
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
-from services.db import repository
+from services.db import gauges, repository, scheduling
 from services.db.models import DEFAULT_TENANT
 from services.db.session import session_scope
 from services.errors import Conflict, DomainError, InvalidInput, NotFound, StorageError
@@ -304,7 +304,22 @@ def stored_spec(spec: JobCreate, dataset_id: str) -> dict:
 
 def get_job(job_id: str, *, tenant: str = DEFAULT_TENANT) -> JobRead:
     with session_scope() as session:
-        return repository.get_job(session, job_id, tenant=tenant)
+        return with_queue_workers(session, [repository.get_job(session, job_id, tenant=tenant)])[0]
+
+
+def with_queue_workers(session: Session, items: list[JobRead]) -> list[JobRead]:
+    """Each job waiting for a worker (queued, not parked at a rung) gets ``queue_workers``: the
+    live workers of its queue. 0 tells a job that waits for a worker of its device to start (a
+    gpu job with no gpu worker running waits, queued, until one does) from one waiting its turn."""
+    if not any(_waits_for_a_worker(job) for job in items):
+        return items
+    live = gauges.live_workers(session, scheduling.db_now(session), get_settings().lease_seconds)
+    return [job.model_copy(update={"queue_workers": live.get(job.device, 0)}) if _waits_for_a_worker(job) else job
+            for job in items]
+
+
+def _waits_for_a_worker(job: JobRead) -> bool:
+    return job.status == "queued" and job.rung is None
 
 
 def list_jobs(
@@ -322,6 +337,7 @@ def list_jobs(
     with session_scope() as session:
         items = repository.list_jobs(session, tenant=tenant, limit=limit + 1, status=status, sweep_id=sweep_id,
                                      after=after)
+        items = with_queue_workers(session, items)
     more = len(items) > limit
     items = items[:limit]
     return JobPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)

@@ -363,6 +363,9 @@ class JobRead(BaseModel):
     cancel_requested: bool = Field(
         default=False, description="A cancel was asked while it ran: it stops at its next checkpoint")
     max_steps: int | None = Field(default=None, description="The spec's stop.max_steps: progress is step / max_steps")
+    queue_workers: int | None = Field(
+        default=None, description="A job waiting for a worker (queued, not at a rung; in reads of jobs): live "
+        "workers serving its device's queue. 0: none runs, and it waits until one starts (e.g. no gpu worker)")
 
 
 class JobPage(BaseModel):

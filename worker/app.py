@@ -1,9 +1,12 @@
 """The Celery worker process: the shared configuration plus per-process setup after fork.
 
-Start it with ``celery -A worker.app worker -Q cpu`` (or ``-Q gpu`` with
-``DESCENT_ENGINE_BACKEND=cupy``); each prefork child builds its own database engine. A task
-trains on its queue's backend (``worker.tasks.backend_for``: cpu NumPy, gpu CuPy), whatever the
-process's setting, so one worker may serve both queues.
+Start it with ``descent worker --queues cpu`` (or ``gpu``), which checks that a gpu worker's host
+can compute with CuPy and sets ``DESCENT_WORKER_QUEUES``, the queues each child's heartbeat
+announces to the scheduler: a bare ``celery -A worker.app worker -Q gpu`` needs that variable (and
+``DESCENT_ENGINE_BACKEND=cupy``) set to match, or it is counted as a cpu worker. Each prefork
+child builds its own database engine. A task trains on its queue's backend
+(``worker.tasks.backend_for``: cpu NumPy, gpu CuPy), whatever the process's setting, so one
+worker may serve both queues.
 """
 
 from __future__ import annotations

@@ -148,6 +148,7 @@ async function showJob(id) {
     job.status + (job.stop_reason ? ` (${job.stop_reason})` : ""), `step ${job.step}`, `SSR ${ssrText(job.ssr)}`,
     job.sweep_id ? `member of sweep ${shortId(job.sweep_id)}` : null,
     job.worker && job.worker.hostname ? `worker ${job.worker.hostname}:${job.worker.pid}` : null,
+    job.queue_workers === 0 ? `waits for a ${job.device} worker: none is running` : null,
     job.error ? `error: ${job.error}` : null,
   ].filter(Boolean).join(" · ");
   drawSsr($("ssr-chart"), history);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,7 +20,34 @@ def submit(client: TestClient, **changes: object) -> dict:
 def test_submit_answers_201_with_a_queued_job(client: TestClient) -> None:
     job = submit(client)
     assert job["status"] == "queued" and job["step"] == 0 and job["name"] == "statquest-b3"
-    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+    assert job["queue_workers"] is None  # only reads of jobs count the workers of its queue
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job | {"queue_workers": 0}
+
+
+def test_a_queued_job_says_how_many_live_workers_serve_its_queue(client: TestClient) -> None:
+    """A gpu job with no gpu worker running waits, queued, until one starts: the read says so
+    (0), which tells it from a job waiting its turn behind others (workers > 0)."""
+    from sqlalchemy import update
+
+    from services.db import scheduling
+    from services.db.models import Worker
+    from services.db.session import session_scope
+
+    cpu, gpu = submit(client)["id"], submit(client, device="gpu")["id"]
+    with session_scope() as session:
+        scheduling.register_worker(session, "cpu-1", "cpu", "host", 1)
+        scheduling.register_worker(session, "both", "cpu,gpu", "host", 2)
+        scheduling.register_worker(session, "gone", "gpu", "host", 3)
+        session.execute(update(Worker).where(Worker.name == "gone")  # its lease long lapsed
+                        .values(seen_at=scheduling.db_now(session) - timedelta(hours=1)))
+    assert client.get(f"/v1/jobs/{cpu}").json()["queue_workers"] == 2
+    assert client.get(f"/v1/jobs/{gpu}").json()["queue_workers"] == 1
+    with session_scope() as session:
+        scheduling.forget_worker(session, "both")
+    listed = {job["id"]: job["queue_workers"] for job in client.get("/v1/jobs").json()["items"]}
+    assert listed == {cpu: 1, gpu: 0}
+    client.post(f"/v1/jobs/{gpu}/cancel")
+    assert client.get(f"/v1/jobs/{gpu}").json()["queue_workers"] is None  # no longer waiting
 
 
 def test_listing_pages_with_a_cursor_and_filters_by_status(client: TestClient) -> None:

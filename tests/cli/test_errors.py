@@ -15,6 +15,7 @@ from descent_client import Client, ConnectionFailed, InvalidRequest, NotFound, U
 from descent_client.errors import UNAUTHORIZED, WRONG_KEY, ApiError, error_from_response, field_name
 from descent_client.progress import LineWriter, bar, duration, job_parts, sweep_parts
 from services.cli import app
+from services.cli_output import job_detail
 from services.spec import JobRead, WorkerInfo
 from services.sweep_spec import LeaderEntry, SweepRead
 from tests.e2e.conftest import free_port
@@ -88,6 +89,15 @@ def test_a_job_line_shows_step_of_max_steps_ssr_rate_eta_and_status() -> None:
     fraction, _, after = job_parts(job("succeeded", 9, stop_reason="min_step_size"), 1000, 20.0)
     assert fraction == 1.0 and after == "step 9/1000  SSR 0.25  20 steps/s  succeeded (min_step_size)"
     assert job_parts(job(), None, None)[::2] == (None, "step 250  SSR 0.25  running")
+
+
+def test_a_job_waiting_for_a_worker_of_its_device_says_so() -> None:
+    """A gpu job with no gpu worker running waits until one starts: line and detail say which."""
+    waiting = job("queued", 0, device="gpu", queue_workers=0)
+    assert job_parts(waiting, 1000, None)[2] == "step 0/1000  SSR 0.25  queued (no gpu worker running)"
+    assert "waits for:    a gpu worker: none is running; the job starts when one does" in job_detail(waiting)
+    for served in (job("queued", 0, device="gpu", queue_workers=1), job("queued", 0)):
+        assert job_parts(served, 1000, None)[2].endswith("  queued") and "waits for" not in job_detail(served)
 
 
 def test_a_sweep_line_shows_members_by_status_best_ssr_and_eta() -> None:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import itertools
 import os
 import re
@@ -305,6 +306,24 @@ def test_gpu_worker_reserves_an_nvidia_gpu_in_the_gpu_profile() -> None:
     dockerfile = (ROOT / "Dockerfile.gpu").read_text()
     assert re.search(r"^(ARG CUDA_IMAGE=nvidia/cuda:12\.|FROM nvidia/cuda:12\.)", dockerfile, re.M)
     assert "extra['gpu']" in dockerfile, "Dockerfile.gpu must install the gpu extra (CuPy)"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_the_gpu_worker_service_exits_in_one_line_on_a_host_without_cupy(tmp_path: Path) -> None:
+    """Its own command and environment, run here (no CuPy): it exits at once naming the cause,
+    and compose's restart policy shows it restarting, instead of running as a live gpu worker
+    that fails every gpu job with "No module named 'cupy'"."""
+    ports = {"api": free_port(), "worker-gpu": free_port()}
+    env = _local_env("worker-gpu", f"sqlite:///{tmp_path / 'descent.db'}", "filesystem://", tmp_path / "home")
+    try:
+        done = subprocess.run(_local_argv("worker-gpu", ports), env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker-gpu service started on a host without CuPy")
+    finally:
+        kill_leftovers(tmp_path / "home")
+    assert done.returncode == 1 and SERVICES["worker-gpu"]["restart"] == "unless-stopped"
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: --queues gpu trains on CuPy") and "No module named 'cupy'" in line
 
 
 def test_prometheus_scrapes_every_metrics_port_that_compose_serves() -> None:

@@ -1,6 +1,10 @@
 """A worker of both queues (``descent worker --queues cpu,gpu``): a pack trains on the backend
 of the queue it came from. The process's backend is CuPy for such a worker, which made every
-``"device": "cpu"`` job fail with ``ModuleNotFoundError: cupy`` on a host without CuPy."""
+``"device": "cpu"`` job fail with ``ModuleNotFoundError: cupy`` on a host without CuPy.
+
+A gpu worker starts only where CuPy computes (``descent worker``'s check), so the worker here
+imports ``FAKE_CUPY``: it passes that check and fails anything else, as a cpu pack trained on
+CuPy would."""
 
 from __future__ import annotations
 
@@ -29,19 +33,41 @@ def test_the_backend_is_the_queues(info: dict | None, default: str, backend: str
     assert backend_for(info, default) == backend
 
 
+FAKE_CUPY = '''"""Only what `descent worker`'s GPU check uses; any other name fails."""
+from types import SimpleNamespace
+
+import numpy
+
+cuda = SimpleNamespace(runtime=SimpleNamespace(getDeviceCount=lambda: 1))
+arange, ones = numpy.arange, numpy.ones
+
+
+def __getattr__(name):
+    raise AttributeError(f"the test's stand-in CuPy has no {name!r}: a cpu pack must not use CuPy")
+'''
+
+
+def fake_cupy(folder: Path) -> str:
+    """A folder to put on PYTHONPATH whose ``cupy`` is FAKE_CUPY."""
+    (folder / "cupy").mkdir(parents=True)
+    (folder / "cupy" / "__init__.py").write_text(FAKE_CUPY)
+    return str(folder)
+
+
 @pytest.fixture
 def mixed(tmp_path: Path) -> Iterator[Stack]:
     from services.db.migrate import upgrade
 
     env = {"DESCENT_HOME": str(tmp_path), "DESCENT_DATABASE_URL": f"sqlite:///{tmp_path / 'descent.db'}",
            "DESCENT_BROKER_URL": "filesystem://", "DESCENT_SCHEDULER_LEASE_SECONDS": "2"}
+    cupy = {"PYTHONPATH": os.pathsep.join([fake_cupy(tmp_path / "site"), str(ROOT)])}
     upgrade(env["DESCENT_DATABASE_URL"])
     log = tmp_path / "worker.log"
     with environment(env):
         with log.open("wb") as out:
             worker = subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--queues", "cpu,gpu",
                                        "--concurrency", "1", "--name", "mixed@%h"], cwd=ROOT,
-                                      env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                      env={**os.environ, **env, **cupy}, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         scheduler = start_scheduler(env, tmp_path / "scheduler.log")
         stack = Stack(worker, log, env, scheduler)
