@@ -4,7 +4,8 @@ Jobs can share a pack when everything the engine holds pack-wide agrees: archite
 dtype, batching (and the batch order's seed), checkpoint cadence and device. Sweep members and
 independent jobs from any client alike: the key says nothing about who submitted them.
 A group is cut so that no pack exceeds the cost cap (members x parameters x points) or the
-member cap, and so that a large group spreads over every live worker of its queue.
+member cap, and so that a large group spreads over every live worker of its queue; free workers
+are shared among tenants (``fair_share``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def oldest_first(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
 class PackPlan:
     device: str
     job_ids: list[str]
+    tenant: str = "default"  # whose jobs (a pack never mixes tenants)
 
 
 def pack_key(document: dict, dataset_id: str) -> str:
@@ -105,16 +107,38 @@ def member_cost(layers: Sequence[int], n_points: int) -> float:
 def plan_packs(jobs: Sequence[QueuedJob], slots: dict[str, int], max_cost: float,
                max_members: int, stream: Stream | None = None) -> list[PackPlan]:
     """Groups in order of first appearance, each cut into equal contiguous packs; a group that
-    is a ``stream`` is not spread over the slots."""
-    groups: dict[tuple[str, str], list[QueuedJob]] = {}
+    is a ``stream`` is not spread over the slots. The pack key names a tenant's own dataset, so
+    a group is one tenant's; the tenant is in the group's key all the same, as a plan names it."""
+    groups: dict[tuple[str, str, str], list[QueuedJob]] = {}
     for job in jobs:
-        groups.setdefault((job.device, job.pack_key), []).append(job)
+        groups.setdefault((job.device, job.tenant, job.pack_key), []).append(job)
     plans = []
-    for (device, _), members in groups.items():
+    for (device, tenant, _), members in groups.items():
         parts = pack_count(members, slots.get(device, 0), max_cost, max_members, stream)
         for chunk in split_evenly(members, parts):
-            plans.append(PackPlan(device, [job.id for job in chunk]))
+            plans.append(PackPlan(device, [job.id for job in chunk], tenant))
     return plans
+
+
+def fair_share(plans: Sequence[PackPlan], busy: dict[str, int], slots: int) -> list[PackPlan]:
+    """The ``slots`` packs to send now, from one queue's ``plans`` (oldest first): each free
+    worker goes to the tenant with the fewest packs training or on their way (``busy``, plus
+    those chosen here), among equals the one whose next pack comes first; a tenant's own packs
+    keep their order. Taken in plain order, the slots went to the oldest packs, so a worker that
+    came free went back to the tenant with the oldest backlog: one tenant's sweep of more packs
+    than workers held every worker until it drained, whatever the other tenants waited with."""
+    queues: dict[str, list[tuple[int, PackPlan]]] = {}
+    for position, plan in enumerate(plans):
+        queues.setdefault(plan.tenant, []).append((position, plan))
+    taken = {tenant: busy.get(tenant, 0) for tenant in queues}
+    chosen: list[PackPlan] = []
+    while len(chosen) < slots and queues:
+        tenant = min(queues, key=lambda t: (taken[t], queues[t][0][0]))
+        chosen.append(queues[tenant].pop(0)[1])
+        taken[tenant] += 1
+        if not queues[tenant]:
+            del queues[tenant]
+    return chosen
 
 
 def pack_count(members: Sequence[QueuedJob], slots: int, max_cost: float, max_members: int,

@@ -113,16 +113,18 @@ def dispatch(settings: Settings,
     new jobs at once (its messages wait in the broker for a worker to start), but no re-sends.
     Each queue is read apart, so one queue's backlog never hides another's jobs. Tiny jobs may
     be held back a moment for a fuller pack while another pack of their queue trains
-    (``packing.linger``). Also says whether every queue with jobs waiting had no free worker
-    (then only a freed one helps), and how long the soonest held queue waits."""
+    (``packing.linger``). Free workers are shared among tenants, each to the one with the
+    fewest packs at work (``packing.fair_share``), not to the oldest backlog. Also says whether
+    every queue with jobs waiting had no free worker (then only a freed one helps), and how long
+    the soonest held queue waits."""
     plans, saturated, hold = [], False, 0.0
     # with the linger off (0 s), free slots alone decide
     stream = packing.Stream(settings.pack_linger_cost) if settings.pack_linger_seconds > 0 else None
     with session_scope() as session:
         now = store.db_now(session)
         queues = store.waiting_queues(session)
-        free, busy = (store.worker_slots(session, now, settings.lease_seconds, settings.redispatch_seconds)
-                      if queues else ({}, {}))
+        free, busy, tenants_busy = (store.worker_slots(session, now, settings.lease_seconds,
+                                                       settings.redispatch_seconds) if queues else ({}, {}, {}))
         in_flight = store.in_flight_by_tenant(session, now, settings.redispatch_seconds) if queues else {}
         saturated = bool(queues) and all(free.get(device) is not None and free[device] <= 0 for device in queues)
         for device in queues:
@@ -137,7 +139,7 @@ def dispatch(settings: Settings,
                 continue
             cut = packing.plan_packs(queued, {device: slots or 0}, settings.pack_max_cost, settings.pack_max_members,
                                      stream)
-            cut = cut if slots is None else cut[:slots]
+            cut = cut if slots is None else packing.fair_share(cut, tenants_busy.get(device, {}), slots)
             _count_in_flight(in_flight, queued, cut)
             plans += cut
     for plan in plans:
@@ -160,20 +162,39 @@ def dispatch(settings: Settings,
 
 def _waiting(session: Session, settings: Settings, now: datetime, device: str, stale_too: bool,
              in_flight: dict[str, int]) -> list[packing.QueuedJob]:
-    """A queue's oldest dispatchable jobs (at most ``scheduler_batch``) within every tenant's
-    running limit, oldest first. Tenants at their limit are left out of the read itself: read
-    first and dropped after, one tenant's backlog of a batch hid every other tenant's jobs while
-    workers idled. A tenant whose room runs out within a batch keeps its oldest jobs and is left
-    out of one more read; in the usual case (no tenant at its limit) one read is all."""
+    """A queue's oldest dispatchable jobs within every tenant's running limit, oldest first (at
+    most ``scheduler_batch`` a read), then, when a read came back full, the oldest of the
+    tenants that read did not reach: a tenant's backlog of a batch hid every other tenant's jobs
+    behind it, whose free workers (``packing.fair_share``) then went to that backlog until it
+    drained below a batch. One read per tenant with a batch of backlog; in the usual case one."""
+    excluded = packing.full_tenants(in_flight, settings.tenant_max_running)
+    found: list[packing.QueuedJob] = []
+    while True:
+        kept, seen, full = _oldest(session, settings, now, device, stale_too, in_flight, excluded)
+        found += kept
+        if not full:
+            return found
+        excluded |= seen  # a batch of theirs is here: read the other tenants' behind it
+
+
+def _oldest(session: Session, settings: Settings, now: datetime, device: str, stale_too: bool,
+            in_flight: dict[str, int], excluded: set[str]) -> tuple[list[packing.QueuedJob], set[str], bool]:
+    """The oldest dispatchable jobs (at most ``scheduler_batch``) of the tenants not
+    ``excluded`` within their running limits, the tenants read, and whether the last read was
+    full. Tenants at their limit are left out of the read itself: read first and dropped after,
+    one tenant's backlog of a batch hid every other tenant's jobs while workers idled. A tenant
+    whose room runs out within a batch keeps its oldest jobs and is left out of one more read;
+    in the usual case (no tenant at its limit) one read is all. Adds to ``excluded``."""
     limit, size = settings.tenant_max_running, settings.scheduler_batch
-    excluded = packing.full_tenants(in_flight, limit)
     carried: list[packing.QueuedJob] = []  # the jobs kept of tenants whose room ran out
+    seen: set[str] = set()
     while True:
         read = store.dispatchable(session, now, settings.redispatch_seconds, size, device, stale_too, excluded)
+        seen |= {job.tenant for job in read}
         kept = packing.within_tenant_limit(read, in_flight, limit)
         ran_out = packing.tenants_left_out(read, kept)
         if len(read) < size or not ran_out:
-            return packing.oldest_first(carried + kept)[:size] if carried else kept
+            return (packing.oldest_first(carried + kept)[:size] if carried else kept), seen, len(read) == size
         carried += [job for job in kept if job.tenant in ran_out]
         excluded |= ran_out
 

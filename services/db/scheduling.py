@@ -49,15 +49,17 @@ _MARK_DISPATCHED = (
     .values(dispatched_at=bindparam("at", type_=_jobs.c.dispatched_at.type))
 )
 _LIVE_WORKERS = select(Worker.queues).where(Worker.seen_at >= bindparam("seen_after"))
+# By queue and tenant: a pack is one tenant's, so the tenants' counts add up to the queue's.
 _BUSY_BY_QUEUE = (
-    select(_jobs.c.device, func.count(func.distinct(_jobs.c.worker_hostname + ":" + func.cast(_jobs.c.worker_pid, String))))
-    .where(_jobs.c.status == "running").group_by(_jobs.c.device)
+    select(_jobs.c.device, _jobs.c.tenant_id,
+           func.count(func.distinct(_jobs.c.worker_hostname + ":" + func.cast(_jobs.c.worker_pid, String))))
+    .where(_jobs.c.status == "running").group_by(_jobs.c.device, _jobs.c.tenant_id)
 )
 # Each pack is stamped by its own statement, so its jobs share a dispatched_at of their own.
 _SENT_BY_QUEUE = (
-    select(_jobs.c.device, func.count(func.distinct(_jobs.c.dispatched_at)))
+    select(_jobs.c.device, _jobs.c.tenant_id, func.count(func.distinct(_jobs.c.dispatched_at)))
     .where(_WAITING, _jobs.c.dispatched_at >= bindparam("sent_after"))
-    .group_by(_jobs.c.device)
+    .group_by(_jobs.c.device, _jobs.c.tenant_id)
 )
 _PARKED_RUNGS = (
     select(_jobs.c.sweep_id, func.min(_jobs.c.rung))
@@ -171,10 +173,11 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | No
 
 
 def worker_slots(session: Session, now: datetime, lease_seconds: float,
-                 redispatch_seconds: float) -> tuple[dict[str, int], dict[str, int]]:
+                 redispatch_seconds: float) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
     """Per queue, free slots: live worker processes, less those training a pack, less packs
-    published and not yet claimed (a queue missing has no live worker known); and per queue the
-    packs training or on their way to a worker (busy)."""
+    published and not yet claimed (a queue missing has no live worker known); per queue the
+    packs training or on their way to a worker (busy); and those by tenant (per queue: tenant ->
+    packs), by which the scheduler shares free workers among tenants (``packing.fair_share``)."""
     live: dict[str, int] = {}
     rows = session.execute(_LIVE_WORKERS, {"seen_after": now - timedelta(seconds=lease_seconds)})
     for queues in rows.scalars():
@@ -183,11 +186,14 @@ def worker_slots(session: Session, now: datetime, lease_seconds: float,
     busy = session.execute(_BUSY_BY_QUEUE).all()
     in_flight = session.execute(_SENT_BY_QUEUE, {"sent_after": now - timedelta(seconds=redispatch_seconds)}).all()
     taken: dict[str, int] = {}
-    for device, n in [*busy, *in_flight]:
+    by_tenant: dict[str, dict[str, int]] = {}
+    for device, tenant, n in [*busy, *in_flight]:
         taken[device] = taken.get(device, 0) + n
+        tenants = by_tenant.setdefault(device, {})
+        tenants[tenant] = tenants.get(tenant, 0) + n
         if device in live:
             live[device] -= n
-    return live, taken
+    return live, taken, by_tenant
 
 
 def register_worker(session: Session, name: str, queues: str, hostname: str, pid: int) -> None:

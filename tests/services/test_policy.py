@@ -363,6 +363,26 @@ def test_each_tenant_keeps_at_most_its_running_limit_oldest_first() -> None:
     assert [j.id for j in within_tenant_limit(queue, {}, limit=100)] == [j.id for j in queue]
 
 
+def test_free_slots_go_to_the_tenant_with_the_fewest_packs_at_work() -> None:
+    """Taken in plain order, a tenant's backlog of more packs than workers held every slot."""
+    plans = [PackPlan("cpu", [f"a{i}"], "a") for i in range(3)] + [PackPlan("cpu", ["b0"], "b"),
+                                                                    PackPlan("cpu", ["c0"], "c")]
+    ids = lambda chosen: [p.job_ids[0] for p in chosen]  # noqa: E731
+    assert ids(packing.fair_share(plans, {"a": 1}, slots=1)) == ["b0"]  # a trains already
+    assert ids(packing.fair_share(plans, {}, slots=1)) == ["a0"]  # equals: the oldest pack first
+    assert ids(packing.fair_share(plans, {}, slots=4)) == ["a0", "b0", "c0", "a1"]  # in turns
+    assert ids(packing.fair_share(plans, {"b": 2, "c": 1}, slots=3)) == ["a0", "a1", "c0"]
+    assert ids(packing.fair_share(plans, {"a": 5}, slots=9)) == ["b0", "c0", "a0", "a1", "a2"]  # all, once each
+    assert packing.fair_share([], {"a": 1}, slots=2) == []
+
+
+def test_plan_packs_names_the_tenant_and_never_mixes_tenants() -> None:
+    queue = [QueuedJob("a0", "k", "cpu", 1.0, tenant="a"), QueuedJob("b0", "k", "cpu", 1.0, tenant="b"),
+             QueuedJob("a1", "k", "cpu", 1.0, tenant="a")]
+    assert plan_packs(queue, {}, max_cost=100, max_members=100) == [
+        PackPlan("cpu", ["a0", "a1"], "a"), PackPlan("cpu", ["b0"], "b")]
+
+
 def test_linger_holds_tiny_fresh_jobs_only_while_another_pack_trains() -> None:
     from datetime import datetime, timedelta
 
