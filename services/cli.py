@@ -186,9 +186,15 @@ def run_up(
             typer.echo(f"Descent is serving at {stack.url} (page {stack.url}/, docs {stack.url}/docs)")
             typer.echo(f"  {auth_note(settings)}")
             typer.echo(f"  home {stack.home}\n  database {_redact(settings.database_url)}"
-                       f"\n  broker {_redact(settings.broker_url)}\n  workers {workers}; Ctrl-C stops")
+                       f"\n  broker {_redact(settings.broker_url)}\n  workers {workers}, starting (jobs wait for them; "
+                       "a line says when they are ready); Ctrl-C stops")
+            started, waiting = time.monotonic(), True
             while True:
                 stack.supervise(lambda line: typer.echo(line, err=True))
+                if waiting and stack.live_workers() >= workers:
+                    waiting = False
+                    typer.echo(f"{time.strftime('%H:%M:%S')} workers ready: {workers} of {workers}, "
+                               f"{time.monotonic() - started:.0f} s after the API")
                 time.sleep(0.2)
     except KeyboardInterrupt:
         typer.echo("stopped")

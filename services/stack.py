@@ -243,6 +243,20 @@ class Stack:
     def wait_ready(self, timeout: float) -> None:
         wait_until_ready(self.url, timeout, self.check_alive, token=self.token)
 
+    def live_workers(self) -> int:
+        """Worker processes of the cpu queue alive in the stack's database (0 if it cannot tell).
+        The API is ready long before them on a first start (each compiles numba's kernels, about
+        30 s on two cores), while submitted jobs wait with no word of why."""
+        from services.db import gauges, scheduling
+        from services.db.session import session_scope
+
+        try:
+            with session_scope() as session:
+                now = scheduling.db_now(session)
+                return gauges.live_workers(session, now, get_settings().lease_seconds).get("cpu", 0)
+        except Exception:  # noqa: BLE001 (a word on the terminal, never the end of the stack)
+            return 0
+
     def check_alive(self) -> None:
         for child in self.children:
             code = child.proc.poll()

@@ -53,6 +53,12 @@ def assert_statquest(running: Running, job: dict, history: dict, named: dict[str
 def test_statquest_on_the_embedded_stack(start_up: Callable[..., Running]) -> None:
     running = start_up(DESCENT_MAX_BODY_BYTES="65536")
     assert_statquest(running, *train_statquest(running))
+    # The job trained, so the worker announced itself: `descent up` says when (a first start
+    # compiles numba's kernels for ~30 s while the API already answers).
+    deadline = time.monotonic() + 10
+    while b"workers ready: 1 of 1, " not in running.log.read_bytes():
+        assert time.monotonic() < deadline, running.log.read_text()[-3000:]
+        time.sleep(0.1)
     chunks = (b"x" * 4096 for _ in range(20))  # chunked: no Content-Length to trust
     answer = httpx.post(f"{running.url}/v1/datasets", content=chunks, headers={"content-type": "text/csv"})
     assert answer.status_code == 413 and "65536" in answer.json()["detail"]
