@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -40,27 +41,17 @@ def test_the_creator_removes_its_folder_at_exit_and_a_forked_child_does_not() ->
 def test_a_stopped_worker_removes_the_folder_descent_worker_made(sqlite_url: str, tmp_path: Path) -> None:
     """``descent worker`` makes the folder, then execs Celery (which drops its exit hook): the
     Celery parent removes it when a SIGTERM stops it, as every other command's folder goes."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DESCENT_", "PROMETHEUS_"))}
-    env |= {"DESCENT_HOME": str(tmp_path / "home"), "DESCENT_DATABASE_URL": sqlite_url}
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("descent")), "worker", "--concurrency", "1"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while b" ready." not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+
+    def folder(proc: subprocess.Popen) -> Path | None:
+        if b" ready." not in log.read_bytes():
+            return None
         environ = dict(item.split("=", 1) for item in
                        Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item)
-        folder = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
-        assert folder.is_dir()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not folder.exists(), "the worker left its metrics folder behind"
+        return Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+
+    left = _stopped_by_sigterm(["worker", "--concurrency", "1"], _env(sqlite_url, tmp_path), log, folder)
+    assert not left.exists(), "the worker left its metrics folder behind"
 
 
 def test_a_single_process_api_stopped_by_sigterm_removes_its_folder(sqlite_url: str, tmp_path: Path) -> None:
@@ -70,24 +61,40 @@ def test_a_single_process_api_stopped_by_sigterm_removes_its_folder(sqlite_url: 
 
     temp = tmp_path / "tmp"
     temp.mkdir()
+    port = free_port()
+
+    def folder(_: subprocess.Popen) -> Path | None:
+        return next(temp.glob("descent-metrics-*")) if _answers(f"http://127.0.0.1:{port}/healthz") else None
+
+    left = _stopped_by_sigterm(["api", "--port", str(port)], _env(sqlite_url, tmp_path, TMPDIR=str(temp)),
+                               tmp_path / "api.log", folder)
+    assert not left.exists(), "the API left its metrics folder behind"
+
+
+def _env(sqlite_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DESCENT_", "PROMETHEUS_"))}
-    env |= {"DESCENT_HOME": str(tmp_path / "home"), "DESCENT_DATABASE_URL": sqlite_url, "TMPDIR": str(temp)}
-    port, log = free_port(), tmp_path / "api.log"
+    return env | {"DESCENT_HOME": str(tmp_path / "home"), "DESCENT_DATABASE_URL": sqlite_url, **extra}
+
+
+def _stopped_by_sigterm(args: list[str], env: dict[str, str], log: Path,
+                        folder: Callable[[subprocess.Popen], Path | None]) -> Path:
+    """Run ``descent <args>`` until ``folder`` names its metrics folder (None: not ready yet),
+    stop it with SIGTERM, expect exit 0, and return the folder."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("descent")), "api", "--port", str(port)],
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("descent")), *args],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+        while (found := folder(proc)) is None:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        (folder,) = temp.glob("descent-metrics-*")
+        assert found.is_dir()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not folder.exists(), "the API left its metrics folder behind"
+    return found
 
 
 def _answers(url: str) -> bool:
