@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     # submits goes out as a few larger packs; an idle queue sends at once. 0 never waits.
     pack_linger_seconds: float = Field(default=0.05, ge=0)
     pack_linger_cost: float = Field(default=1e6, ge=0)
-    # Jobs per read of a queue in a scheduler pass (the rest wait for the next pass); a full read is
-    # followed by one without the tenants it found, so other tenants' jobs are never hidden behind it.
+    # Jobs per read of a queue in a scheduler pass (the rest wait for the next pass); with workers
+    # free, a full read is followed by one without the tenants it found (one per free worker at
+    # most), so other tenants' jobs are never hidden behind it.
     scheduler_batch: int = Field(default=20_000, ge=1)
     # Queues this worker process serves (set by `descent worker`; read by its heartbeat).
     worker_queues: str = "cpu"

@@ -131,7 +131,7 @@ def dispatch(settings: Settings,
             slots = free.get(device)
             if slots is not None and slots <= 0:
                 continue
-            queued = _waiting(session, settings, now, device, slots is not None, in_flight)
+            queued = _waiting(session, settings, now, device, slots, in_flight)
             wait = packing.linger(queued, busy.get(device, 0), now, settings.pack_linger_seconds,
                                   settings.pack_linger_cost)
             if wait > 0:
@@ -160,21 +160,26 @@ def dispatch(settings: Settings,
     return plans, saturated, hold
 
 
-def _waiting(session: Session, settings: Settings, now: datetime, device: str, stale_too: bool,
+def _waiting(session: Session, settings: Settings, now: datetime, device: str, slots: int | None,
              in_flight: dict[str, int]) -> list[packing.QueuedJob]:
     """A queue's oldest dispatchable jobs within every tenant's running limit, oldest first (at
-    most ``scheduler_batch`` a read), then, when a read came back full, the oldest of the
-    tenants that read did not reach: a tenant's backlog of a batch hid every other tenant's jobs
-    behind it, whose free workers (``packing.fair_share``) then went to that backlog until it
-    drained below a batch. One read per tenant with a batch of backlog; in the usual case one."""
+    most ``scheduler_batch`` a read). With ``slots`` free workers known, a read that came back
+    full is followed by one without its tenants, at most ``slots`` more: a tenant's backlog of
+    a batch hid every other tenant's jobs behind it, whose free workers (``packing.fair_share``)
+    then went to that backlog until it drained below a batch. Only then: such a read scans the
+    backlog it skips (500k queued jobs of one tenant: ~0.15 s on PostgreSQL), worth it for a
+    worker to share, not in every pass of a busy queue or one with no worker known (``None``,
+    whose messages just wait in the broker)."""
+    stale_too = slots is not None
     excluded = packing.full_tenants(in_flight, settings.tenant_max_running)
     found: list[packing.QueuedJob] = []
-    while True:
+    for _ in range(1 + (slots or 0)):
         kept, seen, full = _oldest(session, settings, now, device, stale_too, in_flight, excluded)
         found += kept
         if not full:
-            return found
+            break
         excluded |= seen  # a batch of theirs is here: read the other tenants' behind it
+    return found
 
 
 def _oldest(session: Session, settings: Settings, now: datetime, device: str, stale_too: bool,

@@ -96,10 +96,23 @@ def test_a_worker_that_comes_free_goes_to_the_tenant_with_fewer_packs_at_work(co
 def test_a_tenant_with_a_batch_of_backlog_does_not_hide_the_others_behind_it(configured) -> None:  # noqa: ANN001
     """The scheduler reads at most a batch of the oldest jobs; a tenant's backlog of a batch or
     more (no tenant at its running limit) hid every other tenant's jobs behind it until it
-    drained: one more read, without the tenants already read, finds them in the same pass."""
+    drained: with free workers, one more read per worker, without the tenants already read,
+    finds them in the same pass (with none known, the first read's packs are sent: they wait
+    in the broker)."""
     limits(configured, running=1000, batch=2)
+    configured.pack_max_members = 1  # one job per pack
     a = [submit_as("a") for _ in range(3)]
     b = [submit_as("b") for _ in range(2)]
     c = submit_as("c")
-    assert passes(1) == [a[:2], b, [c]]  # no live worker: every pack planned is sent
-    assert passes(1) == [a[2:]]
+    start_workers(3)
+    assert passes(1) == [a[:1], b[:1], [c]]  # a free worker for each tenant, c's job found behind b's batch
+    assert passes(1) == []  # every worker has a pack on its way
+
+
+def test_with_no_worker_known_a_pass_reads_one_batch(configured) -> None:  # noqa: ANN001
+    """No live worker: the first batch's packs go to the broker to wait; the reads past a
+    backlog (each a scan of it) are for sharing free workers, and there are none."""
+    limits(configured, running=1000, batch=2)
+    a = [submit_as("a") for _ in range(3)]
+    submit_as("b")
+    assert passes(1) == [a[:2]]
