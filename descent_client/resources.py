@@ -66,7 +66,9 @@ class _Resource(Generic[R]):
     def _wait(self, done: Callable[[R], bool], draw: Callable[[LineWriter, R, bool], None], progress: Progress,
               timeout: float | None, max_poll: float, patience: float) -> R:
         """Poll (0.1 s, growing to ``max_poll``) until ``done``; draw a line after each read. An
-        API that stops answering (a restart) is waited for up to ``patience`` seconds."""
+        API that stops answering (a restart) is waited for up to ``patience`` seconds, but never
+        past ``timeout``: a wait that ran out while the API was down used to go on for
+        ``patience`` (60 s for ``timeout=2``)."""
         writer = None if progress is False else LineWriter(None if progress is True else progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause, ended, answered = 0.1, False, time.monotonic()
@@ -74,19 +76,22 @@ class _Resource(Generic[R]):
             while True:
                 try:
                     info = self.refresh()
-                except (ConnectionFailed, Unavailable):
+                except (ConnectionFailed, Unavailable) as exc:
+                    if _past(deadline):
+                        raise WaitTimeout(f"{self.kind} {self.id} still {self.status} (its last read) after "
+                                          f"{timeout:g} s: {exc}") from exc
                     if time.monotonic() - answered > patience:
                         raise
-                    time.sleep(max_poll)
+                    time.sleep(_until(deadline, max_poll))
                     continue
                 answered, ended = time.monotonic(), done(info)
                 if writer:
                     draw(writer, info, ended)
                 if ended:
                     return info
-                if deadline is not None and time.monotonic() > deadline:
+                if _past(deadline):
                     raise WaitTimeout(f"{self.kind} {self.id} still {info.status} after {timeout:g} s")
-                time.sleep(pause)
+                time.sleep(_until(deadline, pause))
                 pause = min(max_poll, pause * 1.5)
         finally:
             if writer and writer.tty and not ended:
@@ -105,7 +110,9 @@ class Job(_Resource[JobRead]):
     def wait(self, progress: Progress = False, *, timeout: float | None = None, max_poll: float = 1.0,
              patience: float = 60.0) -> JobRead:
         """Until it finishes (succeeded, diverged, failed, cancelled); ``progress``: draw a live
-        line on stderr (or on the given stream). Returns the final read."""
+        line on stderr (or on the given stream). Returns the final read; ``WaitTimeout`` after
+        ``timeout`` seconds, also while the API is down (which is otherwise waited out for
+        ``patience`` seconds, then raised)."""
         rate = Rate()
 
         def draw(writer: LineWriter, info: JobRead, ended: bool) -> None:
@@ -164,6 +171,15 @@ class Sweep(_Resource[SweepRead]):
         return self.client.jobs(sweep_id=self.id, status=status, limit=limit)
 
 
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _until(deadline: float | None, pause: float) -> float:
+    """``pause``, shortened so that a wait's last read is made at its deadline, not after it."""
+    return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+
+
 def _overall_rate(info: JobRead) -> float | None:
     """Steps per second over the whole run (the server's timestamps), for a finished job."""
     if info.started_at is None or info.finished_at is None:
@@ -173,6 +189,12 @@ def _overall_rate(info: JobRead) -> float | None:
 
 
 def as_rows(x: Any) -> Matrix:
-    """A matrix as lists of floats; a flat sequence of numbers is one point per value."""
-    rows = x.tolist() if hasattr(x, "tolist") else list(x)
-    return [[float(v) for v in row] if isinstance(row, Sequence) else [float(row)] for row in rows]
+    """A matrix as lists of floats; a flat sequence of numbers is one point per value. Rows may
+    be NumPy arrays (``list(X)``, ``[X[0], X[1]]``): each is read as a list, as a whole array is."""
+    rows = _plain(x) if hasattr(x, "tolist") else list(x)
+    return [[float(v) for v in row] if isinstance(row, Sequence) else [float(row)] for row in map(_plain, rows)]
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy array or scalar as Python lists and floats; anything else as it is."""
+    return value.tolist() if hasattr(value, "tolist") else value

@@ -4,17 +4,22 @@ spec that is not a JSON object, or a body with NaN, refused before any request."
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from descent_client import Client, DescentError, InvalidId, InvalidRequest, Job, TooManyRequests, Unavailable
+from descent_client import (
+    Client, DescentError, InvalidId, InvalidRequest, Job, TooManyRequests, Unavailable, WaitTimeout,
+)
 from descent_client.errors import retry_after
+from descent_client.resources import as_rows
 from services.cli import app
 from services.spec import JobRead, WorkerInfo
 
@@ -153,3 +158,36 @@ def test_a_body_that_is_not_json_is_one_error_before_any_request() -> None:
     with pytest.raises(DescentError, match="is not valid JSON"):
         job.predict([math.nan])
     assert seen == []
+
+
+def test_a_wait_ends_at_its_timeout_while_the_api_is_down(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wait(timeout=2)`` on an API that refuses connections used to run for ``patience``
+    (60 s) and end in ConnectionFailed; it is a WaitTimeout at 2 s, naming the cause."""
+    monkeypatch.setattr("descent_client.resources.time", SimpleNamespace(monotonic=clock.monotonic,
+                                                                         sleep=clock.sleep))
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    api, seen = client(refuse, max_backoff=0.05)
+    started = clock.now
+    with pytest.raises(WaitTimeout, match=r"still queued \(its last read\) after 2 s: cannot reach Descent"):
+        Job(api, JobRead.model_validate(job_read())).wait(timeout=2, patience=60)
+    assert 2 <= clock.now - started < 3 and seen
+
+
+def test_rows_may_be_numpy_arrays() -> None:
+    """``job.predict(list(X))`` of a 2-D array used to fail with NumPy's TypeError."""
+    sent: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(200, json={"y": [[0.0], [0.0]]})
+
+    api, _ = client(answer)
+    job = Job(api, JobRead.model_validate(job_read()))
+    x = np.array([[0.25, 0.5], [0.75, 1.0]])
+    for given in (x, list(x), [x[0], x[1]], [list(x[0]), tuple(x[1])]):
+        job.predict(given)
+    assert {json.loads(body)["x"] == [[0.25, 0.5], [0.75, 1.0]] for body in sent} == {True}
+    assert as_rows(np.array([0.5, 1.0])) == as_rows([np.float32(0.5), np.float64(1.0)]) == [[0.5], [1.0]]
