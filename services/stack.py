@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,6 +140,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)  # the children's environment
     token: str = field(default_factory=lambda: secrets.token_hex(16))  # our API's answer in /readyz
     _lock: IO[str] | None = field(default=None, repr=False)
+    _since: datetime | None = field(default=None, repr=False)  # the database's time at the start
 
     @property
     def url(self) -> str:
@@ -178,6 +180,7 @@ class Stack:
             upgrade()  # the schema is current before any process serves or trains
         except Exception as exc:  # noqa: BLE001 (driver and Alembic errors alike)
             raise StackError(f"database migration failed: {str(exc).splitlines()[0]}") from exc
+        self.live_workers()  # notes the database's time: workers count from here
         self._spawn("api", ["api", "--host", self.host, "--port", str(self.port),
                             "--workers", str(self.api_workers)])
         self._spawn("scheduler", ["scheduler"])
@@ -244,16 +247,19 @@ class Stack:
         wait_until_ready(self.url, timeout, self.check_alive, token=self.token)
 
     def live_workers(self) -> int:
-        """Worker processes of the cpu queue alive in the stack's database (0 if it cannot tell).
-        The API is ready long before them on a first start (each compiles numba's kernels, about
-        30 s on two cores), while submitted jobs wait with no word of why."""
+        """Worker processes of the cpu queue that announced themselves since this stack started
+        (0 if it cannot tell). The API is ready long before them on a first start (each compiles
+        numba's kernels, about 30 s on two cores), while submitted jobs wait with no word of why;
+        the rows of a previous run's workers stay live for a lease and must not count."""
         from services.db import gauges, scheduling
         from services.db.session import session_scope
 
         try:
             with session_scope() as session:
                 now = scheduling.db_now(session)
-                return gauges.live_workers(session, now, get_settings().lease_seconds).get("cpu", 0)
+                self._since = self._since or now
+                window = min(get_settings().lease_seconds, (now - self._since).total_seconds())
+                return gauges.live_workers(session, now, window).get("cpu", 0)
         except Exception:  # noqa: BLE001 (a word on the terminal, never the end of the stack)
             return 0
 
