@@ -79,19 +79,7 @@ def run_worker(
     warm-up before the fork). A worker of the gpu queue first checks that this host can compute
     with CuPy (``gpu_problem``) and exits with one line if not.
     """
-    from services.queue import QUEUES  # Celery is loaded by the worker anyway
-
-    unknown = sorted(set(queues.split(",")) - set(QUEUES))
-    if unknown:
-        typer.echo(f"error: --queues {queues}: unknown queue {', '.join(map(repr, unknown))}; "
-                   f"the queues are {', '.join(QUEUES)}", err=True)
-        raise typer.Exit(2)
-    problem = gpu_problem() if "gpu" in queues.split(",") else None
-    if problem:
-        typer.echo(f"error: --queues {queues} trains on CuPy, and this host cannot ({problem}): install the "
-                   "gpu extra (pip install '.[gpu]'; Dockerfile.gpu has it) on a host with an NVIDIA GPU, "
-                   "or serve --queues cpu", err=True)
-        raise typer.Exit(1)
+    _check_queues(queues)
     env = os.environ.copy()
     metrics_dir.ensure(env)  # shared by the pool's children; the parent serves --metrics-port
     if metrics_port is not None:
@@ -105,6 +93,24 @@ def run_worker(
         argv += ["-n", name]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+def _check_queues(queues: str) -> None:
+    """Exit with one line on a queue that does not exist (a worker of ``gpus`` would consume
+    nothing, for ever) or a gpu queue this host cannot compute for (``gpu_problem``)."""
+    from services.queue import QUEUES  # Celery is loaded by the worker anyway
+
+    unknown = sorted(set(queues.split(",")) - set(QUEUES))
+    if unknown:
+        typer.echo(f"error: --queues {queues}: unknown queue {', '.join(map(repr, unknown))}; "
+                   f"the queues are {', '.join(QUEUES)}", err=True)
+        raise typer.Exit(2)
+    problem = gpu_problem() if "gpu" in queues.split(",") else None
+    if problem:
+        typer.echo(f"error: --queues {queues} trains on CuPy, and this host cannot ({problem}): install the "
+                   "gpu extra (pip install '.[gpu]'; Dockerfile.gpu has it) on a host with an NVIDIA GPU, "
+                   "or serve --queues cpu", err=True)
+        raise typer.Exit(1)
 
 
 # Imports CuPy, finds a device, and runs a reduction (an NVRTC kernel) and a product (cuBLAS):

@@ -57,6 +57,8 @@ def _known_revisions() -> frozenset[str]:
 
 
 def too_new_message(revisions: set[str]) -> str:
+    """What to do about a schema this code cannot read: Alembic's "Can't locate revision" says
+    neither that a newer Descent made it nor which version to run."""
     return (f"the database schema is at revision {', '.join(sorted(revisions))}, which this version of Descent "
             f"does not have (its newest is {head_revision()}): a newer Descent migrated it; run that version")
 
