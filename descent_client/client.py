@@ -97,6 +97,9 @@ class Client:
             response.close()
 
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        if self._http.is_closed:  # httpx says so with a RuntimeError, which no DescentError catches
+            raise DescentError(f"this client of {self.url} is closed (its `with` block ended, or close() "
+                               "was called): make a new Client")
         started = time.monotonic()
         retrying = Retrying(retry=retry_if_exception(_transient), wait=self._wait, reraise=True,
                             stop=stop_after_attempt(self.retries + 1) | self._past_budget(started),

@@ -191,3 +191,13 @@ def test_rows_may_be_numpy_arrays() -> None:
         job.predict(given)
     assert {json.loads(body)["x"] == [[0.25, 0.5], [0.75, 1.0]] for body in sent} == {True}
     assert as_rows(np.array([0.5, 1.0])) == as_rows([np.float32(0.5), np.float64(1.0)]) == [[0.5], [1.0]]
+
+
+def test_a_closed_client_says_so_as_a_descent_error() -> None:
+    """httpx raised its own RuntimeError, which ``except DescentError`` does not catch."""
+    api, seen = client(lambda _: httpx.Response(200, json=job_read()))
+    with api:
+        api.job("abc")
+    with pytest.raises(DescentError, match="is closed"):
+        api.job("abc")
+    assert len(seen) == 1
