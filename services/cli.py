@@ -213,7 +213,8 @@ def run_up(
              short_help="Start a stack, train the StatQuest job with the client, check b3 = 2.61.")
 def run_demo(
     port: Port = 8765,
-    home: Annotated[Path | None, typer.Option(help="DESCENT_HOME; a fresh temporary one if absent")] = None,
+    home: Annotated[Path | None, typer.Option(
+        help="The demo stack's home; a fresh temporary one if absent (DESCENT_HOME is not read)")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the job")] = 120.0,
 ) -> None:
     """Start the embedded stack, train the StatQuest network with the client (as `descent submit`

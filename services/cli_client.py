@@ -39,6 +39,7 @@ Key = Annotated[str | None, typer.Option("--key", envvar="DESCENT_API_KEY", show
                                          help="API key, sent as a Bearer token")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON on stdout)")]
 Id = Annotated[str, typer.Argument(metavar="ID", help="A job's or a sweep's id", show_default=False)]
+JobId = Annotated[str, typer.Argument(metavar="ID", help="A job's id (not a sweep's)", show_default=False)]
 SpecFile = Annotated[Path, typer.Argument(metavar="SPEC.json", help="JSON file, or - for stdin", show_default=False)]
 Wait = Annotated[bool, typer.Option("--wait", help="Then watch it to the end; exit with its final status")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the id")]
@@ -186,7 +187,7 @@ def show(resource_id: Id, url: Url = DEFAULT_URL, key: Key = None, as_json: Json
 
 @command("history")
 def history(
-    job_id: Id,
+    job_id: JobId,
     as_csv: Annotated[bool, typer.Option("--csv", help="step,ssr as CSV")] = False,
     every: Annotated[int | None, typer.Option(min=1, help="Keep every n-th step")] = None,
     max_points: Annotated[int | None, typer.Option(min=2, help="Thin to at most this many points")] = None,
@@ -204,7 +205,7 @@ def history(
 
 @command("params")
 def params(
-    job_id: Id,
+    job_id: JobId,
     step: Annotated[int | None, typer.Option(min=0, help="A checkpointed step; the latest if absent")] = None,
     digits: Annotated[int | None, typer.Option(min=0, max=17, help="Round to this many decimals")] = None,
     url: Url = DEFAULT_URL, key: Key = None, as_json: Json = False,
@@ -216,7 +217,7 @@ def params(
 
 @command("predict")
 def predict(
-    job_id: Id,
+    job_id: JobId,
     x: Annotated[list[str] | None, typer.Option("--x", help="One point: a number, or comma-separated "
                                                 "inputs; repeat for more points")] = None,
     from_csv: Annotated[Path | None, typer.Option("--csv", help="Points from a CSV file with a header "

@@ -149,3 +149,20 @@ def test_a_finished_sweep_with_early_stops_shows_100_percent_below_its_planned_s
                       paths=["learning_rate"], counts={"succeeded": 9}, stop_reasons={"early_stopped": 8},
                       steps_done=1100, steps_planned=4500, best=None, leaderboard=[])
     assert "100% (1100 of 4500 planned steps trained)" in sweep_detail(sweep)
+
+
+@pytest.mark.parametrize("command", ["history", "params", "predict"])
+def test_job_only_commands_do_not_offer_a_sweeps_id_in_their_help(command: str) -> None:
+    """history, params and predict read /v1/jobs/{id}/...: a sweep's id is a 404 there, yet their
+    --help said "A job's or a sweep's id"."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    assert "A job's id" in result.output and "A job's or a sweep's id" not in result.output
+
+
+def test_demo_help_says_it_does_not_read_descent_home() -> None:
+    """``descent demo`` always starts on a fresh temporary home unless --home is given; its help
+    said "DESCENT_HOME; ...", which reads as if the variable were its default."""
+    result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    assert "DESCENT_HOME is not read" in result.output
