@@ -54,8 +54,11 @@ async def dataset_body(request: Request) -> DatasetCreate:
 async def _from_upload(request: Request) -> DatasetCreate:
     form = await request.form(max_files=1, max_fields=10)
     upload = form.get("file")
-    if upload is None or isinstance(upload, str):
+    if upload is None:
         raise InvalidInput(("file",), "multipart upload needs a file field named 'file'")
+    if isinstance(upload, str):  # a part without a filename, e.g. curl -F 'file=<data.csv'
+        raise InvalidInput(("file",), "is a plain form field, not a file: send the CSV as a file part with a "
+                                      "filename (e.g. curl -F file=@data.csv)")
     for name in form:
         if name != "file":
             raise InvalidInput((name,), "unknown field: a multipart upload has one field, 'file'")

@@ -31,8 +31,9 @@ class InvalidInput(DomainError, ValueError):
 
 
 class ShapeMismatch(InvalidInput):
-    """Data whose width does not fit the layers: located at the data, and ``layers_loc`` names the
-    layer it disagrees with (a sweep that varies the layers blames its value there)."""
+    """Data whose width does not fit the layers (or y's rows not x's): located at the data, and
+    ``layers_loc`` names the field it disagrees with, relative to the same model as ``loc`` (a
+    sweep that varies that field blames its value there)."""
 
     def __init__(self, loc: tuple[str | int, ...], message: str, layers_loc: tuple[str | int, ...]) -> None:
         super().__init__(loc, message)

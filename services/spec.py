@@ -230,7 +230,8 @@ def check_pairs(x: Matrix, y: Matrix) -> None:
     check_matrix(x, ("x",))
     check_matrix(y, ("y",))
     if len(x) != len(y):
-        raise InvalidInput(("y",), f"x has {len(x)} rows but y has {len(y)}")
+        # x is the other side: a sweep that varies data.x, not data.y, blames its value there.
+        raise ShapeMismatch(("y",), f"x has {len(x)} rows but y has {len(y)}", ("x",))
 
 
 def check_parameters(values: ParameterValues, shapes: dict[str, tuple[int, ...]], loc: tuple) -> None:

@@ -334,8 +334,9 @@ def member_error(sweep: SweepCreate, member: Member, exc: ValidationError | Inva
     path = _blamed_path(paths, loc)
     shape = _cause(exc)
     if path is None and isinstance(shape, ShapeMismatch):
-        if (layers := _blamed_path(paths, shape.layers_loc)) is not None:
-            loc, path = shape.layers_loc, layers
+        other = (*_model_loc(exc), *shape.layers_loc)
+        if (blamed := _blamed_path(paths, other)) is not None:
+            loc, path = other, blamed
     if path is None:
         return InvalidInput(("base", *loc), message)
     positions, draw = _coordinates(sweep, member.index)
@@ -401,6 +402,12 @@ def _job_error(exc: ValidationError | InvalidInput) -> tuple[Loc, str]:
     if (cause := _cause(exc)) is not None:
         return (*loc, *cause.loc), cause.message
     return loc, error["msg"]
+
+
+def _model_loc(exc: ValidationError | InvalidInput) -> Loc:
+    """Where the model whose validator raised lies in the job document (``("data",)`` for
+    inline data); empty for an ``InvalidInput`` raised outside pydantic."""
+    return tuple(exc.errors(include_url=False)[0]["loc"]) if isinstance(exc, ValidationError) else ()
 
 
 def _cause(exc: ValidationError | InvalidInput) -> InvalidInput | None:

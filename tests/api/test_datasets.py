@@ -80,3 +80,13 @@ def test_bad_json_datasets_are_422(client: TestClient, body: dict, expected: str
     answer = client.post("/v1/datasets", json=body)
     assert answer.status_code == 422, answer.text
     assert any(loc.startswith(expected) for loc in locs(answer))
+
+
+def test_a_file_field_sent_as_plain_text_is_named_as_such(client: TestClient) -> None:
+    """``curl -F 'file=<data.csv'`` sends the field without a filename: the client did send a
+    field named 'file', so "needs a file field named 'file'" would read as nonsense."""
+    answer = client.post("/v1/datasets", content=b'--zz\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+                         b"x,y\n0,0\n\r\n--zz--\r\n", headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["errors"][0]
+    assert error["loc"] == ["body", "file"] and "plain form field" in error["msg"], error

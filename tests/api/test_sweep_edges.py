@@ -197,3 +197,16 @@ def test_varied_layers_that_do_not_fit_the_data_are_blamed_at_the_grid_value(
         base["data"] = {"dataset_id": data["id"]}
     error = refused(client, sweep(base, grid={"architecture.layers": layers}))
     assert error["loc"] == loc and error["msg"].startswith("member 1: ") and said in error["msg"], error
+
+
+@pytest.mark.parametrize(("varied", "values", "loc"), [
+    ("data.x", [[[0.0], [0.5], [1.0]], [[0.0]]], ["body", "grid", "data.x", 1]),
+    ("data.y", [[[0.0], [1.0], [0.0]], [[0.0]] * 4], ["body", "grid", "data.y", 1]),
+])
+def test_varied_data_rows_that_do_not_match_the_other_side_are_blamed_at_the_grid_value(
+    client: TestClient, varied: str, values: list[Any], loc: list[Any],
+) -> None:
+    """The base is valid: a member whose x (or y) has another row count than the base's y (or x)
+    is its grid value's fault, not the base's ``data.y``."""
+    error = refused(client, sweep(grid={varied: values}))
+    assert error["loc"] == loc and error["msg"].startswith("member 1: ") and "rows but y has" in error["msg"], error
