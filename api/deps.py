@@ -6,7 +6,8 @@ build an app with small limits without touching the process environment.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +25,38 @@ async def get_app_settings(request: Request) -> Settings:  # async: no thread ho
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+async def known_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it, not ignored: a misspelt or
+    unsupported filter (``/v1/sweeps?status=succeeded``) answered as if it had filtered."""
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    known = _query_names(route)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no query parameters"
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name),
+                                       "msg": f"unknown query parameter; this endpoint takes {takes}",
+                                       "input": request.query_params[name]} for name in unknown])
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}  # by id of a route (routes live as long as the app)
+
+
+def _query_names(route: object) -> frozenset[str]:
+    """The query parameters a route declares (its dependencies' too), by their names on the wire."""
+    names = _QUERY_NAMES.get(id(route))
+    if names is None:
+        names = _QUERY_NAMES[id(route)] = frozenset(_declared_query(route.dependant))
+    return names
+
+
+def _declared_query(dependant: Any) -> Iterator[str]:
+    yield from (param.alias for param in dependant.query_params)
+    for sub in dependant.dependencies:
+        yield from _declared_query(sub)
 
 
 CSV_TYPES = ("text/csv", "application/csv")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from api.deps import known_query
 from api.docs import install_docs, install_openapi
 from api.errors import COMMON, install_error_handlers
 from api.limits import BodySizeLimit
@@ -47,10 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, extra_paths=(metrics.PATH,))  # added last: the outermost layer sees every answer
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(jobs.router, prefix="/v1", responses=COMMON)
-    app.include_router(datasets.router, prefix="/v1", responses=COMMON)
-    app.include_router(sweeps.router, prefix="/v1", responses=COMMON)
-    app.include_router(plots.router, prefix="/v1", responses=COMMON)
+    for router in (jobs.router, datasets.router, sweeps.router, plots.router):
+        app.include_router(router, prefix="/v1", responses=COMMON, dependencies=[Depends(known_query)])
     app.include_router(page.router)
     return app
 

@@ -355,3 +355,20 @@ def test_every_operation_with_a_body_documents_its_415(client: TestClient) -> No
     assert len(with_body) >= 4
     for path, method in with_body:
         assert "415" in paths[path][method]["responses"], (path, method)
+
+
+@pytest.mark.parametrize(("path", "unknown", "takes"), [
+    ("/v1/sweeps?status=succeeded", "status", "cursor, limit"),  # sweeps have no status filter
+    ("/v1/jobs?limit=5&statu=queued", "statu", "cursor, limit, status, sweep_id"),
+    ("/v1/jobs/0c0c8f34-5a18-4f42-a0a8-f2c461bdd671/history?evry=2", "evry", "every, format, max_points"),
+    ("/v1/datasets/0c0c8f34-5a18-4f42-a0a8-f2c461bdd671?x=1", "x", "no query parameters"),
+])
+def test_an_unknown_query_parameter_is_named_not_ignored(client: TestClient, path: str, unknown: str,
+                                                         takes: str) -> None:
+    """A misspelt or unsupported filter answered as if it had filtered (every sweep for
+    ``?status=succeeded``); it is a 422 at the parameter, listing those the endpoint takes."""
+    answer = client.get(path)
+    assert answer.status_code == 422, answer.text
+    error = first_error(answer)
+    assert error["loc"] == ["query", unknown] and error["msg"].endswith(f"this endpoint takes {takes}"), error
+    assert client.get("/v1/jobs?limit=5&status=queued").status_code == 200  # declared ones pass
