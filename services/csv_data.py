@@ -40,15 +40,16 @@ def parse_csv(text: str, loc: Loc = ("csv",)) -> tuple[Matrix, Matrix]:
     1-based file line numbers (the header is line 1), which is what an editor shows; ``loc`` is
     where the CSV is in the request (``("csv",)`` for a CSV body, ``("file",)`` for an upload)."""
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
-    header = _next_row(reader, loc)
-    if header is None:
+    first = _next_row(reader, loc)
+    if first is None:
         raise InvalidInput(loc, "is empty; expected a header row like x,y")
-    inputs, outputs = _columns(header, reader.line_num, loc)
+    header, line = first
+    inputs, outputs = _columns(header, line, loc)
     limit = get_settings().max_points
     x: Matrix = []
     y: Matrix = []
-    while (row := _next_row(reader, loc)) is not None:
-        line = reader.line_num
+    while (found := _next_row(reader, loc)) is not None:
+        row, line = found
         if len(row) != len(header):
             raise InvalidInput((*loc, line), f"line {line} has {len(row)} fields, the header has {len(header)}")
         x.append([_number(row, i, header, (*loc, line)) for i in inputs])
@@ -60,9 +61,12 @@ def parse_csv(text: str, loc: Loc = ("csv",)) -> tuple[Matrix, Matrix]:
     return x, y
 
 
-def _next_row(reader: Any, loc: Loc) -> list[str] | None:  # a csv.reader (its type is private)
-    """The next row with a non-blank cell, or None at the end."""
+def _next_row(reader: Any, loc: Loc) -> tuple[list[str], int] | None:  # a csv.reader (its type is private)
+    """The next row with a non-blank cell and the line it starts on, or None at the end. A
+    quoted cell may span lines: the reader's line number is then the record's last line, where
+    an editor would not look for the record's fault."""
     while True:
+        start = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
@@ -71,7 +75,7 @@ def _next_row(reader: Any, loc: Loc) -> list[str] | None:  # a csv.reader (its t
             line = reader.line_num
             raise InvalidInput((*loc, line), f"line {line} cannot be read as CSV: {exc}") from None
         if any(cell.strip() for cell in row):
-            return row
+            return row, start
 
 
 def _columns(header: list[str], line: int, loc: Loc) -> tuple[list[int], list[int]]:

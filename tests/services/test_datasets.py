@@ -67,6 +67,8 @@ def test_parse_csv_orders_columns_by_number() -> None:
     ("x,y\n1,2\n3,abc\n", ("csv", 3, "y")),
     ("x,y\ninf,2\n", ("csv", 2, "x")),
     ("x,y\nnan,2\n", ("csv", 2, "x")),
+    ('x,y\n0,0\n"1\n",oops\n', ("csv", 3, "y")),  # a record with a quoted line break: its first line
+    ('x,y\n\n\n"1\n\n",oops\n', ("csv", 4, "y")),
 ])
 def test_parse_csv_names_the_bad_place(text: str, loc: tuple) -> None:
     with pytest.raises(InvalidInput) as error:
