@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 from datetime import datetime
@@ -116,12 +116,12 @@ def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
     ahead = [_known_row(spec, inline, tenant) for spec, inline, tenant in items]
     results: list[dict | BaseException] = []
     seen: dict[tuple, DatasetRead] = {}
-    accepted: Counter[str] = Counter()  # per tenant: queued by this batch, inserted at its end
+    accepted: dict[str, int] = {}  # per tenant: queued by this batch, inserted at its end
     with session_scope(write=True) as session:
         repository.lock_submits(session, [tenant for _, _, tenant in items])  # all at once, in one order
         for (spec, inline, tenant), row in zip(items, ahead):
             try:
-                quotas.check_queued(session, tenant, 1, pending=accepted[tenant])
+                quotas.check_queued(session, tenant, 1, pending=accepted.get(tenant, 0))
                 if inline is None:
                     dataset = _dataset(session, spec, inline, tenant, seen)
                     quotas.check_cost(get_settings(), [(spec, dataset.n_points)])
@@ -132,7 +132,7 @@ def _insert_together(items: list[tuple]) -> list[JobRead | BaseException]:
             except DomainError as exc:
                 results.append(exc)
                 continue
-            accepted[tenant] += 1
+            accepted[tenant] = accepted.get(tenant, 0) + 1
             results.append(row or repository.new_job_values(**job_row(spec, dataset, tenant)))
         repository.insert_jobs(session, [r for r in results if isinstance(r, dict)])
     for key, dataset in seen.items():

@@ -123,8 +123,8 @@ def dispatch(settings: Settings,
     with session_scope() as session:
         now = store.db_now(session)
         queues = store.waiting_queues(session)
-        free, busy, tenants_busy = (store.worker_slots(session, now, settings.lease_seconds,
-                                                       settings.redispatch_seconds) if queues else ({}, {}, {}))
+        free, tenants_busy = (store.worker_slots(session, now, settings.lease_seconds,
+                                                 settings.redispatch_seconds) if queues else ({}, {}))
         in_flight = store.in_flight_by_tenant(session, now, settings.redispatch_seconds) if queues else {}
         saturated = bool(queues) and all(free.get(device) is not None and free[device] <= 0 for device in queues)
         for device in queues:
@@ -132,7 +132,8 @@ def dispatch(settings: Settings,
             if slots is not None and slots <= 0:
                 continue
             queued = _waiting(session, settings, now, device, slots, in_flight)
-            wait = packing.linger(queued, busy.get(device, 0), now, settings.pack_linger_seconds,
+            busy = sum(tenants_busy.get(device, {}).values())
+            wait = packing.linger(queued, busy, now, settings.pack_linger_seconds,
                                   settings.pack_linger_cost)
             if wait > 0:
                 hold = wait if hold == 0 else min(hold, wait)

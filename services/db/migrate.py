@@ -46,14 +46,19 @@ def upgrade(url: str | None = None) -> None:
 
 
 @lru_cache
+def _scripts() -> ScriptDirectory:
+    """This code's migrations (read from the package once per process)."""
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
     """The newest revision this code has (the migrations have one head)."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _scripts().get_current_head()
 
 
 @lru_cache
 def _known_revisions() -> frozenset[str]:
-    return frozenset(script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+    return frozenset(script.revision for script in _scripts().walk_revisions())
 
 
 def too_new_message(revisions: set[str]) -> str:

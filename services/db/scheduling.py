@@ -173,11 +173,11 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | No
 
 
 def worker_slots(session: Session, now: datetime, lease_seconds: float,
-                 redispatch_seconds: float) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
+                 redispatch_seconds: float) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Per queue, free slots: live worker processes, less those training a pack, less packs
-    published and not yet claimed (a queue missing has no live worker known); per queue the
-    packs training or on their way to a worker (busy); and those by tenant (per queue: tenant ->
-    packs), by which the scheduler shares free workers among tenants (``packing.fair_share``)."""
+    published and not yet claimed (a queue missing has no live worker known); and per queue the
+    packs training or on their way to a worker by tenant (tenant -> packs; their sum is the
+    queue's busy count), by which the scheduler shares free workers (``packing.fair_share``)."""
     live: dict[str, int] = {}
     rows = session.execute(_LIVE_WORKERS, {"seen_after": now - timedelta(seconds=lease_seconds)})
     for queues in rows.scalars():
@@ -185,15 +185,13 @@ def worker_slots(session: Session, now: datetime, lease_seconds: float,
             live[queue] = live.get(queue, 0) + 1
     busy = session.execute(_BUSY_BY_QUEUE).all()
     in_flight = session.execute(_SENT_BY_QUEUE, {"sent_after": now - timedelta(seconds=redispatch_seconds)}).all()
-    taken: dict[str, int] = {}
     by_tenant: dict[str, dict[str, int]] = {}
     for device, tenant, n in [*busy, *in_flight]:
-        taken[device] = taken.get(device, 0) + n
         tenants = by_tenant.setdefault(device, {})
         tenants[tenant] = tenants.get(tenant, 0) + n
         if device in live:
             live[device] -= n
-    return live, taken, by_tenant
+    return live, by_tenant
 
 
 def register_worker(session: Session, name: str, queues: str, hostname: str, pid: int) -> None:
