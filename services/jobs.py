@@ -20,7 +20,7 @@ import numpy as np
 from services import doorbell, engine, idempotency, metrics, packing, quotas
 from services.config import get_settings
 from services.datasets import content_hash, to_arrays
-from services.db import gauges, repository, scheduling
+from services.db import repository, scheduling
 from services.db.models import DEFAULT_TENANT
 from services.db.session import session_scope
 from services.errors import Conflict, DomainError, InvalidInput, NotFound, StorageError
@@ -313,7 +313,7 @@ def with_queue_workers(session: Session, items: list[JobRead]) -> list[JobRead]:
     gpu job with no gpu worker running waits, queued, until one does) from one waiting its turn."""
     if not any(_waits_for_a_worker(job) for job in items):
         return items
-    live = gauges.live_workers(session, scheduling.db_now(session), get_settings().lease_seconds)
+    live = scheduling.live_workers(session, scheduling.db_now(session), get_settings().lease_seconds)
     return [job.model_copy(update={"queue_workers": live.get(job.device, 0)}) if _waits_for_a_worker(job) else job
             for job in items]
 

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from services.config import Settings, get_settings
 from services.db import gauges
-from services.db.scheduling import db_now
+from services.db.scheduling import db_now, live_workers
 from services.db.session import session_scope
 from services.metrics import QUEUES
 from services.spec import FINISHED
@@ -99,7 +99,7 @@ def _read(settings: Settings) -> Iterator[GaugeMetricFamily]:
         now = db_now(session)
         statuses = gauges.jobs_by_status(session)
         waiting = gauges.waiting_by_queue(session)
-        workers = gauges.live_workers(session, now, settings.lease_seconds)
+        workers = live_workers(session, now, settings.lease_seconds)
         acted = gauges.scheduler_acted_at(session)
         sweeps = gauges.watched_sweeps(session, now, settings.metrics_sweep_window, settings.metrics_max_sweeps)
     yield _family("descent_jobs", "Jobs by status", ["status"],

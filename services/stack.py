@@ -251,7 +251,7 @@ class Stack:
         (0 if it cannot tell). The API is ready long before them on a first start (each compiles
         numba's kernels, about 30 s on two cores), while submitted jobs wait with no word of why;
         the rows of a previous run's workers stay live for a lease and must not count."""
-        from services.db import gauges, scheduling
+        from services.db import scheduling
         from services.db.session import session_scope
 
         try:
@@ -259,7 +259,7 @@ class Stack:
                 now = scheduling.db_now(session)
                 self._since = self._since or now
                 window = min(get_settings().lease_seconds, (now - self._since).total_seconds())
-                return gauges.live_workers(session, now, window).get("cpu", 0)
+                return scheduling.live_workers(session, now, window).get("cpu", 0)
         except Exception:  # noqa: BLE001 (a word on the terminal, never the end of the stack)
             return 0
 

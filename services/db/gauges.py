@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from services.db.models import Job, SchedulerLease, Sweep, Worker
+from services.db.models import Job, SchedulerLease, Sweep
 from services.db.repository import as_utc
 from services.db.scheduling import LEADER
 
@@ -44,16 +44,6 @@ def waiting_by_queue(session: Session) -> dict[str, tuple[int, datetime]]:
         .where(_jobs.c.status == "queued", _jobs.c.rung.is_(None)).group_by(_jobs.c.device)
     )
     return {device: (n, as_utc(oldest)) for device, n, oldest in rows}
-
-
-def live_workers(session: Session, now: datetime, lease_seconds: float) -> dict[str, int]:
-    """Worker processes that renewed their row within a lease, per queue they serve."""
-    rows = session.execute(select(Worker.queues).where(Worker.seen_at >= now - timedelta(seconds=lease_seconds)))
-    found: dict[str, int] = {}
-    for (queues,) in rows:
-        for queue in queues.split(","):
-            found[queue] = found.get(queue, 0) + 1
-    return found
 
 
 def scheduler_acted_at(session: Session) -> datetime | None:

@@ -172,17 +172,24 @@ def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime | No
     session.execute(_MARK_DISPATCHED, {"ids": list(job_ids), "at": now})
 
 
+def live_workers(session: Session, now: datetime, lease_seconds: float) -> dict[str, int]:
+    """Worker processes that renewed their row within a lease, per queue they serve (what the
+    scheduler fills, the metrics show and a queued job's read counts)."""
+    live: dict[str, int] = {}
+    rows = session.execute(_LIVE_WORKERS, {"seen_after": now - timedelta(seconds=lease_seconds)})
+    for queues in rows.scalars():
+        for queue in queues.split(","):
+            live[queue] = live.get(queue, 0) + 1
+    return live
+
+
 def worker_slots(session: Session, now: datetime, lease_seconds: float,
                  redispatch_seconds: float) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Per queue, free slots: live worker processes, less those training a pack, less packs
     published and not yet claimed (a queue missing has no live worker known); and per queue the
     packs training or on their way to a worker by tenant (tenant -> packs; their sum is the
     queue's busy count), by which the scheduler shares free workers (``packing.fair_share``)."""
-    live: dict[str, int] = {}
-    rows = session.execute(_LIVE_WORKERS, {"seen_after": now - timedelta(seconds=lease_seconds)})
-    for queues in rows.scalars():
-        for queue in queues.split(","):
-            live[queue] = live.get(queue, 0) + 1
+    live = live_workers(session, now, lease_seconds)
     busy = session.execute(_BUSY_BY_QUEUE).all()
     in_flight = session.execute(_SENT_BY_QUEUE, {"sent_after": now - timedelta(seconds=redispatch_seconds)}).all()
     by_tenant: dict[str, dict[str, int]] = {}
