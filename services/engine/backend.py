@@ -77,14 +77,19 @@ AUTO_KERNELS: str | None = None  # what "auto" means; None: numba where installe
 def kernels_for(xp: Any, name: str = "auto") -> tuple[str, Any]:
     """(name, kernels) of the activation kernels to use: ``numba`` (vectorized polynomials, the
     default on NumPy when numba is installed), ``numpy`` (one xp ufunc per op; NumPy without
-    numba, and always CuPy) or ``numexpr``. ``auto`` picks the first that applies; a named one
+    numba), ``numexpr``, or on CuPy ``cupy`` (one CUDA kernel per formula, unless ``numpy`` is
+    named). ``auto`` picks the first that applies; a named one
     that is not installed raises ImportError. Only the name decides the numbers: a pack gives
     bit-identical results wherever the same kernels run, and differs in the last bits otherwise."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernels {name!r}; expected one of {KERNELS}")
     if name == "auto" and AUTO_KERNELS is not None:
         name = AUTO_KERNELS
-    if not is_numpy(xp) or name == "numpy":
+    if not is_numpy(xp):  # CuPy: its fused kernels unless "numpy" is asked for; a stand-in: plain
+        if name != "numpy" and getattr(xp, "__name__", "") == "cupy" and hasattr(xp, "ElementwiseKernel"):
+            return "cupy", importlib.import_module("services.engine.cupy_kernels").CupyKernels(xp)
+        return "numpy", PlainKernels(xp)
+    if name == "numpy":
         return "numpy", PlainKernels(xp)
     if name in ("auto", "numba"):
         numba_kernels = load_numba_kernels()

@@ -15,11 +15,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from services.engine import parallel
 from services.engine.backend import einsum_into
 from services.engine.chunks import blas_thread_limit, plan_chunks
+from services.engine.cuda_gemm import matmul_into
 from services.engine.layouts import WideLayer
 from services.engine.network import LayerBuffers, Network
 
@@ -72,13 +71,16 @@ class WideNetwork(Network):
 
     def sum_of_squares(self, residual: Any, out: Any) -> Any:
         """(M,) sum over outputs and points of residual^2 (into ``out`` if given)."""
+        fused = getattr(self.kernels, "sum_of_squares", None)  # CuPy's kernels only
+        if fused is not None:
+            return fused(residual, (1, 2), out)
         if out is None:
             return self.xp.einsum("mop,mop->m", residual, residual)
         return einsum_into(self.xp, "mop,mop->m", residual, residual, out)
 
     def affine(self, layer: WideLayer, a: Any, buf: LayerBuffers) -> Any:
         """buf.z (M, o, P) = [W | b] [a; 1] for a (M, i + 1, P) or the shared input (i + 1, P)."""
-        return self.xp.matmul(self.xp.swapaxes(layer.block, 1, 2), a, out=buf.z)
+        return matmul_into(self.xp, self.xp.swapaxes(layer.block, 1, 2), a, buf.z)
 
     def first_layer(self, layer: WideLayer, x: Any, buf: LayerBuffers, name: str) -> bool:
         """One input feature (x (2, P): the data row and the ones): the numba kernels' fused
@@ -94,14 +96,11 @@ class WideNetwork(Network):
         one-output layer may fold the slope of its activation into da (the kernels'
         ``outer_backward``): returns True when da holds dSSR/dz below."""
         xp = self.xp
-        if xp is np:  # straight into the gradient buffer (a strided view of it)
-            xp.matmul(a, xp.swapaxes(dz, 1, 2), out=grad.block)
-        else:  # other namespaces get a fresh product, then one copy into the strided view
-            grad.block[...] = xp.matmul(a, xp.swapaxes(dz, 1, 2))
+        matmul_into(xp, a, xp.swapaxes(dz, 1, 2), grad.block)  # straight into the (strided) gradient buffer
         if da is None:
             return False
         if layer.weight_t.shape[2] > 1:
-            xp.matmul(layer.weight_t, dz, out=da)
+            matmul_into(xp, layer.weight_t, dz, da)
             return False
         outer_backward = getattr(self.kernels, "outer_backward", None)  # numba kernels only
         if below is not None and outer_backward is not None and \

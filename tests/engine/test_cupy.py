@@ -177,6 +177,56 @@ def test_float32_pack_stays_float32_and_near_numpy(cp: Any, layers: tuple) -> No
     assert_matches(got, got_history, ref, ref_history, 1e-4)
 
 
+@pytest.mark.parametrize(("activation", "output"), [
+    ("relu", "identity"), ("sigmoid", "sigmoid"), ("softplus", "softplus"), ("tanh", "identity"),
+])
+def test_every_activation_trains_like_numpy(cp: Any, activation: str, output: str) -> None:
+    """Forward and backward of each activation (CuPy's fused kernels, ``cupy_kernels``), hidden
+    and as the output's, in a model-first pack and a model-last one."""
+    for layers in ((2, 8, 8, 2), (1, 3, 1)):
+        arch = Architecture(layers, activation, output)
+        x, y = sine_data(30, layers[0], layers[-1])
+        params = stacked(arch, list(range(5)))
+        config = PackConfig(learning_rate=np.geomspace(1e-3, 1e-2, 5), max_steps=np.full(5, 25))
+        got, got_history = run_on(cp, arch, config, params, x, y, 25)
+        ref, ref_history = run_on(np, arch, config, params, x, y, 25)
+        assert_matches(got, got_history, ref, ref_history, 1e-10)
+
+
+def test_products_straight_between_views_match_numpy(cp: Any) -> None:
+    """``cuda_gemm.matmul_into`` on the views a model-first step multiplies: a layer's block as a
+    strided view of the flat parameters (transposed), the shared first-layer input, a gradient
+    block written in place. On CuPy each is one cuBLAS call (a plan exists for every one)."""
+    from services.engine.cuda_gemm import matmul_into, plan
+
+    rng = np.random.default_rng(3)
+    host = {"flat": rng.standard_normal((6, 2 + 33 * 16 + 3)), "shared": rng.standard_normal((33, 70)),
+            "below": rng.standard_normal((6, 33, 70)), "dz": rng.standard_normal((6, 16, 70))}
+    device = {name: cp.asarray(value) for name, value in host.items()}
+
+    def block(t: dict[str, Any]) -> Any:
+        return t["flat"][:, 2:2 + 33 * 16].reshape(6, 33, 16)
+
+    cases = [  # (a, b) as views of host or device arrays; None: the product goes into a gradient block
+        (lambda t: block(t).swapaxes(1, 2), lambda t: t["shared"], (6, 16, 70)),  # forward, first layer
+        (lambda t: block(t).swapaxes(1, 2), lambda t: t["below"], (6, 16, 70)),  # forward
+        (lambda t: block(t)[:, :32, :], lambda t: t["dz"], (6, 32, 70)),  # da = W^T dz
+        (lambda t: t["shared"], lambda t: t["dz"].swapaxes(1, 2), None),  # [dW|db]^T = [x;1] dz^T
+        (lambda t: t["below"], lambda t: t["dz"].swapaxes(1, 2), None),
+    ]
+    for a, b, shape in cases:
+        expected = np.matmul(a(host), b(host))
+        grads = {"flat": cp.zeros(host["flat"].shape)}
+        out = block(grads) if shape is None else cp.zeros(shape)
+        if hasattr(cp, "cuda"):
+            assert plan(a(device), b(device), out) is not None
+        matmul_into(cp, a(device), b(device), out)
+        np.testing.assert_allclose(cp.asnumpy(out), expected, rtol=1e-12, atol=1e-12)
+        if shape is None:  # the parameters around the block are untouched
+            around = cp.asnumpy(grads["flat"])
+            assert not around[:, :2].any() and not around[:, -3:].any()
+
+
 def test_mini_batches_match_numpy(cp: Any) -> None:
     """Mini-batches: the batch order is drawn on the host, each batch is moved to the device."""
     arch = Architecture((1, 8, 8, 1), "tanh")

@@ -1,0 +1,121 @@
+"""Batched matrix products on CuPy as one cuBLAS call each, straight between strided views.
+
+``cupy.matmul`` copies a transposed (non-contiguous) operand to a contiguous one, builds device
+pointer arrays (three more kernels) when an operand is shared by every matrix of the batch, and
+writes a strided output through a temporary and a copy. A model-first step makes nine such
+products; on the GPU's W4 those extras were most of the step (benchmarks/RESULTS.md, "Sixteenth
+session"). cuBLAS' strided batched GEMM takes transposes, a batch stride of 0 and any leading
+dimension itself, so each product here is one call that reads and writes the views in place.
+
+``plan`` is pure arithmetic on shapes and strides (tested on the CPU against an emulation of
+the cuBLAS call); ``matmul_into`` makes the call, or falls back to ``xp.matmul`` where no plan
+exists (an operand without a unit stride, a dtype cuBLAS' real GEMMs do not take) or the
+namespace is not CuPy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+N, T = 0, 1  # cuBLAS' CUBLAS_OP_N and CUBLAS_OP_T
+DIRECT = True  # False: cupy.matmul for every product (benchmarks/gpu_probe.py times both)
+
+
+class Matrix(NamedTuple):
+    """One operand as cuBLAS reads it (column-major): stored transposed or not, leading
+    dimension and batch stride in elements."""
+
+    row_major: bool  # the matrix's rows are contiguous: in column-major terms it is its transpose
+    ld: int
+    batch_stride: int
+
+
+class Gemm(NamedTuple):
+    """The arguments of one strided batched GEMM call, pointers aside. ``swap``: the call takes
+    (b, a) as its first and second operands (it computes C^T = B^T A^T, for a row-major C)."""
+
+    swap: bool
+    transa: int
+    transb: int
+    m: int
+    n: int
+    k: int
+    lda: int
+    stride_a: int
+    ldb: int
+    stride_b: int
+    ldc: int
+    stride_c: int
+    batch: int
+
+
+def matrix(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> Matrix | None:
+    """How cuBLAS can read a (batch, rows, cols) or a shared (rows, cols) operand; None when
+    neither of its axes has a unit stride, or a stride is negative or not a whole element."""
+    if any(s < 0 or s % itemsize for s in strides):
+        return None
+    elements = [s // itemsize for s in strides]
+    batch_stride = elements[0] if len(shape) == 3 and shape[0] > 1 else 0
+    rows, cols = shape[-2:]
+    s0, s1 = elements[-2:]
+    if s1 == 1 or cols == 1:
+        ld = s0 if rows > 1 else cols
+        if ld >= max(cols, 1):
+            return Matrix(True, ld, batch_stride)
+    if s0 == 1 or rows == 1:
+        ld = s1 if cols > 1 else rows
+        if ld >= max(rows, 1):
+            return Matrix(False, ld, batch_stride)
+    return None
+
+
+def plan(a: Any, b: Any, c: Any) -> Gemm | None:
+    """The call for c[i] = a[i] @ b[i] (c (batch, m, n); a (batch, m, k) or shared (m, k); b
+    likewise), or None when cuBLAS cannot read or write these views as they are."""
+    if c.ndim != 3 or a.ndim not in (2, 3) or b.ndim not in (2, 3) or c.shape[0] == 0:
+        return None
+    batch, m, n = c.shape
+    k = a.shape[-1]
+    if a.shape[-2:] != (m, k) or b.shape[-2:] != (k, n) or k == 0:
+        return None
+    if any(x.ndim == 3 and x.shape[0] != batch for x in (a, b)):
+        return None
+    ma, mb, mc = (matrix(x.shape, x.strides, x.itemsize) for x in (a, b, c))
+    if ma is None or mb is None or mc is None or (batch > 1 and mc.batch_stride == 0):
+        return None
+    if mc.row_major:  # C^T (n x m) = B^T A^T: a row-major operand is its own transpose there
+        return Gemm(True, N if mb.row_major else T, N if ma.row_major else T, n, m, k,
+                    mb.ld, mb.batch_stride, ma.ld, ma.batch_stride, mc.ld, mc.batch_stride, batch)
+    return Gemm(False, T if ma.row_major else N, T if mb.row_major else N, m, n, k,
+                ma.ld, ma.batch_stride, mb.ld, mb.batch_stride, mc.ld, mc.batch_stride, batch)
+
+
+def is_cupy(xp: Any) -> bool:
+    """The real CuPy (the CPU stand-in of the tests has no ``cuda``)."""
+    return getattr(xp, "__name__", "") == "cupy" and hasattr(xp, "cuda")
+
+
+def matmul_into(xp: Any, a: Any, b: Any, out: Any) -> Any:
+    """out[...] = a @ b for a batch of matrices (a or b may be one matrix shared by the batch)."""
+    if xp is np:
+        return np.matmul(a, b, out=out)
+    call = plan(a, b, out) if DIRECT and is_cupy(xp) and out.dtype.char in "fd" and a.dtype == b.dtype == out.dtype else None
+    if call is None:
+        out[...] = xp.matmul(a, b)
+        return out
+    _gemm(xp, call, a, b, out)
+    return out
+
+
+def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:
+    """One cuBLAS ?gemmStridedBatched on the current stream (alpha 1, beta 0: out is not read)."""
+    from cupy_backends.cuda.libs import cublas
+
+    first, second = (b, a) if call.swap else (a, b)
+    one, zero = np.ones(1, dtype=out.dtype), np.zeros(1, dtype=out.dtype)  # host scalars, read at the call
+    gemm = cublas.dgemmStridedBatched if out.dtype.char == "d" else cublas.sgemmStridedBatched
+    gemm(xp.cuda.device.get_cublas_handle(), call.transa, call.transb, call.m, call.n, call.k,
+         one.ctypes.data, first.data.ptr, call.lda, call.stride_a, second.data.ptr, call.ldb, call.stride_b,
+         zero.ctypes.data, out.data.ptr, call.ldc, call.stride_c, call.batch)
