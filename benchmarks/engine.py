@@ -630,7 +630,7 @@ def environment(torch: Any | None, sides: Sides = Sides()) -> list[str]:
                   if torch is not None else "not installed")
     load = os.getloadavg()[0]
     busy = " (other work may share the cores: compare with care)" if load > 1.0 else ""
-    lines = [f"cpu cores: {os.cpu_count()}, load average {load:.2f} at start{busy}",
+    lines = [f"cpu: {cpu_model()}, {os.cpu_count()} cores, load average {load:.2f} at start{busy}",
              f"numpy {np.__version__}, BLAS {blas_text}", f"torch: {torch_text}"]
     if sides.backend != "numpy":
         lines.append(f"{sides.backend} {sides.xp.__version__}, {cuda_versions(sides.xp)}")
@@ -638,6 +638,23 @@ def environment(torch: Any | None, sides: Sides = Sides()) -> list[str]:
         torch_where = f"on {sides.torch_device_text}" if sides.torch_device_text else "not installed"
         lines.append(f"devices: descent ({sides.backend}) on {sides.descent_device}; torch {torch_where}")
     return lines
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo) and the kernels OpenBLAS picked for it
+    (threadpoolctl): ratios against the CPU move with both (benchmarks/RESULTS.md)."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return name
+    kernels = sorted({str(lib.get("architecture")) for lib in threadpool_info() if lib.get("internal_api") == "openblas"})
+    return f"{name} (OpenBLAS {', '.join(kernels)} kernels)" if kernels else name
 
 
 def cuda_versions(cupy: Any) -> str:

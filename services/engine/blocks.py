@@ -4,8 +4,9 @@ The loop's stop tests read one number from the device after every update (``Trai
 On a GPU that read makes the host wait until the device has finished, so the kernel launches of
 the next update cannot overlap the work of this one, and a small pack's step costs the sum of
 the two instead of the larger. A block takes up to ``size`` updates with the tests' outcome of
-each kept on the device (one flag per update: a non-finite SSR or parameter, a member at its
-target SSR, a step under min_step_size) and reads the flags once, at the end:
+each kept on the device (one flag per update: a non-finite parameter or a step under
+min_step_size, set as the update runs; a non-finite SSR or a member at its target SSR, set for
+the whole block from its rows of the history) and reads the flags once, at the end:
 - no flag set: the block stands. It ran the same kernels in the same order as the loop taking
   one update at a time, so it left the same bits.
 - the first flag at update j of the block: parameters, gradient and velocity go back to what
@@ -77,6 +78,7 @@ class Blocks:
         saved = [buf.copy() for buf in (t.params, t.grad, t.velocity) if buf is not None]
         for j in range(count):
             t._flagged_update(start + j, max_updates, hist, self.flags[j:j + 1])
+        t.flag_ssr_rows(hist[start:start + count], self.flags[:count])
         fired = to_host(t.xp, self.flags[:count])
         if not fired.any():
             return None

@@ -15,6 +15,7 @@ namespace is not CuPy.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -101,7 +102,10 @@ def matmul_into(xp: Any, a: Any, b: Any, out: Any) -> Any:
     """out[...] = a @ b for a batch of matrices (a or b may be one matrix shared by the batch)."""
     if xp is np:
         return np.matmul(a, b, out=out)
-    call = plan(a, b, out) if DIRECT and is_cupy(xp) and out.dtype.char in "fd" and a.dtype == b.dtype == out.dtype else None
+    call = None
+    if DIRECT and is_cupy(xp):
+        call = _plan_of(a.shape, a.strides, a.dtype.char, b.shape, b.strides, b.dtype.char,
+                        out.shape, out.strides, out.dtype.char)
     if call is None:
         out[...] = xp.matmul(a, b)
         return out
@@ -109,12 +113,39 @@ def matmul_into(xp: Any, a: Any, b: Any, out: Any) -> Any:
     return out
 
 
+class _Operand(NamedTuple):
+    """What ``plan`` reads of an array (a step asks for the same few products every time)."""
+
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    itemsize: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@lru_cache(maxsize=4096)
+def _plan_of(a_shape: tuple, a_strides: tuple, a_type: str, b_shape: tuple, b_strides: tuple, b_type: str,
+             c_shape: tuple, c_strides: tuple, c_type: str) -> Gemm | None:
+    """``plan`` for float32 or float64 operands of one dtype, remembered per shapes and strides."""
+    if c_type not in SCALARS or a_type != c_type or b_type != c_type:
+        return None
+    size = np.dtype(c_type).itemsize
+    return plan(_Operand(a_shape, a_strides, size), _Operand(b_shape, b_strides, size),
+                _Operand(c_shape, c_strides, size))
+
+
+# alpha 1 and beta 0 (out is not read) as host scalars: cuBLAS reads them during the call
+SCALARS = {char: (np.ones(1, dtype=char), np.zeros(1, dtype=char)) for char in "fd"}
+
+
 def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:
-    """One cuBLAS ?gemmStridedBatched on the current stream (alpha 1, beta 0: out is not read)."""
+    """One cuBLAS ?gemmStridedBatched on the current stream."""
     from cupy_backends.cuda.libs import cublas
 
     first, second = (b, a) if call.swap else (a, b)
-    one, zero = np.ones(1, dtype=out.dtype), np.zeros(1, dtype=out.dtype)  # host scalars, read at the call
+    one, zero = SCALARS[out.dtype.char]
     gemm = cublas.dgemmStridedBatched if out.dtype.char == "d" else cublas.sgemmStridedBatched
     gemm(xp.cuda.device.get_cublas_handle(), call.transa, call.transb, call.m, call.n, call.k,
          one.ctypes.data, first.data.ptr, call.lda, call.stride_a, second.data.ptr, call.ldb, call.stride_b,

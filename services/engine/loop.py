@@ -131,16 +131,29 @@ class Trainer:
         """spare = params - lr * grad, or with momentum mu: spare_velocity = mu * velocity - lr * grad,
         spare = params + spare_velocity. False when min_step_size stopped everyone."""
         xp, stops = self.xp, self.stops
+        if not stops.check_min:
+            self._step()
+            return True
         self._delta()
-        if stops.check_min:
-            small = self._small_steps()
-            if bool(small.any()):
-                self._stop(to_host(xp, small), MIN_STEP_SIZE, it, self.velocity)
-                if not stops.n_running:
-                    return False
-                self._delta()
+        small = self._small_steps()
+        if bool(small.any()):
+            self._stop(to_host(xp, small), MIN_STEP_SIZE, it, self.velocity)
+            if not stops.n_running:
+                return False
+            self._delta()
         self._apply()
         return True
+
+    def _step(self) -> None:
+        """``_delta`` then ``_apply``; in one kernel where the network's kernels fuse them (CuPy's,
+        ``cupy_kernels``), which they may when no min_step_size test reads delta."""
+        fused = getattr(self.net.kernels, "update", None)
+        if fused is None or self.stops.check_min:
+            self._delta()
+            self._apply()
+            return
+        fused(UpdateBuffers(self.params, self.spare, self.grad, self.grad_next, self.velocity, self.spare_velocity),
+              Rates(self.stops.lr, self.stops.mu), self.stops.still)
 
     def _delta(self) -> None:
         """delta = lr * grad, and exactly 0 where lr is 0 (``Stops.still``): a frozen tensor's
@@ -166,20 +179,37 @@ class Trainer:
 
     def _flagged_update(self, it: int, max_updates: int, hist: Any, flag: Any) -> None:
         """Update ``it`` as ``run`` takes it, the kernels in the same order, but with the stop
-        tests' outcome written to ``flag`` (device bool (1,)) instead of read and acted on:
-        one update of a block (``blocks``). Set when ``_update`` or ``_check`` would act."""
+        tests on the parameters written to ``flag`` (device bool (1,)) instead of read and acted
+        on: one update of a block (``blocks``). The tests on the SSR follow for the whole block
+        (``flag_ssr_rows``). Set where a parameter is not finite (``_check`` would restore its
+        member) or a step is under min_step_size (``_update`` would stop its member)."""
         xp, stops = self.xp, self.stops
-        self._delta()
-        small = self._small_steps().any() if stops.check_min else None
-        self._apply()
-        ssr = self._evaluate(it + 1, it + 1 < max_updates, hist[it])
-        fired = ~xp.isfinite(ssr.sum() + self.spare.sum())
-        if stops.check_target:
-            fired = fired | (ssr <= stops.target).any()
+        small = None
+        if stops.check_min:
+            self._delta()
+            small = self._small_steps().any()
+            self._apply()
+        else:
+            self._step()
+        self._evaluate(it + 1, it + 1 < max_updates, hist[it])
+        fused = getattr(self.net.kernels, "any_nonfinite", None)
+        if fused is not None:
+            fused(self.spare, flag)
+        else:
+            flag[...] = ~xp.isfinite(self.spare).all()
         if small is not None:
-            fired = fired | small
-        flag[...] = fired
+            xp.logical_or(flag, small, out=flag)
         self._swap()
+
+    def flag_ssr_rows(self, rows: Any, flags: Any) -> None:
+        """The stop tests on the SSR of a block's updates, on their recorded rows (k, M): flags
+        (k,) set where a member's SSR is not finite or at its target SSR (``_check`` would act).
+        One pass over the block instead of several kernels per update."""
+        xp = self.xp
+        fired = ~xp.isfinite(rows).all(axis=1)
+        if self.stops.check_target:
+            fired |= (rows <= self.stops.target).any(axis=1)
+        flags |= fired
 
     def _check(self, it: int, ssr: Any) -> None:
         """Stop tests after update ``it``: diverged, then target_ssr, then max_steps. One read

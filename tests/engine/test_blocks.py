@@ -7,6 +7,8 @@ network switched off, so that every update goes through the blocks or the plain 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -108,23 +110,47 @@ def test_blocks_are_the_default_off_numpy_only() -> None:
     assert blocks.block_size(np) == 0 and blocks.block_size(FakeCupy) == blocks.SIZE >= 2
 
 
-def test_stops_that_keep_firing_shorten_the_blocks(block_runs: list) -> None:
+def overflowing_pack() -> tuple[Architecture, PackConfig, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Two members hold a huge but finite first-layer weight that no input reaches (relu of
-    negative points): the pack's sum overflows, so the cheap test fires on every update though
-    nobody diverges. Blocks shrink to 2 updates instead of redoing 32 each time; same bits."""
+    negative points): the pack's sum of parameters overflows though nobody diverges."""
     arch = Architecture((1, 2, 1), "relu")
     x = -np.linspace(0.1, 2.0, 9).reshape(-1, 1)
-    y = np.sin(x)
     params = stacked(arch, list(range(M)))
     params["layers.0.weight"][:2] = 1e308  # z = w x <= -1e307: relu 0, every slope 0
     params["layers.0.bias"][:2] = 0.0
-    config = PackConfig(learning_rate=np.full(M, 0.01))
+    return arch, PackConfig(learning_rate=np.full(M, 0.01)), params, x, np.sin(x)
+
+
+def test_a_sum_that_overflows_with_every_number_finite_does_not_cut_blocks(block_runs: list) -> None:
+    """The loop's cheap test (a sum of everything) fires on every update here, and finds nobody
+    diverged; a block tests each number, so its updates stand: the same bits, in whole blocks."""
+    arch, config, params, x, y = overflowing_pack()
     runs = []
     for force in (32, 0):
         with switched(blocks, "FORCE", force):
             runs.append(train(np, arch, config, init_state(np, arch, config, params, x, y), x, y, 60))
     assert_same_bits(*runs)
     assert set(runs[0][0].stop_reason.tolist()) == {RUNNING} and np.all(runs[0][0].step == 60)  # nobody stopped
+    assert block_runs == [(32, None), (28, None)]
+
+
+def test_stops_that_keep_firing_shorten_the_blocks(block_runs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that fires at the first update of every block and then finds nothing to do (as the
+    loop's overflowing sum above): blocks shrink to 2 updates instead of redoing 32 each time,
+    with single updates between them; same bits as one update at a time."""
+    arch, config, params, x, y = overflowing_pack()
+    original = loop.Trainer.flag_ssr_rows
+
+    def always_first(self: loop.Trainer, rows: Any, flags: Any) -> None:
+        original(self, rows, flags)
+        flags[0] = True
+
+    monkeypatch.setattr(loop.Trainer, "flag_ssr_rows", always_first)
+    runs = []
+    for force in (32, 0):
+        with switched(blocks, "FORCE", force):
+            runs.append(train(np, arch, config, init_state(np, arch, config, params, x, y), x, y, 60))
+    assert_same_bits(*runs)
     assert [count for count, _ in block_runs[:3]] == [32, 8, 2]
     assert all(first == 0 for _, first in block_runs) and max(c for c, _ in block_runs[2:]) == 2
     assert len(block_runs) <= 8  # single updates between tries double: 1, 1, 2, 4, 8, 16, 32
