@@ -31,6 +31,11 @@ def is_numpy(xp: Any) -> bool:
     return xp is np
 
 
+def is_cupy(xp: Any) -> bool:
+    """True for the real CuPy (the CPU stand-in of the tests, NumPy under another name, is not)."""
+    return getattr(xp, "__name__", "") == "cupy" and hasattr(xp, "cuda")
+
+
 def to_host(xp: Any, array: Any) -> np.ndarray:
     """Copy an ``xp`` array to host NumPy (a no-op view for NumPy); never pickles."""
     if is_numpy(xp):
@@ -78,15 +83,15 @@ def kernels_for(xp: Any, name: str = "auto") -> tuple[str, Any]:
     """(name, kernels) of the activation kernels to use: ``numba`` (vectorized polynomials, the
     default on NumPy when numba is installed), ``numpy`` (one xp ufunc per op; NumPy without
     numba), ``numexpr``, or on CuPy ``cupy`` (one CUDA kernel per formula, unless ``numpy`` is
-    named). ``auto`` picks the first that applies; a named one
-    that is not installed raises ImportError. Only the name decides the numbers: a pack gives
-    bit-identical results wherever the same kernels run, and differs in the last bits otherwise."""
+    named). ``auto`` picks the first that applies; a named one that is not installed raises
+    ImportError. Only the name decides the numbers: a pack gives bit-identical results wherever
+    the same kernels run, and differs in the last bits otherwise."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernels {name!r}; expected one of {KERNELS}")
     if name == "auto" and AUTO_KERNELS is not None:
         name = AUTO_KERNELS
     if not is_numpy(xp):  # CuPy: its fused kernels unless "numpy" is asked for; a stand-in: plain
-        if name != "numpy" and getattr(xp, "__name__", "") == "cupy" and hasattr(xp, "ElementwiseKernel"):
+        if name != "numpy" and is_cupy(xp):
             return "cupy", importlib.import_module("services.engine.cupy_kernels").CupyKernels(xp)
         return "numpy", PlainKernels(xp)
     if name == "numpy":

@@ -20,8 +20,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from services.engine.backend import is_cupy
+
 N, T = 0, 1  # cuBLAS' CUBLAS_OP_N and CUBLAS_OP_T
 DIRECT = True  # False: cupy.matmul for every product (benchmarks/gpu_probe.py times both)
+# alpha 1 and beta 0 (out is not read) as host scalars, per dtype: cuBLAS reads them during the call
+SCALARS = {char: (np.ones(1, dtype=char), np.zeros(1, dtype=char)) for char in "fd"}
 
 
 class Matrix(NamedTuple):
@@ -93,11 +97,6 @@ def plan(a: Any, b: Any, c: Any) -> Gemm | None:
                 ma.ld, ma.batch_stride, mb.ld, mb.batch_stride, mc.ld, mc.batch_stride, batch)
 
 
-def is_cupy(xp: Any) -> bool:
-    """The real CuPy (the CPU stand-in of the tests has no ``cuda``)."""
-    return getattr(xp, "__name__", "") == "cupy" and hasattr(xp, "cuda")
-
-
 def matmul_into(xp: Any, a: Any, b: Any, out: Any) -> Any:
     """out[...] = a @ b for a batch of matrices (a or b may be one matrix shared by the batch)."""
     if xp is np:
@@ -135,9 +134,6 @@ def _plan_of(a_shape: tuple, a_strides: tuple, a_type: str, b_shape: tuple, b_st
     return plan(_Operand(a_shape, a_strides, size), _Operand(b_shape, b_strides, size),
                 _Operand(c_shape, c_strides, size))
 
-
-# alpha 1 and beta 0 (out is not read) as host scalars: cuBLAS reads them during the call
-SCALARS = {char: (np.ones(1, dtype=char), np.zeros(1, dtype=char)) for char in "fd"}
 
 
 def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:

@@ -146,9 +146,9 @@ class Trainer:
 
     def _step(self) -> None:
         """``_delta`` then ``_apply``; in one kernel where the network's kernels fuse them (CuPy's,
-        ``cupy_kernels``), which they may when no min_step_size test reads delta."""
+        ``cupy_kernels``). Only for updates with no min_step_size test, which reads delta."""
         fused = getattr(self.net.kernels, "update", None)
-        if fused is None or self.stops.check_min:
+        if fused is None:
             self._delta()
             self._apply()
             return
