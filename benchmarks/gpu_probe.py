@@ -1,23 +1,21 @@
-"""Where W4's time goes on CuPy, and what a CUDA graph of K training steps would give.
+"""Where W4's time goes on CuPy: what the next change to the CuPy path needs to know.
 
-Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine (``python benchmarks/gpu_probe.py``), so
-that one short device session answers the questions the next change to the CuPy path needs:
+Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine (``python benchmarks/gpu_probe.py``):
 
-1. ``train`` for 1, 20 and 200 steps: the fixed cost of a call and the cost of a step; and 200
-   steps with the stop tests read after every update instead of once per block of updates
-   (``services.engine.blocks``, the default on a GPU): what the blocks gain; with one CuPy ufunc
-   per op instead of ``cupy_kernels``, and with ``cupy.matmul`` instead of ``cuda_gemm``'s direct
-   cuBLAS calls: what each gains.
+1. ``train`` for 1, 20 and 200 steps: the fixed cost of a call and the cost of a step; which
+   networks hold CUDA graphs of blocks (``services.engine.cuda_graphs``) or why graphs are off;
+   200 steps with blocks run kernel by kernel instead of as graphs (and whether the two give the
+   same bits), with the stop tests read after every update instead of once per block
+   (``services.engine.blocks``), with one CuPy ufunc per op instead of ``cupy_kernels``, and
+   with ``cupy.matmul`` instead of ``cuda_gemm``'s direct cuBLAS calls: what each gains.
 2. CuPy's own profiler (``cupyx.profiler.benchmark``) on 20 steps: CPU time against GPU time. When
    the two are close, the loop is bound by launching kernels, not by the GPU.
-3. The loop's updates with no stop tests at all: what the tests' kernels cost.
-4. A block's updates (their stop-test flags left on the device), eager and captured as a CUDA
-   graph of 10 and of 32 updates (a whole block), replayed: what the launches cost, and whether a
-   replay is bit-equal to the eager updates (the condition for using graphs at all).
+3. The loop's updates with no stop tests at all, and a block's updates kernel by kernel: what
+   the tests' kernels cost.
 
-Steps 3 and 4 reach into ``services.engine.loop.Trainer`` on purpose: they time variants of the
-loop that the engine does not have yet. Each step prints its own line; a failure prints its
-traceback and the probe goes on.
+Step 3 reaches into ``services.engine.loop.Trainer`` on purpose: it times variants of the loop
+that the engine does not have. Each step prints its own line; a failure prints its traceback and
+the probe goes on.
 """
 
 from __future__ import annotations
@@ -78,6 +76,21 @@ def eager(cp: Any, dtype: str) -> None:
         per_step(f"train {steps}", wall(cp, lambda: train(cp, arch, config, state, x, y, steps)), steps)
     from services.engine import blocks
 
+    from services.engine import cuda_graphs, training
+
+    print(f"CUDA graphs kept on the pooled networks: {graph_report(training)}", flush=True)
+    cuda_graphs.ENABLED = False
+    try:
+        train(cp, arch, config, state, x, y, 200)
+        per_step("train 200, blocks run kernel by kernel (no CUDA graphs)",
+                 wall(cp, lambda: train(cp, arch, config, state, x, y, 200)), 200)
+        without = train(cp, arch, config, state, x, y, 200)
+    finally:
+        cuda_graphs.ENABLED = True
+    with_graphs = train(cp, arch, config, state, x, y, 200)
+    same = all(bool((cp.asarray(a) == cp.asarray(b)).all()) for a, b in
+               zip(with_graphs[0].to_arrays().values(), without[0].to_arrays().values()))
+    print(f"train 200 with CUDA graphs bit-equal to without: {same}", flush=True)
     blocks.FORCE = 0
     try:
         train(cp, arch, config, state, x, y, 200)
@@ -103,7 +116,7 @@ def eager(cp: Any, dtype: str) -> None:
 
 
 def unchecked(cp: Any, dtype: str) -> None:
-    """Items 3 and 4: the loop's updates with no stop tests, eager and as CUDA graphs."""
+    """Item 3: the loop's updates with no stop tests, and a block's updates kernel by kernel."""
     arch, config, params, x, y = setup(cp, dtype)
     state = init_state(cp, arch, config, params, x, y)
     with network(cp, arch, W4.members, dtype, "auto") as net:
@@ -127,45 +140,17 @@ def unchecked(cp: Any, dtype: str) -> None:
         steps(2)
         block(2)
         per_step("updates with no stop tests", wall(cp, lambda: steps(200)), 200)
-        per_step("a block's updates, their flags left on the device", wall(cp, lambda: block(200)), 200)
-        for k in (10, 32):  # 32: blocks.SIZE
-            try:
-                graph_of(cp, t, block, k)
-            except NotImplementedError as exc:  # CuPy refuses cuBLAS calls in a capture
-                print(f"CUDA graph of {k} updates: not captured: {exc}", flush=True)
-                break
+        per_step("a block's updates kernel by kernel, their flags left on the device", wall(cp, lambda: block(200)), 200)
 
 
-def graph_of(cp: Any, t: Trainer, steps: Callable[[int], None], k: int) -> None:
-    """Capture ``k`` updates as a CUDA graph, time about 200 updates of replays, compare the bits
-    of one replay with the same updates run eagerly from the same start."""
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        steps(k)  # this stream's memory-pool blocks exist before the capture
-        stream.synchronize()
-        stream.begin_capture()
-        steps(k)
-        graph = stream.end_capture()
-        graph.launch(stream)
-        stream.synchronize()
-
-        def replay() -> None:
-            for _ in range(200 // k):
-                graph.launch(stream)
-            stream.synchronize()
-
-        per_step(f"CUDA graph of {k} updates, replayed", wall(cp, replay), 200 // k * k)
-        start = [b.copy() for b in (t.params, t.spare, t.grad)]
-        graph.launch(stream)
-        stream.synchronize()
-        replayed = t.params.copy()
-        stream.synchronize()  # the default stream takes over below: nothing may still run here
-    for buffer, value in zip((t.params, t.spare, t.grad), start):
-        buffer[...] = value
-    steps(k)
-    cp.cuda.Device().synchronize()
-    print(f"CUDA graph of {k} updates bit-equal to the eager updates: {bool((replayed == t.params).all())}",
-          flush=True)
+def graph_report(training: Any) -> str:
+    """What the pooled networks hold: graphs captured, or why graphs are off."""
+    parts = []
+    for key, net in training._POOL.items():
+        graphs = net.graphs
+        held = f"OFF ({graphs.off})" if graphs.off else f"{len(graphs.captured)} graph(s), warm for {sorted(graphs.warm)}"
+        parts.append(f"{key[1].layers}x{key[2]} {key[3]}: {held}")
+    return "; ".join(parts) or "no pooled network"
 
 
 def main() -> int:

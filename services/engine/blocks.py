@@ -15,6 +15,7 @@ the whole block from its rows of the history) and reads the flags once, at the e
   later, while blocks keep being cut).
 A block never reaches a member's max_steps (the loop stops those one at a time), so that rule
 needs no flag. Blocks are used where the namespace is not NumPy: on the CPU a test costs no wait.
+On CuPy a block's updates run as one CUDA graph where they can (``cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from services.engine import cuda_graphs
 from services.engine.backend import is_numpy, to_host
 
 if TYPE_CHECKING:
@@ -76,10 +78,18 @@ class Blocks:
         whose stop tests fired (the trainer's buffers are then back at the block's start)."""
         t = self.trainer
         saved = [buf.copy() for buf in (t.params, t.grad, t.velocity) if buf is not None]
-        for j in range(count):
-            t._flagged_update(start + j, max_updates, hist, self.flags[j:j + 1])
-        t.flag_ssr_rows(hist[start:start + count], self.flags[:count])
-        fired = to_host(t.xp, self.flags[:count])
+        replayed = cuda_graphs.replay(t, count) if cuda_graphs.usable(t, start, count, max_updates) else None
+        if replayed is None:
+            flags = self.flags[:count]
+            flags.fill(False)
+            for j in range(count):
+                t._flagged_update(start + j, max_updates, hist, flags[j:j + 1])
+            t.net.graphs.warm.add(cuda_graphs.variant(t))  # every kernel of such a block is loaded
+        else:  # the same updates as one CUDA graph, their rows and flags in its own buffers
+            flags = replayed.flags
+            hist[start:start + count] = replayed.rows
+        t.flag_ssr_rows(hist[start:start + count], flags)
+        fired = to_host(t.xp, flags)
         if not fired.any():
             return None
         for buf, value in zip((t.params, t.grad, t.velocity), saved):  # the roles may have swapped:

@@ -15,6 +15,9 @@ namespace is not CuPy.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -26,6 +29,7 @@ N, T = 0, 1  # cuBLAS' CUBLAS_OP_N and CUBLAS_OP_T
 DIRECT = True  # False: cupy.matmul for every product (benchmarks/gpu_probe.py times both)
 # alpha 1 and beta 0 (out is not read) as host scalars, per dtype: cuBLAS reads them during the call
 SCALARS = {char: (np.ones(1, dtype=char), np.zeros(1, dtype=char)) for char in "fd"}
+_BOUND = threading.local()  # .handle: a cuBLAS handle bound to a capturing stream (bound_handle)
 
 
 class Matrix(NamedTuple):
@@ -136,6 +140,20 @@ def _plan_of(a_shape: tuple, a_strides: tuple, a_type: str, b_shape: tuple, b_st
 
 
 
+@contextmanager
+def bound_handle(xp: Any) -> Iterator[None]:
+    """Within: the products use CuPy's cuBLAS handle as bound to the current stream now.
+
+    CuPy binds its handle to the current stream each time one asks for it, and refuses to during
+    a stream capture (NotImplementedError); bound before a capture, it records the products
+    (``cuda_graphs``)."""
+    _BOUND.handle = xp.cuda.device.get_cublas_handle()
+    try:
+        yield
+    finally:
+        _BOUND.handle = None
+
+
 def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:
     """One cuBLAS ?gemmStridedBatched on the current stream."""
     from cupy_backends.cuda.libs import cublas
@@ -143,6 +161,7 @@ def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:
     first, second = (b, a) if call.swap else (a, b)
     one, zero = SCALARS[out.dtype.char]
     gemm = cublas.dgemmStridedBatched if out.dtype.char == "d" else cublas.sgemmStridedBatched
-    gemm(xp.cuda.device.get_cublas_handle(), call.transa, call.transb, call.m, call.n, call.k,
+    handle = getattr(_BOUND, "handle", None) or xp.cuda.device.get_cublas_handle()
+    gemm(handle, call.transa, call.transb, call.m, call.n, call.k,
          one.ctypes.data, first.data.ptr, call.lda, call.stride_a, second.data.ptr, call.ldb, call.stride_b,
          zero.ctypes.data, out.data.ptr, call.ldc, call.stride_c, call.batch)

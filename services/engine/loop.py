@@ -103,6 +103,14 @@ class Trainer:
                                       stops.check_min, self.spare_views, self.grad_next_views, self.x, self.y, hist,
                                       it, count)
 
+    def roles(self) -> tuple:
+        """Which buffer plays which part (parameters or spare, velocity or its spare), to put back."""
+        return (self.params, self.spare, self.params_views, self.spare_views, self.velocity, self.spare_velocity)
+
+    def set_roles(self, roles: tuple) -> None:
+        """Undo the swaps since ``roles()`` returned ``roles``."""
+        (self.params, self.spare, self.params_views, self.spare_views, self.velocity, self.spare_velocity) = roles
+
     def _swap(self) -> None:
         """The new values (spare) become the current ones; the old ones become the spare."""
         self.params, self.spare = self.spare, self.params
@@ -144,16 +152,18 @@ class Trainer:
         self._apply()
         return True
 
-    def _step(self) -> None:
+    def _step(self, flag: Any = None) -> bool:
         """``_delta`` then ``_apply``; in one kernel where the network's kernels fuse them (CuPy's,
-        ``cupy_kernels``). Only for updates with no min_step_size test, which reads delta."""
+        ``cupy_kernels``), which also set ``flag`` (if given) where a new parameter is not finite:
+        True when they did. Only for updates with no min_step_size test, which reads delta."""
         fused = getattr(self.net.kernels, "update", None)
         if fused is None:
             self._delta()
             self._apply()
-            return
+            return False
         fused(UpdateBuffers(self.params, self.spare, self.grad, self.grad_next, self.velocity, self.spare_velocity),
-              Rates(self.stops.lr, self.stops.mu), self.stops.still)
+              Rates(self.stops.lr, self.stops.mu), self.stops.still, flag)
+        return flag is not None
 
     def _delta(self) -> None:
         """delta = lr * grad, and exactly 0 where lr is 0 (``Stops.still``): a frozen tensor's
@@ -179,24 +189,26 @@ class Trainer:
 
     def _flagged_update(self, it: int, max_updates: int, hist: Any, flag: Any) -> None:
         """Update ``it`` as ``run`` takes it, the kernels in the same order, but with the stop
-        tests on the parameters written to ``flag`` (device bool (1,)) instead of read and acted
-        on: one update of a block (``blocks``). The tests on the SSR follow for the whole block
-        (``flag_ssr_rows``). Set where a parameter is not finite (``_check`` would restore its
-        member) or a step is under min_step_size (``_update`` would stop its member)."""
+        tests on the parameters written to ``flag`` (device bool (1,), False when the block
+        began) instead of read and acted on: one update of a block (``blocks``). The tests on the
+        SSR follow for the whole block (``flag_ssr_rows``). Set where a parameter is not finite
+        (``_check`` would restore its member) or a step is under min_step_size (``_update``
+        would stop its member)."""
         xp, stops = self.xp, self.stops
-        small = None
+        small, tested = None, False
         if stops.check_min:
             self._delta()
             small = self._small_steps().any()
             self._apply()
         else:
-            self._step()
+            tested = self._step(flag)
         self._evaluate(it + 1, it + 1 < max_updates, hist[it])
-        fused = getattr(self.net.kernels, "any_nonfinite", None)
-        if fused is not None:
-            fused(self.spare, flag)
-        else:
-            flag[...] = ~xp.isfinite(self.spare).all()
+        if not tested:  # the update's kernel did not set the flag: a test of its own
+            fused = getattr(self.net.kernels, "any_nonfinite", None)
+            if fused is not None:
+                fused(self.spare, flag)
+            else:
+                flag[...] = ~xp.isfinite(self.spare).all()
         if small is not None:
             xp.logical_or(flag, small, out=flag)
         self._swap()

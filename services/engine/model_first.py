@@ -69,11 +69,12 @@ class WideNetwork(Network):
                                     slope=xp.empty(shape, dtype), scratch=scratch, aux=aux, zeros=zeros))
         return out
 
-    def sum_of_squares(self, residual: Any, out: Any) -> Any:
-        """(M,) sum over outputs and points of residual^2 (into ``out`` if given)."""
+    def sum_of_squares(self, residual: Any, out: Any, quarter: bool = False) -> Any:
+        """(M,) sum over outputs and points of residual^2 (into ``out`` if given), times 1/4
+        with ``quarter`` (CuPy's kernels only: see ``Network.step``)."""
         fused = getattr(self.kernels, "sum_of_squares", None)  # CuPy's kernels only
         if fused is not None:
-            return fused(residual, (1, 2), out)
+            return fused(residual, (1, 2), out, quarter)
         if out is None:
             return self.xp.einsum("mop,mop->m", residual, residual)
         return einsum_into(self.xp, "mop,mop->m", residual, residual, out)
@@ -83,8 +84,8 @@ class WideNetwork(Network):
         return matmul_into(self.xp, self.xp.swapaxes(layer.block, 1, 2), a, buf.z)
 
     def first_layer(self, layer: WideLayer, x: Any, buf: LayerBuffers, name: str) -> bool:
-        """One input feature (x (2, P): the data row and the ones): the numba kernels' fused
-        ``affine_forward`` when they have it for this activation."""
+        """One input feature (x (2, P): the data row and the ones): the kernels' fused
+        ``affine_forward`` (numba's, CuPy's) when they have it for this activation."""
         fused = getattr(self.kernels, "affine_forward", None)
         return fused is not None and x.shape[0] == 2 and fused(name, layer.block, x[0], buf)
 
@@ -102,7 +103,7 @@ class WideNetwork(Network):
         if layer.weight_t.shape[2] > 1:
             matmul_into(xp, layer.weight_t, dz, da)
             return False
-        outer_backward = getattr(self.kernels, "outer_backward", None)  # numba kernels only
+        outer_backward = getattr(self.kernels, "outer_backward", None)  # numba's and CuPy's kernels
         if below is not None and outer_backward is not None and \
                 outer_backward(below_activation, layer.weight_t, dz, below):
             return True

@@ -47,8 +47,12 @@ class TinyNetwork(Network):
                                     temp_in=xp.empty((n_in, points, members), dtype)))
         return out
 
-    def sum_of_squares(self, residual: Any, out: Any) -> Any:
-        """(M,) sum over outputs and points of residual^2 (into ``out`` if given)."""
+    def sum_of_squares(self, residual: Any, out: Any, quarter: bool = False) -> Any:
+        """(M,) sum over outputs and points of residual^2 (into ``out`` if given), times 1/4
+        with ``quarter`` (CuPy's kernels only: see ``Network.step``)."""
+        fused = getattr(self.kernels, "sum_of_squares", None)  # CuPy's kernels only
+        if fused is not None:
+            return fused(residual, (0, 1), out, quarter)
         if out is None:
             return self.xp.einsum("opm,opm->m", residual, residual)
         return einsum_into(self.xp, "opm,opm->m", residual, residual, out)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from services.engine.architecture import Architecture
+from services.engine.cuda_graphs import GraphCache
 from services.engine.layouts import Layout
 
 
@@ -79,6 +80,7 @@ class Network:
         self.xp, self.arch, self.layout, self.kernels = xp, arch, layout, kernels
         self.activations = [arch.layer_activation(i) for i in range(arch.n_layers)]
         self._workspaces: dict[tuple[int, int, int], list[LayerBuffers]] = {}
+        self.graphs = GraphCache()  # CUDA graphs of blocks of updates, which use the workspace
 
     def workspace(self, points: int, members: int, slot: int = 0) -> list[LayerBuffers]:
         """Every layer's buffers for ``points`` points and ``members`` members (made once);
@@ -138,8 +140,10 @@ class Network:
         the slope of that activation was folded in (da then holds dSSR/dz below)."""
         raise NotImplementedError
 
-    def sum_of_squares(self, residual: Any, out: Any) -> Any:
-        """(M,) sum over outputs and points of residual^2 (into ``out`` if given)."""
+    def sum_of_squares(self, residual: Any, out: Any, quarter: bool = False) -> Any:
+        """(M,) sum over outputs and points of residual^2 (into ``out`` if given); with
+        ``quarter`` (only where the kernels have ``doubled_residual``) times 1/4, for a residual
+        that holds 2 (prediction - y)."""
         raise NotImplementedError
 
     def loss_and_grad(self, views: list[Any], x: Any, y: Any, grads: list[Any] | None, out: Any = None) -> Any:
@@ -174,11 +178,16 @@ class Network:
         layer views ``grads``, for the members ``views`` hold and the points x holds."""
         buffers = self.forward(views, x, slot)
         last = buffers[-1]
-        residual = self.xp.subtract(last.a, y, out=last.d)  # prediction - y
-        ssr = self.sum_of_squares(residual, out)
-        if grads is None:
-            return ssr
-        last.d *= 2  # dSSR/dprediction = 2 (prediction - y)
+        doubled = getattr(self.kernels, "doubled_residual", None) if grads is not None else None
+        if doubled is not None:  # CuPy: dSSR/dprediction in one kernel, and the SSR from it
+            doubled(last.a, y, last.d)
+            ssr = self.sum_of_squares(last.d, out, quarter=True)
+        else:
+            residual = self.xp.subtract(last.a, y, out=last.d)  # prediction - y
+            ssr = self.sum_of_squares(residual, out)
+            if grads is None:
+                return ssr
+            last.d *= 2  # dSSR/dprediction = 2 (prediction - y)
         folded = False  # True: the layer above left dSSR/dz (not dSSR/da) in this layer's d
         for i in range(len(views) - 1, -1, -1):
             dz = buffers[i].d if folded else self.kernels.backward(self.activations[i], buffers[i])

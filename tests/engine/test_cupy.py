@@ -182,8 +182,10 @@ def test_float32_pack_stays_float32_and_near_numpy(cp: Any, layers: tuple) -> No
 ])
 def test_every_activation_trains_like_numpy(cp: Any, activation: str, output: str) -> None:
     """Forward and backward of each activation (CuPy's fused kernels, ``cupy_kernels``), hidden
-    and as the output's, in a model-first pack and a model-last one."""
-    for layers in ((2, 8, 8, 2), (1, 3, 1)):
+    and as the output's, in model-first packs (one input and output: the first layer's affine
+    and activation in one kernel, the last layer's backward with the slope below) and a
+    model-last one."""
+    for layers in ((2, 8, 8, 2), (1, 8, 8, 1), (1, 3, 1)):
         arch = Architecture(layers, activation, output)
         x, y = sine_data(30, layers[0], layers[-1])
         params = stacked(arch, list(range(5)))
@@ -312,6 +314,43 @@ def test_blocks_on_cupy_give_the_bits_of_one_update_at_a_time(cp: Any, layers: t
         assert got.keys() == ref.keys()
         for key in ref:
             np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key}, blocks of {size}")
+
+
+def test_blocks_as_cuda_graphs_give_the_bits_of_blocks_kernel_by_kernel(cp: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CuPy a block runs as one CUDA graph (``services.engine.cuda_graphs``): with a member
+    diverging and others reaching max_steps inside blocks, over two ``train`` calls (the second
+    may replay graphs kept on the pooled network), the bits equal those of the same blocks run
+    kernel by kernel, and of one update at a time. Graphs were captured, and never switched off."""
+    from services.engine import blocks, cuda_graphs, training
+    from services.engine.backend import is_cupy
+
+    if not is_cupy(cp):
+        pytest.skip("CUDA graphs need CuPy on a GPU")
+    arch = Architecture((1, 16, 16, 1), "tanh")  # model first
+    x, y = sine_data(300)
+    config = PackConfig(learning_rate=np.array([3e-5, 1e6, 6e-5, 1.5e-4, 3e-5, 1e-4]),
+                        max_steps=[150, 150, 77, 150, 101, 150], momentum=np.array([0.5, 0, 0.9, 0, 0.3, 0]))
+    params = stacked(arch, list(range(6)))
+    runs = {}
+    for mode, enabled, force in (("graphs", True, None), ("kernels", False, None), ("single", False, 0)):
+        monkeypatch.setattr(cuda_graphs, "ENABLED", enabled)
+        monkeypatch.setattr(blocks, "FORCE", force)
+        training._POOL.clear()
+        state = init_state(cp, arch, config, params, x, y)
+        first, early = train(cp, arch, config, state, x, y, 70)
+        second, late = train(cp, arch, config, first, x, y, 80)
+        runs[mode] = (second.to_arrays(), np.concatenate([early, late], axis=1))
+        if mode == "graphs":
+            held = [net.graphs for net in training._POOL.values()]
+            assert any(g.captured for g in held) and all(g.off is None for g in held), held
+    reasons = {STOP_REASONS[r] for r in runs["single"][0]["stop_reason"]}
+    assert reasons == {"diverged", "max_steps"}, reasons
+    for mode in ("graphs", "kernels"):
+        (got, got_history), (ref, ref_history) = runs[mode], runs["single"]
+        np.testing.assert_array_equal(got_history, ref_history, err_msg=mode)
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key}, {mode}")
 
 
 def test_non_finite_start_is_diverged_at_init_on_cupy(cp: Any) -> None:
