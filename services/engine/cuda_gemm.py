@@ -142,11 +142,12 @@ def _plan_of(a_shape: tuple, a_strides: tuple, a_type: str, b_shape: tuple, b_st
 
 @contextmanager
 def bound_handle(xp: Any) -> Iterator[None]:
-    """Within: the products use CuPy's cuBLAS handle as bound to the current stream now.
+    """Within: the products go to CuPy's cuBLAS handle as bound to the current stream now, and
+    through cuBLAS' own C functions (``_library``), not CuPy's wrappers.
 
-    CuPy binds its handle to the current stream each time one asks for it, and refuses to during
-    a stream capture (NotImplementedError); bound before a capture, it records the products
-    (``cuda_graphs``)."""
+    Each of CuPy's cuBLAS wrappers binds the handle to the current stream first, and refuses to
+    during a stream capture (NotImplementedError: seen on the H200, benchmarks/RESULTS.md); bound
+    before a capture, the same cuBLAS call is recorded (``cuda_graphs``)."""
     _BOUND.handle = xp.cuda.device.get_cublas_handle()
     try:
         yield
@@ -155,13 +156,40 @@ def bound_handle(xp: Any) -> Iterator[None]:
 
 
 def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:
-    """One cuBLAS ?gemmStridedBatched on the current stream."""
-    from cupy_backends.cuda.libs import cublas
-
+    """One cuBLAS ?gemmStridedBatched on the current stream (on the bound handle's, if any)."""
     first, second = (b, a) if call.swap else (a, b)
     one, zero = SCALARS[out.dtype.char]
-    gemm = cublas.dgemmStridedBatched if out.dtype.char == "d" else cublas.sgemmStridedBatched
-    handle = getattr(_BOUND, "handle", None) or xp.cuda.device.get_cublas_handle()
-    gemm(handle, call.transa, call.transb, call.m, call.n, call.k,
-         one.ctypes.data, first.data.ptr, call.lda, call.stride_a, second.data.ptr, call.ldb, call.stride_b,
-         zero.ctypes.data, out.data.ptr, call.ldc, call.stride_c, call.batch)
+    args = (call.transa, call.transb, call.m, call.n, call.k,
+            one.ctypes.data, first.data.ptr, call.lda, call.stride_a, second.data.ptr, call.ldb, call.stride_b,
+            zero.ctypes.data, out.data.ptr, call.ldc, call.stride_c, call.batch)
+    bound = getattr(_BOUND, "handle", None)
+    if bound is None:
+        from cupy_backends.cuda.libs import cublas
+
+        gemm = cublas.dgemmStridedBatched if out.dtype.char == "d" else cublas.sgemmStridedBatched
+        gemm(xp.cuda.device.get_cublas_handle(), *args)
+        return
+    library = _library()
+    gemm = library.cublasDgemmStridedBatched if out.dtype.char == "d" else library.cublasSgemmStridedBatched
+    status = gemm(bound, *args)
+    if status != 0:
+        raise RuntimeError(f"cuBLAS ?gemmStridedBatched failed with status {status}")
+
+
+@lru_cache(maxsize=1)
+def _library() -> Any:
+    """libcublas as this process loaded it (for CuPy), its two strided batched GEMMs through ctypes."""
+    import ctypes
+
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "/libcublas.so" in line})
+    if not paths:
+        raise OSError("libcublas is not loaded in this process")
+    library = ctypes.CDLL(paths[0])
+    c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_longlong, ctypes.c_void_p
+    for name in ("cublasSgemmStridedBatched", "cublasDgemmStridedBatched"):
+        function = getattr(library, name)
+        function.restype = c_int
+        function.argtypes = [c_ptr, c_int, c_int, c_int, c_int, c_int, c_ptr, c_ptr, c_int, c_long,
+                             c_ptr, c_int, c_long, c_ptr, c_ptr, c_int, c_long, c_int]
+    return library
