@@ -2,7 +2,8 @@
 # The engine's GPU check, one script for a lent GPU machine: run from the repository root,
 #   bash benchmarks/gpu_check.sh
 # It prints the machine (nvidia-smi -L, Python, CuPy), picks a Python, runs the CuPy tests
-# (pytest -q -m gpu tests/engine/test_cupy.py, at most 150 s), the engine benchmark on the GPU
+# (pytest -q -m gpu tests/engine/test_cupy.py, at most 150 s; only those that GPU_CHECK_TESTS
+# selects as pytest's -k if set), the engine benchmark on the GPU
 # (benchmarks/engine.py --backend cupy --markdown, at most 200 s, the workloads GPU_CHECK_WORKLOADS
 # names if set, e.g. W3,W4; W4 also on this host's CPU, for
 # the speed-up bar), the worker's path on the GPU (benchmarks/gpu_service.py, at most 90 s: it
@@ -149,7 +150,7 @@ fi
 echo "== pytest -q -m gpu tests/engine/test_cupy.py"
 if has_module "$PY" pytest; then
     T0=$(date +%s)
-    bounded 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --noconftest tests/engine/test_cupy.py \
+    bounded 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --noconftest ${GPU_CHECK_TESTS:+-k "$GPU_CHECK_TESTS"} tests/engine/test_cupy.py \
         > "$RESULTS/pytest.txt" 2>&1
     RC=$?
     tail -n 60 "$RESULTS/pytest.txt"

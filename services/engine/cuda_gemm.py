@@ -142,13 +142,17 @@ def _plan_of(a_shape: tuple, a_strides: tuple, a_type: str, b_shape: tuple, b_st
 
 @contextmanager
 def bound_handle(xp: Any) -> Iterator[None]:
-    """Within: the products go to CuPy's cuBLAS handle as bound to the current stream now, and
-    through cuBLAS' own C functions (``_library``), not CuPy's wrappers.
+    """Within: the products go to CuPy's cuBLAS handle, bound here to the current stream, through
+    cuBLAS' own C functions (``_library``), not CuPy's wrappers.
 
     Each of CuPy's cuBLAS wrappers binds the handle to the current stream first, and refuses to
     during a stream capture (NotImplementedError: seen on the H200, benchmarks/RESULTS.md); bound
     before a capture, the same cuBLAS call is recorded (``cuda_graphs``)."""
-    _BOUND.handle = xp.cuda.device.get_cublas_handle()
+    handle = xp.cuda.device.get_cublas_handle()  # (CuPy binds its stream in each wrapper, not here)
+    status = _library().cublasSetStream_v2(handle, xp.cuda.get_current_stream().ptr)
+    if status != 0:
+        raise RuntimeError(f"cublasSetStream failed with status {status}")
+    _BOUND.handle = handle
     try:
         yield
     finally:
@@ -178,7 +182,8 @@ def _gemm(xp: Any, call: Gemm, a: Any, b: Any, out: Any) -> None:
 
 @lru_cache(maxsize=1)
 def _library() -> Any:
-    """libcublas as this process loaded it (for CuPy), its two strided batched GEMMs through ctypes."""
+    """libcublas as this process loaded it (for CuPy): its stream binding and its two strided
+    batched GEMMs through ctypes."""
     import ctypes
 
     with open("/proc/self/maps", encoding="utf-8") as maps:
@@ -187,6 +192,8 @@ def _library() -> Any:
         raise OSError("libcublas is not loaded in this process")
     library = ctypes.CDLL(paths[0])
     c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_longlong, ctypes.c_void_p
+    library.cublasSetStream_v2.restype = c_int
+    library.cublasSetStream_v2.argtypes = [c_ptr, c_ptr]
     for name in ("cublasSgemmStridedBatched", "cublasDgemmStridedBatched"):
         function = getattr(library, name)
         function.restype = c_int
