@@ -791,11 +791,9 @@ def main(argv: list[str] | None = None) -> int:
                                 compiled=not args.quick and not sides.on_device))
             if name == "W4" and sides.backend == "numpy":
                 rows[-1]["service_overhead"] = service_overhead(workloads[name], dtype)
-            if sides.on_device:  # progress on stderr: a run cut short by a time limit still tells
-                row = rows[-1]
-                torch_s = "-" if row["torch_s"] is None else f"{row['torch_s']:.4f} s"
-                print(f"[{name} {dtype}] descent {row['descent_s']:.4f} s, torch {torch_s}",
-                      file=sys.stderr, flush=True)
+            row = rows[-1]  # progress on stderr: a run cut short by a time limit still tells
+            torch_s = "-" if row["torch_s"] is None else f"{row['torch_s']:.4f} s ({row.get('torch_variant')})"
+            print(f"[{name} {dtype}] descent {row['descent_s']:.4f} s, torch {torch_s}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -6,11 +6,11 @@
 # selects as pytest's -k if set), the engine benchmark on the GPU
 # (benchmarks/engine.py --backend cupy --markdown, at most 200 s, the workloads GPU_CHECK_WORKLOADS
 # names if set, e.g. W3,W4; W4 also on this host's CPU, for
-# the speed-up bar), the worker's path on the GPU (benchmarks/gpu_service.py, at most 90 s: it
+# the speed-up bar), with GPU_CHECK_CPU=1 the engine benchmark on this host's CPU (two CPUs, at
+# most 260 s), the worker's path on the GPU (benchmarks/gpu_service.py, at most 90 s: it
 # needs the service's dependencies, which the GPU image lacks: run benchmarks/gpu_wheels.sh first,
 # here, and name .whl in the device call's carry), then the probe of where the GPU's time goes
-# (benchmarks/gpu_probe.py, at most 100 s), with GPU_CHECK_CPU=1 the engine benchmark on this
-# host's CPU (two CPUs, at most 260 s), and writes every output under "$OUT" if set, else
+# (benchmarks/gpu_probe.py, at most 100 s), and writes every output under "$OUT" if set, else
 # ./gpu-results. One SUMMARY line per step gives its exit code (124: timed out).
 # The whole run stays under GPU_CHECK_BUDGET seconds (default 540, inside the device tool's 600 s
 # a command); a step gets what is left.
@@ -179,6 +179,22 @@ else
     BENCH_RC=3
 fi
 
+# ----------------------------------------------------------------------------- 3b. the host's CPU
+# With GPU_CHECK_CPU=1: the engine benchmark on this host's CPU (make bench-engine's table), held
+# to two CPUs of different cores (lscpu's CORE column), the size of make bench's machines.
+if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
+    PAIR=$(lscpu -p=CPU,CORE 2>/dev/null | grep -v '^#' | awk -F, '!seen[$2]++ {print $1}' | head -n 2 | paste -sd, -)
+    case "$PAIR" in *,*) ;; *) PAIR=0,1 ;; esac
+    echo "== taskset -c $PAIR python benchmarks/engine.py --markdown (the host's CPU)"
+    T0=$(date +%s)
+    bounded 260 taskset -c "$PAIR" "$PY" benchmarks/engine.py --markdown \
+        > "$RESULTS/engine-cpu.md" 2> "$RESULTS/engine-cpu.err"
+    RC=$?
+    cat "$RESULTS/engine-cpu.md"
+    tail -n 20 "$RESULTS/engine-cpu.err"
+    summary cpu-bench "$RC" "$(($(date +%s) - T0)) s on CPUs $PAIR, limit 260 s or what the budget left; engine-cpu.md"
+fi
+
 # ----------------------------------------------------------------------------- 4. the service
 # The worker's path with CuPy (claim, train, checkpoints and history in SQLite) against NumPy.
 echo "== python benchmarks/gpu_service.py"
@@ -206,22 +222,6 @@ if [ "$GPU_OK" = 1 ]; then
     summary probe "$RC" "$(($(date +%s) - T0)) s, limit 100 s or what the budget left; probe.txt"
 else
     summary probe 3 "not run: no usable CuPy/GPU"
-fi
-
-# ----------------------------------------------------------------------------- 6. the host's CPU
-# With GPU_CHECK_CPU=1: the engine benchmark on this host's CPU (make bench-engine's table), held
-# to two CPUs of different cores (lscpu's CORE column), the size of make bench's machines.
-if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
-    PAIR=$(lscpu -p=CPU,CORE 2>/dev/null | grep -v '^#' | awk -F, '!seen[$2]++ {print $1}' | head -n 2 | paste -sd, -)
-    case "$PAIR" in *,*) ;; *) PAIR=0,1 ;; esac
-    echo "== taskset -c $PAIR python benchmarks/engine.py --markdown (the host's CPU)"
-    T0=$(date +%s)
-    bounded 260 taskset -c "$PAIR" "$PY" benchmarks/engine.py --markdown \
-        > "$RESULTS/engine-cpu.md" 2> "$RESULTS/engine-cpu.err"
-    RC=$?
-    cat "$RESULTS/engine-cpu.md"
-    tail -n 20 "$RESULTS/engine-cpu.err"
-    summary cpu-bench "$RC" "$(($(date +%s) - T0)) s on CPUs $PAIR, limit 260 s or what the budget left; engine-cpu.md"
 fi
 
 echo "== done in $(($(date +%s) - START)) s; results in $RESULTS"

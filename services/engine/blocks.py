@@ -15,7 +15,8 @@ the whole block from its rows of the history) and reads the flags once, at the e
   later, while blocks keep being cut).
 A block never reaches a member's max_steps (the loop stops those one at a time), so that rule
 needs no flag. Blocks are used where the namespace is not NumPy: on the CPU a test costs no wait.
-On CuPy a block's updates run as one CUDA graph where they can (``cuda_graphs``).
+On CuPy a block's updates run as one CUDA graph where they can, from the second time the same
+block comes (``cuda_graphs``).
 """
 
 from __future__ import annotations

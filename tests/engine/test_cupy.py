@@ -321,7 +321,8 @@ def test_blocks_as_cuda_graphs_give_the_bits_of_blocks_kernel_by_kernel(cp: Any,
     """On CuPy a block runs as one CUDA graph (``services.engine.cuda_graphs``): with a member
     diverging and others reaching max_steps inside blocks, over two ``train`` calls (the second
     may replay graphs kept on the pooled network), the bits equal those of the same blocks run
-    kernel by kernel, and of one update at a time. Graphs were captured, and never switched off."""
+    kernel by kernel, and of one update at a time; and so do 200 updates with no stop, where
+    graphs were captured (a block's second coming) and replayed, and never switched off."""
     from services.engine import blocks, cuda_graphs, training
     from services.engine.backend import is_cupy
 
@@ -341,16 +342,20 @@ def test_blocks_as_cuda_graphs_give_the_bits_of_blocks_kernel_by_kernel(cp: Any,
         first, early = train(cp, arch, config, state, x, y, 70)
         second, late = train(cp, arch, config, first, x, y, 80)
         runs[mode] = (second.to_arrays(), np.concatenate([early, late], axis=1))
+        long = PackConfig(learning_rate=np.full(6, 3e-5), max_steps=np.full(6, 1000))
+        final, history = train(cp, arch, long, init_state(cp, arch, long, params, x, y), x, y, 200)
+        runs[f"{mode}, no stop"] = (final.to_arrays(), history)
         if mode == "graphs":
             held = [net.graphs for net in training._POOL.values()]
             assert any(g.captured for g in held) and all(g.off is None for g in held), held
     reasons = {STOP_REASONS[r] for r in runs["single"][0]["stop_reason"]}
     assert reasons == {"diverged", "max_steps"}, reasons
     for mode in ("graphs", "kernels"):
-        (got, got_history), (ref, ref_history) = runs[mode], runs["single"]
-        np.testing.assert_array_equal(got_history, ref_history, err_msg=mode)
-        for key in ref:
-            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key}, {mode}")
+        for run in ("", ", no stop"):
+            (got, got_history), (ref, ref_history) = runs[mode + run], runs["single" + run]
+            np.testing.assert_array_equal(got_history, ref_history, err_msg=mode + run)
+            for key in ref:
+                np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key}, {mode}{run}")
 
 
 def test_non_finite_start_is_diverged_at_init_on_cupy(cp: Any) -> None:
