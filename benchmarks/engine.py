@@ -51,6 +51,7 @@ the host's cores beside it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shlex
@@ -631,13 +632,33 @@ def environment(torch: Any | None, sides: Sides = Sides()) -> list[str]:
     load = os.getloadavg()[0]
     busy = " (other work may share the cores: compare with care)" if load > 1.0 else ""
     lines = [f"cpu: {cpu_model()}, {os.cpu_count()} cores, load average {load:.2f} at start{busy}",
-             f"numpy {np.__version__}, BLAS {blas_text}", f"torch: {torch_text}"]
+             f"numpy {np.__version__}, BLAS {blas_text}", f"torch: {torch_text}", cpu_paths()]
     if sides.backend != "numpy":
         lines.append(f"{sides.backend} {sides.xp.__version__}, {cuda_versions(sides.xp)}")
     if sides.on_device:
         torch_where = f"on {sides.torch_device_text}" if sides.torch_device_text else "not installed"
         lines.append(f"devices: descent ({sides.backend}) on {sides.descent_device}; torch {torch_where}")
     return lines
+
+
+def cpu_paths() -> str:
+    """The engine's paths on NumPy: a slow CPU row on another machine may mean that one of the
+    optional fast paths (numba's kernels, the fused wide network on NumPy's OpenBLAS) is missing."""
+    from services.engine.backend import kernels_for
+
+    kernels = kernels_for(np)[0]
+    try:
+        import numba
+
+        numba_text = f"numba {numba.__version__}"
+    except ImportError:
+        numba_text = "no numba"
+    try:
+        importlib.import_module("services.engine.numba_wide")
+        wide = "fused (numba on NumPy's OpenBLAS)"
+    except ImportError as exc:
+        wide = f"NumPy's matmul ({str(exc)[:120]})"
+    return f"engine on NumPy: {kernels} kernels, wide layers {wide}, {numba_text}"
 
 
 def cpu_model() -> str:
