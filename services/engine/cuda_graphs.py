@@ -24,7 +24,6 @@ same bits either way
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,8 +32,6 @@ from services.engine.backend import is_cupy
 
 if TYPE_CHECKING:
     from services.engine.loop import Trainer
-
-log = logging.getLogger(__name__)
 
 ENABLED = True  # False: every block eagerly (benchmarks/gpu_probe.py times both)
 MAX_GRAPHS = 8  # per network; the oldest goes first
@@ -133,7 +130,6 @@ def _capture(t: Trainer, count: int) -> Captured | None:
         cache = t.net.graphs
         cache.captured.clear()
         cache.off = f"{type(exc).__name__}: {exc}"
-        log.info("CUDA graphs off for this network, blocks run eagerly: %s", cache.off)
         return None
     return Captured(graph, rows, flags)
 
