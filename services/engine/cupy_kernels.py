@@ -5,7 +5,9 @@ of a step equalled its GPU time, benchmarks/RESULTS.md, "Sixteenth session"), an
 ``PlainKernels`` launches one kernel per ufunc: three for tanh's backward, five for softplus'
 forward, and CuPy's einsum for the SSR several more. Here each is one ``ElementwiseKernel`` or
 ``ReductionKernel`` (compiled by CuPy on first use and cached on disk), and so are an update
-(``loop.Trainer._step``) and a block's divergence test (``loop.Trainer._flagged_update``). Same
+(``loop.Trainer._step``, which also sets a block's divergence flag, ``_flagged_update``), the
+first layer of one input feature (affine and activation), a one-output layer's backward product
+with the slope below, and the residual 2 (prediction - y) with the SSR taken from it. Same
 formulas as ``activations.NumexprKernels`` and the loop's; the device's rounding (and fused
 multiply-adds) make the last bits differ from NumPy's, within the tolerance that
 tests/engine/test_cupy.py holds CuPy to.
