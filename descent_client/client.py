@@ -45,14 +45,16 @@ def _transient(exc: BaseException) -> bool:
 
 class Client:
     """``Client(url, key)``; both default to ``DESCENT_URL`` / ``DESCENT_API_KEY``, the URL then
-    to the embedded stack's. ``retries``: attempts after the first on connection errors and 503.
+    to the embedded stack's. ``retries``: attempts after the first on connection errors and 503
+    (6: about 9 s of backoff, which outlasts ``descent up`` restarting a killed API, 3-6 s
+    measured; with 4, 3 s, one call in three failed there, benchmarks/RESULTS.md).
     A 503 with ``Retry-After`` is retried after that many seconds (at most ``max_retry_after``),
     anything else after a backoff of 0.2 s doubling up to ``max_backoff``; a retry whose wait
     would end more than ``retry_budget`` seconds after the first attempt is not made (the error
     is raised, a 503's with its ``retry_after``)."""
 
     def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0,
-                 retries: int = 4, max_backoff: float = 3.0, max_retry_after: float = 30.0,
+                 retries: int = 6, max_backoff: float = 3.0, max_retry_after: float = 30.0,
                  retry_budget: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
         self.url = (url or os.environ.get("DESCENT_URL") or DEFAULT_URL).rstrip("/")
         key = key if key is not None else os.environ.get("DESCENT_API_KEY")
