@@ -16,7 +16,6 @@ from functools import partial
 from typing import Any
 
 from services.engine import parallel
-from services.engine.backend import einsum_into
 from services.engine.chunks import blas_thread_limit, plan_chunks
 from services.engine.cuda_gemm import matmul_into
 from services.engine.layouts import WideLayer
@@ -30,6 +29,8 @@ def member_slice(layers: list[WideLayer], m0: int, m1: int) -> list[WideLayer]:
 
 class WideNetwork(Network):
     """Forward and backward of wide layers, member axis first."""
+
+    SSR_EINSUM, SSR_AXES = "mop,mop->m", (1, 2)  # a residual is (M, o, P)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -68,16 +69,6 @@ class WideNetwork(Network):
             out.append(LayerBuffers(z=z, a=a, d=xp.empty(shape, dtype), next_input=next_input,
                                     slope=xp.empty(shape, dtype), scratch=scratch, aux=aux, zeros=zeros))
         return out
-
-    def sum_of_squares(self, residual: Any, out: Any, quarter: bool = False) -> Any:
-        """(M,) sum over outputs and points of residual^2 (into ``out`` if given), times 1/4
-        with ``quarter`` (CuPy's kernels only: see ``Network.step``)."""
-        fused = getattr(self.kernels, "sum_of_squares", None)  # CuPy's kernels only
-        if fused is not None:
-            return fused(residual, (1, 2), out, quarter)
-        if out is None:
-            return self.xp.einsum("mop,mop->m", residual, residual)
-        return einsum_into(self.xp, "mop,mop->m", residual, residual, out)
 
     def affine(self, layer: WideLayer, a: Any, buf: LayerBuffers) -> Any:
         """buf.z (M, o, P) = [W | b] [a; 1] for a (M, i + 1, P) or the shared input (i + 1, P)."""

@@ -20,6 +20,8 @@ LOOP_MAX = 4  # at most this many broadcast ops per contraction, else one einsum
 class TinyNetwork(Network):
     """Forward and backward of tiny layers, member axis last."""
 
+    SSR_EINSUM, SSR_AXES = "opm,opm->m", (0, 1)  # a residual is (o, P, M)
+
     def data(self, x: Any, y: Any) -> tuple[Any, Any]:
         """x (P, n_in), y (P, n_out) -> (n_in, P, 1), (n_out, P, 1): broadcast over members."""
         x, y = self.check_data(x, y)
@@ -46,16 +48,6 @@ class TinyNetwork(Network):
                                     scratch=scratch, aux=aux, zeros=zeros, temp_out=xp.empty(shape, dtype),
                                     temp_in=xp.empty((n_in, points, members), dtype)))
         return out
-
-    def sum_of_squares(self, residual: Any, out: Any, quarter: bool = False) -> Any:
-        """(M,) sum over outputs and points of residual^2 (into ``out`` if given), times 1/4
-        with ``quarter`` (CuPy's kernels only: see ``Network.step``)."""
-        fused = getattr(self.kernels, "sum_of_squares", None)  # CuPy's kernels only
-        if fused is not None:
-            return fused(residual, (0, 1), out, quarter)
-        if out is None:
-            return self.xp.einsum("opm,opm->m", residual, residual)
-        return einsum_into(self.xp, "opm,opm->m", residual, residual, out)
 
     def affine(self, layer: TinyLayer, a: Any, buf: LayerBuffers) -> Any:
         """buf.z (o, P, M) = W a + b for a (i, P, M) or the shared input (i, P, 1)."""

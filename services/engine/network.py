@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from services.engine.architecture import Architecture
+from services.engine.backend import einsum_into
 from services.engine.cuda_graphs import GraphCache
 from services.engine.layouts import Layout
 
@@ -73,8 +74,11 @@ class Network:
 
     A layout's subclass supplies the hooks below that raise NotImplementedError: how data and
     buffers are shaped (``data``, ``points_of``, ``members_of``, ``make_workspace``), the affine
-    layers (``affine``, ``affine_backward``), the SSR's sum (``sum_of_squares``), and how a whole
+    layers (``affine``, ``affine_backward``), the SSR's axes (``SSR_EINSUM``, ``SSR_AXES``), and how a whole
     pass is run (``loss_and_grad``, ``predict``)."""
+
+    SSR_EINSUM = ""  # the SSR's sum over a residual's output and point axes, e.g. "mop,mop->m"
+    SSR_AXES: tuple[int, ...] = ()  # those axes
 
     def __init__(self, xp: Any, arch: Architecture, layout: Layout, kernels: Any) -> None:
         self.xp, self.arch, self.layout, self.kernels = xp, arch, layout, kernels
@@ -141,10 +145,16 @@ class Network:
         raise NotImplementedError
 
     def sum_of_squares(self, residual: Any, out: Any, quarter: bool = False) -> Any:
-        """(M,) sum over outputs and points of residual^2 (into ``out`` if given); with
-        ``quarter`` (only where the kernels have ``doubled_residual``) times 1/4, for a residual
+        """(M,) sum over outputs and points of residual^2 (into ``out`` if given), over the
+        layout's ``SSR_AXES`` (``SSR_EINSUM``); with ``quarter`` (only where the kernels have
+        ``doubled_residual``: CuPy's, whose one-kernel sum is used) times 1/4, for a residual
         that holds 2 (prediction - y)."""
-        raise NotImplementedError
+        fused = getattr(self.kernels, "sum_of_squares", None)  # CuPy's kernels only
+        if fused is not None:
+            return fused(residual, self.SSR_AXES, out, quarter)
+        if out is None:
+            return self.xp.einsum(self.SSR_EINSUM, residual, residual)
+        return einsum_into(self.xp, self.SSR_EINSUM, residual, residual, out)
 
     def loss_and_grad(self, views: list[Any], x: Any, y: Any, grads: list[Any] | None, out: Any = None) -> Any:
         """(M,) SSR and, unless ``grads`` is None, the gradients: ``step`` over the layout's
