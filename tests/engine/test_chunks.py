@@ -137,22 +137,30 @@ def test_the_blas_cap_holds_only_inside_its_block() -> None:
 
 
 def test_threads_change_no_bit(monkeypatch: pytest.MonkeyPatch, plan: str) -> None:
-    """The chunks of a pass on 1 or 3 threads: the same numbers, bit for bit (with all members
-    in one chunk, one thread walks its point chunks and three run them in parallel)."""
-    from services.engine import parallel, training
+    """The chunks of a pass on 1, 3 or 8 threads: the same numbers, bit for bit (one thread walks
+    every chunk; three take member chunks, each with its point chunks, where there are three;
+    eight, more than the member chunks, take each member chunk's point chunks as tasks of their
+    own, as on a many-core machine)."""
+    from services.engine import model_first, parallel, training
 
     x, y = sine_data(37, 2, 1)
     params = stacked(ARCH, [0, 1, 2, 3, 4])
+    pairs = []
+    original = model_first.WideNetwork._pairs
+    monkeypatch.setattr(model_first.WideNetwork, "_pairs", lambda self, *a: pairs.append(1) or original(self, *a))
     results = []
-    for threads in (1, 3):
+    for threads in (1, 3, 8):
         monkeypatch.setattr(parallel, "cores", lambda threads=threads: threads)
         training._POOL.clear()
         state, history = run(ARCH, config(5), params, x, y, 30)
         results.append((state.to_arrays(), history))
-    (a, ha), (b, hb) = results
-    for key in a:
-        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
-    np.testing.assert_array_equal(hb, ha)
+    (a, ha), *others = results
+    for b, hb in others:
+        for key in a:
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+        np.testing.assert_array_equal(hb, ha)
+    if plan != "member chunks":  # point chunks on more threads than member chunks: the pairs ran
+        assert pairs
     training._POOL.clear()
 
 
