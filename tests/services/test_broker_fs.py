@@ -134,3 +134,42 @@ def test_an_exchange_table_just_created_reads_as_its_bindings_once_written(tmp_p
     threading.Timer(0.02, lambda: broker._queue_bind("celery", "cpu", "", "cpu")).start()
     assert [q.queue for q in broker.get_table("celery")] == ["cpu"]
     assert broker.get_table("missing") == []
+
+
+def test_a_wait_for_a_message_lasts_its_timeout_unless_told_to_stop(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waits run in slices (DRAIN_SLICE_S), yet a caller still waits its whole timeout (the
+    scheduler's doorbell relies on it) and gets a message that comes meanwhile; once the
+    worker's stop signal calls ``stop_waiting``, a long wait ends at its slice (Celery's loop
+    waits 2 s and sees the signal only between waits)."""
+    import socket
+    import threading
+
+    from kombu import Consumer, Exchange, Producer, Queue
+
+    from services import broker_fs
+
+    monkeypatch.setattr(broker_fs, "_stop_waiting", threading.Event())
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path), "polling_interval": 0.02}
+    got: list[object] = []
+    with Connection(broker_url("filesystem://"), transport_options=options) as conn:
+        queue_ = Queue("cpu", Exchange("cpu", type="direct"), routing_key="cpu")
+        with Consumer(conn, [queue_], callbacks=[lambda body, message: (got.append(body), message.ack())],
+                      accept=["json"]):
+            start = time.monotonic()
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=4 * broker_fs.DRAIN_SLICE_S)
+            assert time.monotonic() - start >= 4 * broker_fs.DRAIN_SLICE_S * 0.95
+
+            later = threading.Timer(3 * broker_fs.DRAIN_SLICE_S, lambda: Producer(conn.clone()).publish(
+                {"n": 1}, exchange="cpu", routing_key="cpu", serializer="json", declare=[queue_]))
+            later.start()
+            conn.drain_events(timeout=10)  # a message after several slices: delivered
+            later.join()
+            assert got == [{"n": 1}]
+
+            threading.Timer(0.3, broker_fs.stop_waiting).start()
+            start = time.monotonic()
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=30)
+            assert time.monotonic() - start < 5, "the wait did not end when told to stop"
