@@ -25,8 +25,6 @@ import fcntl
 import logging
 import os
 import shutil
-import socket
-import threading
 import time
 import uuid
 from queue import Empty
@@ -140,33 +138,8 @@ def _is_message(payload: object) -> bool:
             and (headers is None or isinstance(headers, dict)))
 
 
-# Celery's loop for a polling transport (its "synloop") waits up to 2 s for a message and looks
-# for a stop signal only between two waits: a worker told to stop (Ctrl-C on ``descent up``) sat
-# the wait out first. Waits run in slices this long, and end early once ``stop_waiting`` is called.
-DRAIN_SLICE_S = 0.2
-_stop_waiting = threading.Event()
-
-
-def stop_waiting() -> None:
-    """End this process's waits for a message at their next slice (a worker's stop signal)."""
-    _stop_waiting.set()
-
-
 class Transport(filesystem.Transport):
     Channel = Channel
-
-    def drain_events(self, connection: object, timeout: float | None = None) -> None:
-        """kombu's, in slices of ``DRAIN_SLICE_S``: a full wait unless ``stop_waiting`` was
-        called, then ``socket.timeout`` at the slice's end (no message yet, as after any wait)."""
-        if timeout is None:
-            return super().drain_events(connection)
-        deadline = monotonic() + timeout
-        while True:
-            try:
-                return super().drain_events(connection, timeout=max(0.0, min(deadline - monotonic(), DRAIN_SLICE_S)))
-            except socket.timeout:
-                if _stop_waiting.is_set() or monotonic() >= deadline:
-                    raise
 
 
 TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:Transport")

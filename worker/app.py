@@ -19,7 +19,7 @@ import socket
 from billiard.process import active_children
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 
-from services import broker_fs, heap, heartbeat, metrics_dir, metrics_export, training
+from services import heap, heartbeat, metrics_dir, metrics_export, training
 from services.config import get_settings
 from services.db.session import WORKER_APPLICATION, reset_engine, set_application_name
 from services.queue import make_celery
@@ -47,9 +47,7 @@ def _fresh_engine_per_child(**_: object) -> None:
 def _stop_training(**_: object) -> None:
     """SIGTERM (or Ctrl-C) to the worker: Celery waits for running tasks, so each child is told
     to checkpoint and release its jobs within seconds; another worker resumes them at once
-    instead of after a lease, and no long job holds up a deploy. On the embedded broker the
-    worker's own wait for a message ends at once too (``broker_fs.stop_waiting``)."""
-    broker_fs.stop_waiting()
+    instead of after a lease, and no long job holds up a deploy."""
     for child in active_children():
         try:
             os.kill(child.pid, STOP_SIGNAL)
